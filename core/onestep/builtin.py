@@ -1,0 +1,18 @@
+"""The core's own plugin: built-in data sources and metrics, registered through the same entry
+point group as every third-party plugin."""
+from .hookspecs import hookimpl
+
+
+@hookimpl
+def onestep_data_sources():
+    from .data.images import IMAGE_SOURCES
+    from .data.toy import TOY_SOURCES
+
+    return [*TOY_SOURCES, *IMAGE_SOURCES]
+
+
+@hookimpl
+def onestep_metrics():
+    from .metrics.toy import ModeCoverage, SinkhornDivergence
+
+    return [SinkhornDivergence, ModeCoverage]

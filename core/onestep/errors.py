@@ -1,0 +1,18 @@
+"""Errors the user sees. Each message is one line that names the field, file or plugin at fault
+and what would be valid; the CLI prints it without a traceback."""
+
+
+class OnestepError(Exception):
+    """Base of user-facing errors."""
+
+
+class ConfigError(OnestepError, ValueError):
+    """A config value, key or file is wrong; the message starts with the field path."""
+
+
+class PluginError(OnestepError):
+    """A plugin or component name is unknown, duplicated or broken."""
+
+
+class CheckpointError(OnestepError):
+    """A checkpoint is missing, incomplete or does not match the run."""

@@ -1,0 +1,301 @@
+"""The contract between the core and its plugins.
+
+A plugin provides *components*: classes deriving from one of the six bases below. Each component
+class sets two class attributes:
+
+- ``name``: the user-facing name (``onestep run --objective NAME``), unique per kind;
+- ``Config``: an ``attrs`` class whose fields (all with defaults) are the component's settings.
+  The core structures it from YAML/CLI with cattrs, so field types must be plain (int, float,
+  bool, str, tuples/lists of those, nested attrs classes, ``Optional`` of those).
+
+The core constructs a component as ``cls(config, **context)`` and never looks inside it beyond
+the methods declared here. Shapes in docstrings are examples, not constraints.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Mapping, Sequence
+
+import attrs
+import torch
+from torch import nn
+
+ROLES = ("generator", "critic", "classifier")
+
+
+@attrs.frozen
+class DataSpec:
+    """What one sample looks like.
+
+    ``shape`` is the per-sample shape: ``(2,)`` for 2D points, ``(1, 28, 28)`` for MNIST,
+    ``(4, 32, 32)`` for VAE latents. ``num_classes`` is 0 for unlabelled data; when it is > 0,
+    labels are ints in ``[0, num_classes)`` and the extra label ``num_classes`` means
+    "no label" (used for classifier-free guidance and label dropout), so class embeddings must
+    have ``num_classes + 1`` rows. ``kind`` is ``points``, ``images`` or ``latents``; image and
+    latent values are scaled to roughly unit range (images to [-1, 1]).
+    """
+
+    shape: tuple[int, ...]
+    num_classes: int = 0
+    kind: str = "points"
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def null_label(self) -> int:
+        return self.num_classes
+
+
+@attrs.frozen
+class NetworkRequest:
+    """What an objective or guidance asks a backbone to build.
+
+    ``role``: ``generator`` (output shaped like the input), ``critic`` (one logit per sample,
+    shape ``[B]``) or ``classifier`` (``[B, num_classes]`` logits).
+    ``time_inputs``: how many scalar times ``forward`` receives: 0 (a pure one-step map,
+    no timestep projection), 1 (``t``) or 2 (``s`` and ``t``).
+    ``class_conditional``: whether ``forward`` uses ``y``.
+    """
+
+    role: str
+    time_inputs: int = 0
+    class_conditional: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"NetworkRequest.role: expected one of {ROLES}, got {self.role!r}")
+        if self.time_inputs not in (0, 1, 2):
+            raise ValueError(f"NetworkRequest.time_inputs: expected 0, 1 or 2, got {self.time_inputs}")
+
+
+@attrs.frozen
+class Phase:
+    """One optimisation step of one network inside a training iteration.
+
+    The trainer runs the phases of an iteration in order. For each phase it draws ``repeats``
+    batches from data stream ``stream`` (each phase's stream is an independent loader, so
+    e.g. critic and generator see different data), calls ``owner.loss(phase.name, ...)``,
+    back-propagates into network ``network`` only (all other networks are frozen for the
+    phase) and steps that network's engine.
+    """
+
+    name: str
+    network: str
+    stream: str = "data"
+    repeats: int = 1
+
+
+@attrs.define
+class Batch:
+    """A training batch: data ``x`` ``[B, *shape]`` and labels ``y`` ``[B]`` (or None)."""
+
+    x: torch.Tensor
+    y: torch.Tensor | None = None
+
+
+@attrs.define
+class StepInfo:
+    """Where training is: ``step`` counts completed iterations, ``total_steps`` the planned
+    number, ``progress`` = step / total_steps in [0, 1] (for schedules such as AF's lambda_ot)."""
+
+    step: int
+    total_steps: int
+
+    @property
+    def progress(self) -> float:
+        return min(1.0, self.step / max(1, self.total_steps))
+
+
+class Networks(Mapping[str, nn.Module]):
+    """Name -> trained network (a DeepSpeed engine; call it like the module). ``ema(name)``
+    gives the EMA copy where the trainer keeps one, else the live network."""
+
+    def __init__(self, live: dict[str, nn.Module], ema: dict[str, nn.Module] | None = None):
+        self._live = live
+        self._ema = ema or {}
+
+    def __getitem__(self, key: str) -> nn.Module:
+        return self._live[key]
+
+    def __iter__(self):
+        return iter(self._live)
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def ema(self, name: str) -> nn.Module:
+        return self._ema.get(name, self._live[name])
+
+
+class Component(ABC):
+    """Base of every component: a name, an attrs ``Config`` and the config it was built with."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def state_dict(self) -> dict[str, Any]:
+        """Mutable state that a checkpoint must carry (tensors, numbers, strings, lists, dicts)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} has no state but the checkpoint carries {sorted(state)}")
+
+
+class Backbone(Component):
+    """Builds networks. The module returned by :meth:`build` is called as
+    ``forward(x, s=None, t=None, y=None)`` with ``x`` ``[B, *spec.shape]``, times ``[B]`` floats
+    (passed only as many as ``request.time_inputs``; a single time is passed as ``t``) and
+    ``y`` ``[B]`` int labels (``spec.null_label`` for unconditional)."""
+
+    @abstractmethod
+    def build(self, request: NetworkRequest, spec: DataSpec) -> nn.Module: ...
+
+
+class Coupler(Component):
+    """Pairs a noise batch with a data batch (e.g. by optimal transport).
+
+    ``pair`` returns ``(noise, data, y)`` reordered so that row i of ``noise`` is coupled with row i
+    of ``data``; implementations may permute either side and may keep state across calls
+    (online coupling). ``plan`` returns the coupling matrix ``[N, M]`` (rows sum to 1/N) where
+    the coupler has one."""
+
+    @abstractmethod
+    def pair(
+        self, noise: torch.Tensor, data: torch.Tensor, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]: ...
+
+    def plan(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"coupler {self.name!r} does not expose a transport plan")
+
+
+class _TrainsNetworks(Component):
+    """Shared shape of objectives and guidance: they declare networks and phases and compute
+    the loss of each of their phases."""
+
+    def networks(self) -> dict[str, NetworkRequest]:
+        """Networks to build, by name (e.g. ``{"generator": ..., "critic": ...}``)."""
+        return {}
+
+    def phases(self) -> Sequence[Phase]:
+        return ()
+
+    def optim_defaults(self, network: str) -> dict[str, Any]:
+        """AdamW defaults for one of this component's networks (keys ``lr``, ``betas``,
+        ``weight_decay``, ``eps``); the user's ``train.optim`` / ``train.networks`` override them."""
+        return {}
+
+    def loss(
+        self, phase: str, nets: Networks, batches: Sequence[Batch], info: StepInfo
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of ``phase`` for the ``phase.repeats`` batches given; returns (scalar loss,
+        numbers to log). Called with all networks but ``phase.network`` frozen."""
+        raise NotImplementedError(f"{type(self).__name__} declares no phase {phase!r}")
+
+
+class Guidance(_TrainsNetworks):
+    """Adds guidance to an objective. It may own networks and phases (e.g. a classifier and its
+    training phase, run before the objective's phases) and contributes a generator loss term
+    through :meth:`generator_term`, which an objective that supports guidance calls."""
+
+    def __init__(self, config: Any, *, spec: DataSpec) -> None:
+        super().__init__(config)
+        self.spec = spec
+
+    @abstractmethod
+    def generator_term(
+        self, nets: Networks, x_fake: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None,
+        info: StepInfo,
+    ) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+class Objective(_TrainsNetworks):
+    """A training method. Constructed as ``cls(config, spec=..., coupler=..., guidance=...)``;
+    ``coupler`` and ``guidance`` are None unless the user chose one. An objective that cannot use
+    a given coupler or guidance raises ``ValueError`` naming it.
+
+    ``sample`` draws ``noise.shape[0]`` samples with ``nfe`` network evaluations using the EMA
+    networks (``nets.ema(name)``); ``default_nfe`` is 1 for one-step methods.
+    ``ema_networks`` names the networks the trainer keeps an EMA of."""
+
+    default_nfe: ClassVar[int] = 1
+    ema_networks: ClassVar[tuple[str, ...]] = ("generator",)
+
+    def __init__(
+        self, config: Any, *, spec: DataSpec, coupler: Coupler | None = None,
+        guidance: Guidance | None = None,
+    ) -> None:
+        super().__init__(config)
+        self.spec = spec
+        self.coupler = coupler
+        self.guidance = guidance
+
+    @abstractmethod
+    def sample(
+        self, nets: Networks, noise: torch.Tensor, y: torch.Tensor | None, nfe: int
+    ) -> torch.Tensor: ...
+
+
+class DataSource(Component):
+    """A dataset. ``dataset(split)`` returns a map-style ``torch.utils.data.Dataset`` whose items
+    are ``(x, y)`` with ``x`` a float tensor of ``spec().shape`` and ``y`` an int label
+    (unlabelled sources return 0 and set ``num_classes = 0``). Splits are ``train`` and ``test``;
+    ``test`` is held out."""
+
+    @abstractmethod
+    def spec(self) -> DataSpec: ...
+
+    @abstractmethod
+    def dataset(self, split: str) -> torch.utils.data.Dataset: ...
+
+    def modes(self) -> torch.Tensor | None:
+        """Mode centres ``[K, *shape]`` with weights, for toy mixtures (mode-coverage metric)."""
+        return None
+
+    def mode_weights(self) -> torch.Tensor | None:
+        return None
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Map model space to viewable space (e.g. latents -> images); identity by default."""
+        return x
+
+
+@attrs.define
+class EvalContext:
+    """Everything a metric may look at: generated ``samples`` (model space) with their labels,
+    held-out ``reference`` data with labels, the data source and its spec."""
+
+    samples: torch.Tensor
+    sample_labels: torch.Tensor | None
+    reference: torch.Tensor
+    reference_labels: torch.Tensor | None
+    source: DataSource
+    spec: DataSpec
+
+
+class Metric(Component):
+    """Computes numbers from an :class:`EvalContext`. ``applies_to`` lists the data kinds it
+    supports; returned keys are prefixed by nothing (e.g. ``{"sinkhorn": 0.01}``)."""
+
+    applies_to: ClassVar[tuple[str, ...]] = ("points", "images", "latents")
+
+    @abstractmethod
+    def compute(self, ctx: EvalContext) -> dict[str, float]: ...
+
+
+KINDS: dict[str, type[Component]] = {
+    "backbone": Backbone,
+    "objective": Objective,
+    "coupler": Coupler,
+    "guidance": Guidance,
+    "data": DataSource,
+    "metric": Metric,
+}

@@ -1,0 +1,1 @@
+"""Metrics (built-in ones are registered by onestep.builtin)."""

@@ -1,0 +1,55 @@
+"""Pictures of samples: scatter plots for 2D points, histograms for 1D, grids for images."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def image_grid(x: torch.Tensor, nrow: int | None = None) -> np.ndarray:
+    """[N, C, H, W] in [-1, 1] -> one uint8 image [rows*H, cols*W, C or nothing]."""
+    x = x.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).cpu()
+    n, c, h, w = x.shape
+    cols = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = torch.zeros(c, rows * (h + 1) + 1, cols * (w + 1) + 1, dtype=torch.uint8)
+    for i in range(n):
+        r, k = divmod(i, cols)
+        grid[:, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + k * (w + 1): 1 + k * (w + 1) + w] = x[i]
+    arr = grid.permute(1, 2, 0).numpy()
+    return arr[..., 0] if c == 1 else arr[..., :3]
+
+
+def save_samples(samples: torch.Tensor, path: Path, reference: torch.Tensor | None = None,
+                 title: str = "", nrow: int | None = None) -> Path:
+    """Write a PNG of ``samples``: scatter (2D), histogram (1D) or image grid (C, H, W)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    s = samples.detach().float().cpu()
+    if s.dim() == 4:
+        plt.imsave(path, image_grid(s, nrow), cmap="gray" if s.shape[1] == 1 else None, vmin=0, vmax=255)
+        return path
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    if s.shape[1] == 1:
+        bins = 100
+        if reference is not None:
+            ax.hist(reference[:, 0].cpu().numpy(), bins=bins, density=True, alpha=0.5, label="data")
+        ax.hist(s[:, 0].numpy(), bins=bins, density=True, alpha=0.5, label="samples")
+    else:
+        if reference is not None:
+            r = reference.detach().float().cpu()
+            ax.scatter(r[:, 0], r[:, 1], s=2, alpha=0.3, c="tab:gray", label="data")
+        ax.scatter(s[:, 0], s[:, 1], s=2, alpha=0.5, c="tab:blue", label="samples")
+        ax.set_aspect("equal")
+    ax.legend(loc="upper right", markerscale=4)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

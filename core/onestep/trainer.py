@@ -1,0 +1,343 @@
+"""The training loop: builds the chosen components, wraps each network in a DeepSpeed engine,
+runs the phases the objective (and guidance) declare, and writes samples, metrics and atomic
+checkpoints. It knows no method: every loss comes from a component."""
+from __future__ import annotations
+
+import random
+import time
+import zlib
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import yaml
+
+from . import checkpoint as ckpt
+from .config import RunConfig, unstructure
+from .data.loader import BatchStream
+from .distributed import barrier, init_process_group, resolve_device
+from .engine import EMA, full_state_dict, make_engine, resolve_optim
+from .errors import CheckpointError, ConfigError
+from .interfaces import EvalContext, Networks, StepInfo
+from .logs import MetricsWriter, configure
+from .plotting import save_samples
+from .registry import Registry
+
+
+def _scalar(v: Any) -> float:
+    return float(v.detach().float().mean()) if isinstance(v, torch.Tensor) else float(v)
+
+
+class Trainer:
+    """One run: ``Trainer(config).fit()``; then ``sample``/``evaluate``; ``load`` to resume."""
+
+    def __init__(self, config: RunConfig, registry: Registry | None = None, console: bool = True) -> None:
+        self.config = config
+        self.registry = registry or Registry.discover()
+        self.device = resolve_device(config.device)
+        self.rank, self.world = init_process_group()
+        self.out_dir = config.resolved_output_dir()
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.log = configure(self.out_dir / "log.jsonl" if self.rank == 0 else None, console=console and self.rank == 0)
+        self.metrics = MetricsWriter(self.out_dir / "metrics.jsonl" if self.rank == 0 else None)
+        self._seed_everything(config.seed)
+        self._build_components()
+        self._build_networks()
+        self._build_streams()
+        self.step = 0
+
+    # ----------------------------------------------------------------------------- building
+    def _seed_everything(self, seed: int) -> None:
+        torch.manual_seed(seed + self.rank)
+        np.random.seed((seed + self.rank) % 2**32)
+        random.seed(seed + self.rank)
+
+    def _build_components(self) -> None:
+        c, reg = self.config, self.registry
+        self.source = reg.build("data", c.data.name, c.data.config)
+        self.spec = self.source.spec()
+        self.coupler = reg.build("coupler", c.coupler.name, c.coupler.config) if c.coupler else None
+        self.guidance = reg.build("guidance", c.guidance.name, c.guidance.config, spec=self.spec) if c.guidance else None
+        self.objective = reg.build(
+            "objective", c.objective.name, c.objective.config, spec=self.spec, coupler=self.coupler,
+            guidance=self.guidance,
+        )
+        self.backbone = reg.build("backbone", c.backbone.name, c.backbone.config)
+
+    def _build_networks(self) -> None:
+        t = self.config.train
+        owners = [self.objective] + ([self.guidance] if self.guidance else [])
+        self.owner_of: dict[str, Any] = {}
+        engines: dict[str, Any] = {}
+        for owner in owners:
+            for name, request in owner.networks().items():
+                if name in self.owner_of:
+                    raise ConfigError(
+                        f"network {name!r} is declared by both {self.owner_of[name].name} and {owner.name}"
+                    )
+                self.owner_of[name] = owner
+                module = self.backbone.build(request, self.spec)
+                optim = resolve_optim(name, owner.optim_defaults(name), t)
+                engines[name] = make_engine(module, optim, t, self.world)
+                if t.compile:
+                    engines[name].compile()
+        self.engines = engines
+        self.ema = {n: EMA(engines[n].module, t.ema_decay, t.ema_start, t.zero_stage)
+                    for n in self.objective.ema_networks if n in engines}
+        for e in self.ema.values():
+            e.module.to(self.device)
+        self.nets = Networks(engines, {n: e.module for n, e in self.ema.items()})
+        self.phases = [(g, p) for g in owners[1:] for p in g.phases()] + [(self.objective, p) for p in self.objective.phases()]
+        if not self.phases:
+            raise ConfigError(f"objective {self.objective.name!r} declares no training phases")
+        for owner, p in self.phases:
+            if p.network not in engines:
+                raise ConfigError(f"{owner.name} phase {p.name!r} trains unknown network {p.network!r}")
+
+    def _build_streams(self) -> None:
+        t = self.config.train
+        micro = t.batch_size // (t.grad_accum * self.world)
+        data = self.source.dataset("train")
+        labelled = self.spec.num_classes > 0
+        self.streams = {
+            name: BatchStream(data, micro, self.config.seed * 1_000_003 + zlib.crc32(name.encode()), self.device,
+                              labelled, self.rank, self.world, t.num_workers)
+            for name in sorted({p.stream for _, p in self.phases})
+        }
+
+    # ----------------------------------------------------------------------------- training
+    def train_step(self) -> dict[str, Any]:
+        """One iteration: every phase once (each with ``grad_accum`` micro-batches)."""
+        t = self.config.train
+        info = StepInfo(self.step, t.steps)
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if t.precision == "bf16" else nullcontext())
+        logs: dict[str, Any] = {}
+        for owner, phase in self.phases:
+            engine = self.engines[phase.network]
+            for name, e in self.engines.items():
+                e.module.requires_grad_(name == phase.network)
+            for _ in range(t.grad_accum):
+                batches = [self.streams[phase.stream].next() for _ in range(phase.repeats)]
+                with autocast:
+                    loss, extra = owner.loss(phase.name, self.nets, batches, info)
+                engine.backward(loss)
+                engine.step()
+            logs[f"{phase.name}/loss"] = loss.detach()
+            logs.update({f"{phase.name}/{k}": v for k, v in extra.items()})
+        for e in self.engines.values():
+            e.module.requires_grad_(True)
+        for name, ema in self.ema.items():
+            ema.update(self.engines[name].module, self.step)
+        return logs
+
+    def fit(self, resume: str | Path | None = None) -> dict[str, Any]:
+        """Train to ``train.steps`` (continuing from ``resume`` if given), then sample and evaluate."""
+        from tqdm.auto import tqdm
+
+        t = self.config.train
+        if resume is not None:
+            self.load(resume)
+        if self.rank == 0:
+            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(unstructure(self.config), sort_keys=False))
+        self.log.info("run", out_dir=str(self.out_dir), objective=self.objective.name, backbone=self.backbone.name,
+                      data=self.config.data.name, device=str(self.device), world=self.world, start_step=self.step,
+                      parameters={n: sum(p.numel() for p in e.module.parameters()) for n, e in self.engines.items()})
+        bar = tqdm(total=t.steps, initial=self.step, disable=not t.progress or self.rank != 0, dynamic_ncols=True)
+        last_time, last_step = time.perf_counter(), self.step
+        saved_at = -1
+        while self.step < t.steps:
+            logs = self.train_step()
+            self.step += 1
+            bar.update(1)
+            if self.step % t.log_every == 0 or self.step == t.steps:
+                now = time.perf_counter()
+                rate = (self.step - last_step) * t.batch_size / max(now - last_time, 1e-9)
+                last_time, last_step = now, self.step
+                record = {"step": self.step, **{k: _scalar(v) for k, v in logs.items()}, "samples_per_s": rate}
+                self.metrics.write(record)
+                bar.set_postfix({k.split("/")[0] if k.endswith("/loss") else k: f"{v:.4g}"
+                                 for k, v in record.items() if k.endswith("/loss")} | {"samples/s": f"{rate:.0f}"})
+            if t.sample_every and self.step % t.sample_every == 0:
+                self.save_sample_plot()
+            if t.eval_every and self.step % t.eval_every == 0 and self.step < t.steps:
+                self.evaluate()
+            if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+                self.save_checkpoint()
+                saved_at = self.step
+        bar.close()
+        path = self.out_dir / "checkpoints" / f"step-{self.step:07d}"
+        if saved_at != self.step:
+            path = self.save_checkpoint()
+        plot = self.save_sample_plot()
+        metrics = self.evaluate()
+        if self.rank == 0:
+            line = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not k.startswith("mode_mass_"))
+            print(f"metrics step={self.step} {line}", flush=True)
+        return {"step": self.step, "metrics": metrics, "out_dir": str(self.out_dir), "checkpoint": str(path),
+                "samples_png": str(plot) if plot else None}
+
+    # ----------------------------------------------------------------------------- sampling
+    def _labels(self, n: int) -> torch.Tensor | None:
+        return torch.arange(n) % self.spec.num_classes if self.spec.num_classes > 0 else None
+
+    @torch.no_grad()
+    def sample(self, n: int, nfe: int | None = None, y: torch.Tensor | None = None, seed: int | None = None,
+               batch_size: int = 1000) -> torch.Tensor:
+        """``n`` samples (model space, on CPU) with ``nfe`` evaluations, labels ``y`` (default:
+        classes in turn). Uses its own RNG so training randomness is untouched."""
+        nfe = nfe or self.config.sample.nfe or self.objective.default_nfe
+        if y is None:
+            y = self._labels(n)
+        devices = [self.device] if self.device.type == "cuda" else []
+        out = []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.config.seed + 7919 if seed is None else seed)
+            for i in range(0, n, batch_size):
+                m = min(batch_size, n - i)
+                noise = torch.randn(m, *self.spec.shape, device=self.device)
+                yy = y[i:i + m].to(self.device) if y is not None else None
+                out.append(self.objective.sample(self.nets, noise, yy, nfe).float().cpu())
+        return torch.cat(out)
+
+    def save_sample_plot(self) -> Path | None:
+        if self.rank != 0:
+            return None
+        s = self.config.sample
+        n = s.grid if len(self.spec.shape) == 3 else s.num
+        samples = self.source.decode(self.sample(n))
+        reference = None
+        if len(self.spec.shape) == 1:
+            ref_ds = self.source.dataset("test")
+            reference = torch.stack([ref_ds[i][0] for i in range(min(len(ref_ds), s.num))])
+        nrow = self.spec.num_classes if 0 < self.spec.num_classes <= 16 and len(self.spec.shape) == 3 else None
+        title = f"{self.objective.name} / {self.backbone.name} / step {self.step}"
+        return save_samples(samples, self.out_dir / "samples" / f"step-{self.step:07d}.png", reference, title, nrow)
+
+    def reference(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ds = self.source.dataset("test")
+        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n]
+        items = [ds[int(i)] for i in idx]
+        x = torch.stack([a for a, _ in items])
+        y = torch.as_tensor([int(b) for _, b in items], dtype=torch.long)
+        return x, (y if self.spec.num_classes > 0 else None)
+
+    def evaluate(self, metrics: Iterable[str] | None = None, num_samples: int | None = None) -> dict[str, float]:
+        """Metrics of EMA samples against held-out data; logged to metrics.jsonl."""
+        if self.rank != 0:
+            return {}
+        n = num_samples or self.config.eval.num_samples
+        ref, ref_y = self.reference(n)
+        y = ref_y[torch.arange(n) % len(ref_y)] if ref_y is not None else None
+        samples = self.sample(n, y=y)
+        ctx = EvalContext(samples, y, ref, ref_y, self.source, self.spec)
+        names = list(metrics or self.config.eval.metrics or
+                     [m.name for m in self.registry.components("metric") if self.spec.kind in m.cls.applies_to])
+        out: dict[str, float] = {}
+        for name in names:
+            info = self.registry.get("metric", name)
+            out.update(info.cls(info.cls.Config()).compute(ctx))
+        self.metrics.write({"step": self.step, "eval": out})
+        self.log.info("eval", step=self.step, **{k: round(v, 5) for k, v in out.items() if not k.startswith("mode_mass_")})
+        return out
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def _components(self) -> dict[str, Any]:
+        return {k: c for k, c in (("objective", self.objective), ("guidance", self.guidance), ("coupler", self.coupler)) if c}
+
+    def save_checkpoint(self) -> Path:
+        t = self.config.train
+        writer = ckpt.CheckpointWriter(self.out_dir / "checkpoints", t.keep_checkpoints, self.rank)
+        tmp = writer.begin(self.step)
+        barrier()
+        for name, e in self.engines.items():
+            weights = full_state_dict(e.module, t.zero_stage)
+            if self.rank == 0:
+                ckpt.save_tensors(weights, tmp / f"{name}.safetensors")
+            ckpt.save_state(e.optimizer.state_dict(), tmp / f"{name}.optim.rank{self.rank}.pt")
+        ckpt.save_state(
+            {"streams": {k: s.state_dict() for k, s in self.streams.items()}, "rng": self._rng_state()},
+            tmp / f"trainer.rank{self.rank}.pt",
+        )
+        if self.rank == 0:
+            for name, ema in self.ema.items():
+                ckpt.save_tensors({k: v.detach().clone() for k, v in ema.module.state_dict().items()},
+                                  tmp / f"{name}.ema.safetensors")
+            (tmp / "config.yaml").write_text(yaml.safe_dump(unstructure(self.config), sort_keys=False))
+            ckpt.save_state({
+                "step": self.step, "world": self.world, "networks": sorted(self.engines),
+                "schedulers": {n: e.lr_scheduler.state_dict() for n, e in self.engines.items()},
+                "components": {k: c.state_dict() for k, c in self._components().items()},
+            }, tmp / "trainer.pt")
+        barrier()
+        final = writer.commit(self.step)
+        barrier()
+        self.log.info("checkpoint", step=self.step, path=str(final))
+        return final
+
+    def load(self, path: str | Path, weights_only: bool = False) -> Path:
+        """Restore a checkpoint (a run folder or a step folder). ``weights_only`` restores the
+        networks and EMA but not the optimizer, data or RNG state (for sampling/evaluation)."""
+        folder = ckpt.resolve(path)
+        state = ckpt.load_state(folder / "trainer.pt")
+        if sorted(self.engines) != state["networks"]:
+            raise CheckpointError(f"checkpoint {str(folder)!r}: networks {state['networks']} do not match this run's {sorted(self.engines)}")
+        stage = self.config.train.zero_stage
+        for name, e in self.engines.items():
+            weights = ckpt.load_tensors(folder / f"{name}.safetensors")
+            try:
+                if stage == 3:
+                    import deepspeed
+
+                    with deepspeed.zero.GatheredParameters(list(e.module.parameters()), modifier_rank=0):
+                        e.module.load_state_dict(weights)
+                else:
+                    e.module.load_state_dict(weights)
+            except RuntimeError as exc:
+                raise CheckpointError(f"checkpoint file {str(folder / (name + '.safetensors'))!r}: does not fit network {name!r} "
+                                      f"({' '.join(str(exc).split())[:160]})") from None
+        for name, ema in self.ema.items():
+            ema.module.load_state_dict(ckpt.load_tensors(folder / f"{name}.ema.safetensors"))
+        self.step = int(state["step"])
+        if weights_only:
+            return folder
+        if state["world"] != self.world:
+            raise CheckpointError(f"checkpoint {str(folder)!r}: written by {state['world']} processes, resumed with {self.world}")
+        for name, e in self.engines.items():
+            opt_state = ckpt.load_state(folder / f"{name}.optim.rank{self.rank}.pt")
+            opt_state = ckpt.fill_opaque(opt_state, e.optimizer.state_dict())
+            if stage == 0:
+                e.optimizer.load_state_dict(opt_state)
+            else:
+                e.optimizer.load_state_dict([opt_state], load_optimizer_states=True, load_from_fp32_weights=True)
+            e.lr_scheduler.load_state_dict(state["schedulers"][name])
+        for k, c in self._components().items():
+            c.load_state_dict(state["components"].get(k, {}))
+        local = ckpt.load_state(folder / f"trainer.rank{self.rank}.pt")
+        for k, s in self.streams.items():
+            s.load_state_dict(local["streams"][k])
+        self._set_rng_state(local["rng"])
+        self.log.info("resumed", step=self.step, path=str(folder))
+        return folder
+
+    def _rng_state(self) -> dict[str, Any]:
+        np_state = np.random.get_state()
+        state = {
+            "torch": torch.get_rng_state(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": random.getstate(),
+        }
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _set_rng_state(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        n = state["numpy"]
+        np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+        py = state["python"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        if "cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"], self.device)

@@ -1,0 +1,1 @@
+"""onestep objective plugin: flow matching (multi-step baseline)."""

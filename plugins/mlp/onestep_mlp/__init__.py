@@ -1,0 +1,1 @@
+"""onestep backbone plugin: residual MLP."""
