@@ -6,9 +6,10 @@ from .hookspecs import hookimpl
 @hookimpl
 def onestep_data_sources():
     from .data.images import IMAGE_SOURCES
+    from .data.latents import Latents
     from .data.toy import TOY_SOURCES
 
-    return [*TOY_SOURCES, *IMAGE_SOURCES]
+    return [*TOY_SOURCES, *IMAGE_SOURCES, Latents]
 
 
 @hookimpl

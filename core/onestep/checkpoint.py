@@ -35,13 +35,15 @@ _OPAQUE = "__onestep_opaque__"
 
 def to_plain(obj: Any) -> Any:
     """Keep tensors and plain containers; mark anything else as opaque (restored from a template)."""
-    if isinstance(obj, torch.Tensor) or isinstance(obj, _PLAIN):
+    if isinstance(obj, torch.Tensor) or type(obj) in _PLAIN:
         return obj
     if isinstance(obj, dict):
         return {k: to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_plain(v) for v in obj) if isinstance(obj, list) else tuple(to_plain(v) for v in obj)
-    return {_OPAQUE: type(obj).__name__}
+    if isinstance(obj, list):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(to_plain(v) for v in obj)
+    return {_OPAQUE: type(obj).__name__}  # includes subclasses of int/str such as enums
 
 
 def fill_opaque(loaded: Any, template: Any) -> Any:

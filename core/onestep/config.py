@@ -85,7 +85,7 @@ class SampleConfig:
 
 @attrs.define
 class EvalConfig:
-    metrics: Optional[list[str]] = None  # None: every installed metric that applies to the data
+    metrics: Optional[list[str]] = None  # None: every installed metric that applies to the data; []: none
     num_samples: int = 2000
 
 

@@ -233,8 +233,11 @@ class Trainer:
         y = ref_y[torch.arange(n) % len(ref_y)] if ref_y is not None else None
         samples = self.sample(n, y=y)
         ctx = EvalContext(samples, y, ref, ref_y, self.source, self.spec)
-        names = list(metrics or self.config.eval.metrics or
-                     [m.name for m in self.registry.components("metric") if self.spec.kind in m.cls.applies_to])
+        if metrics is None:
+            metrics = self.config.eval.metrics
+        if metrics is None:
+            metrics = [m.name for m in self.registry.components("metric") if self.spec.kind in m.cls.applies_to]
+        names = list(metrics)
         out: dict[str, float] = {}
         for name in names:
             info = self.registry.get("metric", name)

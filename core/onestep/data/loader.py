@@ -66,6 +66,9 @@ class BatchStream:
         self.loader = StatefulDataLoader(
             dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_workers,
             collate_fn=_collate, drop_last=True,
+            # its own generator: creating an iterator draws a worker base seed, which must not
+            # consume the global RNG (a resumed run creates its iterator at a different time)
+            generator=torch.Generator().manual_seed(seed),
         )
         self.device = device
         self.labelled = labelled

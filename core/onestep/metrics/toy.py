@@ -11,11 +11,11 @@ from ..interfaces import EvalContext, Metric
 @attrs.define
 class SinkhornDivergenceConfig:
     blur: float = 0.05  # entropic blur in data units (geomloss: epsilon = blur ** p)
-    scaling: float = 0.9
+    scaling: float = 0.8
     max_points: int = 4000  # subsample both sets to at most this many points
 
 
-def sinkhorn_divergence(a: torch.Tensor, b: torch.Tensor, blur: float = 0.05, scaling: float = 0.9) -> float:
+def sinkhorn_divergence(a: torch.Tensor, b: torch.Tensor, blur: float = 0.05, scaling: float = 0.8) -> float:
     """Debiased Sinkhorn divergence S_eps(a, b) between two point clouds (flattened), p = 2."""
     from geomloss import SamplesLoss
 

@@ -1,0 +1,239 @@
+"""Export a trained generator as a self-contained folder and sample from it without the trainer.
+
+``onestep export CHECKPOINT --out DIR`` writes::
+
+    DIR/model.safetensors   the EMA generator's weights
+    DIR/config.json         format/version, the run config, data spec, objective and backbone
+                            names, the generator's NetworkRequest, default nfe, training step,
+                            and for latent data the VAE reference with its scaling/shift factors
+    DIR/vae/                the VAE (diffusers save_pretrained) when the data are latents
+
+:class:`OneStepPipeline` rebuilds the generator through the registry from ``config.json``,
+loads ``model.safetensors`` (nothing is unpickled) and samples with the objective's own
+``sample``, so a pipeline draws exactly what ``Trainer.sample`` draws for the same seed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from .config import RunConfig, assemble, build_config, read_file, unstructure
+from .errors import CheckpointError, ConfigError, OnestepError
+from .interfaces import DataSpec, NetworkRequest, Networks, Objective
+from .registry import Registry
+from .vae import LatentDecoder, load_vae
+
+FORMAT = "onestep-pipeline"
+VERSION = 1
+GENERATOR = "generator"
+
+
+def build_objective(config: RunConfig, spec: DataSpec, registry: Registry) -> Objective:
+    """The run's objective with its coupler and guidance, as the trainer builds them."""
+    coupler = registry.build("coupler", config.coupler.name, config.coupler.config) if config.coupler else None
+    guidance = registry.build("guidance", config.guidance.name, config.guidance.config, spec=spec) if config.guidance else None
+    return registry.build("objective", config.objective.name, config.objective.config, spec=spec, coupler=coupler,
+                          guidance=guidance)
+
+
+def generator_request(objective: Objective) -> NetworkRequest:
+    request = objective.networks().get(GENERATOR)
+    if request is None:
+        raise ConfigError(f"objective {objective.name!r} declares no {GENERATOR!r} network; nothing to export")
+    return request
+
+
+def build_generator(config: RunConfig, request: NetworkRequest, spec: DataSpec, weights: dict[str, torch.Tensor],
+                    registry: Registry, where: str) -> nn.Module:
+    backbone = registry.build("backbone", config.backbone.name, config.backbone.config)
+    module = backbone.build(request, spec)
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{where}: does not fit the {config.backbone.name} generator "
+                              f"({' '.join(str(exc).split())[:160]})") from None
+    return module.float().eval().requires_grad_(False)
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, overrides: Sequence[str] = (), copy_vae: bool = True,
+                      registry: Registry | None = None) -> Path:
+    """Write the export folder ``out`` for checkpoint ``checkpoint`` (a run or step folder).
+    ``overrides`` amend the saved run config (e.g. ``data.vae=/new/place``); with ``copy_vae``
+    False, latent exports reference the VAE where it is instead of copying it."""
+    from .data.latents import Latents
+
+    folder = ckpt.resolve(checkpoint)
+    reg = registry or Registry.discover()
+    config = build_config(assemble(base=read_file(folder / "config.yaml"), overrides=overrides), reg)
+    source = reg.build("data", config.data.name, config.data.config)
+    spec = source.spec()
+    objective = build_objective(config, spec, reg)
+    request = generator_request(objective)
+    name = f"{GENERATOR}.ema.safetensors" if GENERATOR in objective.ema_networks else f"{GENERATOR}.safetensors"
+    weights = ckpt.load_tensors(folder / name)
+    build_generator(config, request, spec, weights, reg, str(folder / name))
+    state = ckpt.load_state(folder / "trainer.pt")
+
+    out = Path(out)
+    tmp = out.with_name(f".tmp-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    vae = None
+    if isinstance(source, Latents):
+        decoder = source.decoder()
+        vae = {"path": decoder.ref, "config_dir": decoder.config, "scaling_factor": decoder.scale,
+               "shift_factor": decoder.shift}
+        if copy_vae:
+            load_vae(decoder.ref, decoder.config).save_pretrained(str(tmp / "vae"), safe_serialization=True)
+            vae.update(path="vae", config_dir=None)
+    ckpt.save_tensors(weights, tmp / "model.safetensors")
+    meta = {
+        "format": FORMAT, "version": VERSION, "objective": config.objective.name, "backbone": config.backbone.name,
+        "default_nfe": int(config.sample.nfe or objective.default_nfe), "step": int(state["step"]),
+        "spec": {"shape": list(spec.shape), "num_classes": spec.num_classes, "kind": spec.kind},
+        "network": {"role": request.role, "time_inputs": request.time_inputs,
+                    "class_conditional": request.class_conditional},
+        "vae": vae, "run": unstructure(config),
+    }
+    (tmp / "config.json").write_text(json.dumps(meta, indent=1, default=list))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def _read_export_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    if not folder.is_dir():
+        raise CheckpointError(f"export {str(folder)!r}: no such folder")
+    if not path.is_file():
+        raise CheckpointError(f"export {str(folder)!r}: config.json missing (not a folder written by `onestep export`)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"export file {str(path)!r}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"export file {str(path)!r}: format is not {FORMAT!r}")
+    if meta.get("version") != VERSION:
+        raise CheckpointError(f"export file {str(path)!r}: version {meta.get('version')!r}; this onestep reads {VERSION}")
+    missing = [k for k in ("objective", "default_nfe", "spec", "network", "run") if k not in meta]
+    if missing:
+        raise CheckpointError(f"export file {str(path)!r}: missing {', '.join(missing)}")
+    return meta
+
+
+class OneStepPipeline:
+    """Samples from an exported generator, diffusers-style::
+
+        pipe = OneStepPipeline.from_pretrained("export/", device="cuda")
+        images = pipe(class_labels=[3, 3, 7], seed=0)            # [3, C, H, W] in [-1, 1]
+        pil = pipe(num_images=16, seed=0, output_type="pil")
+    """
+
+    def __init__(self, objective: Objective, generator: nn.Module, spec: DataSpec, default_nfe: int,
+                 decoder: LatentDecoder | None = None, meta: dict[str, Any] | None = None) -> None:
+        self.objective, self.generator, self.spec = objective, generator, spec
+        self.default_nfe, self.decoder, self.meta = default_nfe, decoder, meta or {}
+        self.nets = Networks({GENERATOR: generator}, {GENERATOR: generator})
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
+                        registry: Registry | None = None) -> "OneStepPipeline":
+        folder = Path(path)
+        meta = _read_export_config(folder)
+        reg = registry or Registry.discover()
+        config = build_config(meta["run"], reg)
+        s = meta["spec"]
+        spec = DataSpec(shape=tuple(s["shape"]), num_classes=int(s["num_classes"]), kind=str(s["kind"]))
+        objective = build_objective(config, spec, reg)
+        request = NetworkRequest(**meta["network"])
+        weights = ckpt.load_tensors(folder / "model.safetensors")
+        generator = build_generator(config, request, spec, weights, reg, str(folder / "model.safetensors"))
+        decoder = None
+        if meta.get("vae"):
+            v = meta["vae"]
+            ref = str(folder / v["path"]) if v["path"] == "vae" else v["path"]
+            decoder = LatentDecoder(ref, float(v["scaling_factor"]), float(v["shift_factor"]), v.get("config_dir"))
+        return cls(objective, generator, spec, int(meta["default_nfe"]), decoder, meta).to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
+    def to(self, device: str | torch.device) -> "OneStepPipeline":
+        self.generator.to(device)
+        return self
+
+    def labels(self, class_labels: int | Sequence[int] | torch.Tensor | None, n: int | None) -> tuple[torch.Tensor | None, int]:
+        """Labels for ``n`` images: one label for all, a list (its length is ``n``), or classes in
+        turn (as ``Trainer.sample`` does) for a class-conditional model given none."""
+        k = self.spec.num_classes
+        if class_labels is None:
+            n = 1 if n is None else n
+            return (torch.arange(n) % k if k > 0 else None), n
+        if k == 0:
+            raise ConfigError("class_labels: this model is unconditional (its data had no classes)")
+        y = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
+        if y.numel() == 1 and n is not None:
+            y = y.expand(n)
+        if n is not None and len(y) != n:
+            raise ConfigError(f"class_labels: {len(y)} labels for num_images={n}")
+        if ((y < 0) | (y >= k)).any():
+            raise ConfigError(f"class_labels: expected labels in 0..{k - 1}, got {y.tolist()}")
+        return y.clone(), len(y)
+
+    @torch.no_grad()
+    def __call__(self, class_labels: int | Sequence[int] | torch.Tensor | None = None, num_images: int | None = None,
+                 seed: int | None = None, nfe: int | None = None, output_type: str = "pt",
+                 batch_size: int = 1000) -> torch.Tensor | list:
+        """``num_images`` samples with ``nfe`` network evaluations (default: the objective's, 1 for
+        one-step methods). ``seed`` makes the draw reproducible (same noise as
+        ``Trainer.sample(..., seed=seed)``). ``output_type``: ``pt`` (images in [-1, 1], or
+        points), ``model`` (model space, e.g. undecoded latents), ``np`` or ``pil``."""
+        if output_type not in ("pt", "model", "np", "pil"):
+            raise ConfigError(f"output_type: expected pt, model, np or pil, got {output_type!r}")
+        if output_type == "pil" and self.spec.kind == "points":
+            raise ConfigError("output_type 'pil': this model generates points, not images")
+        y, n = self.labels(class_labels, num_images)
+        nfe = nfe or self.default_nfe
+        device = self.device
+        out = []
+        fork = torch.random.fork_rng(devices=[device] if device.type == "cuda" else []) if seed is not None else nullcontext()
+        with fork:
+            if seed is not None:
+                torch.manual_seed(seed)
+            for i in range(0, n, batch_size):
+                m = min(batch_size, n - i)
+                noise = torch.randn(m, *self.spec.shape, device=device)
+                yy = y[i:i + m].to(device) if y is not None else None
+                try:
+                    x = self.objective.sample(self.nets, noise, yy, nfe)
+                except KeyError as exc:
+                    raise OnestepError(f"objective {self.objective.name!r} samples with network {exc.args[0]!r}, "
+                                       f"which an export does not carry (only {GENERATOR!r})") from None
+                out.append(x.float())
+        x = torch.cat(out)
+        if output_type != "model" and self.decoder is not None:
+            x = self.decoder(x)
+        x = x.cpu()
+        if output_type == "np":
+            return x.numpy()
+        if output_type == "pil":
+            return to_pil(x)
+        return x
+
+
+def to_pil(images: torch.Tensor) -> list:
+    """[N, C, H, W] in [-1, 1] -> PIL images (grey for one channel)."""
+    from PIL import Image
+
+    a = images.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im) for im in a]

@@ -1,0 +1,80 @@
+"""`onestep export` and OneStepPipeline: an exported generator samples exactly what the trainer
+samples, and broken export folders fail with one-line errors."""
+import json
+
+import pytest
+import torch
+
+from onestep.api import build_run, compose
+from onestep.cli import main
+from onestep.errors import CheckpointError, ConfigError
+from onestep.export import OneStepPipeline, export_checkpoint
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy")
+    cfg = compose(objective="flow-matching", backbone="mlp", data="gmm8", overrides=[
+        f"output_dir={out}/run", "train.progress=false", "data.labelled=true", "data.size=2000",
+        "objective.nfe=3", "backbone.width=32", "backbone.depth=1", "train.steps=30", "train.batch_size=64",
+        "sample.num=200", "eval.num_samples=200", "eval.metrics=[sinkhorn]"])
+    run = build_run(cfg, console=False)
+    summary = run.fit()
+    return run, summary["checkpoint"], export_checkpoint(summary["checkpoint"], out / "export")
+
+
+def test_pipeline_samples_equal_trainer_samples(trained):
+    run, _, export = trained
+    pipe = OneStepPipeline.from_pretrained(export, device="cpu")
+    assert pipe.default_nfe == 3 and pipe.spec == run.spec
+    assert torch.equal(pipe(num_images=40, seed=11), run.sample(40, seed=11))
+    assert torch.equal(pipe(num_images=40, seed=11, nfe=1), run.sample(40, nfe=1, seed=11))
+    label = torch.full((6,), 5, dtype=torch.long)
+    assert torch.equal(pipe(class_labels=5, num_images=6, seed=2), run.sample(6, y=label, seed=2))
+    assert not torch.equal(pipe(num_images=8, seed=1), pipe(num_images=8, seed=2))
+    with pytest.raises(ConfigError, match="0..7"):
+        pipe(class_labels=[8])
+
+
+def test_export_records_what_the_model_needs(trained):
+    _, _, export = trained
+    meta = json.loads((export / "config.json").read_text())
+    assert meta["objective"] == "flow-matching" and meta["default_nfe"] == 3 and meta["step"] == 30
+    assert meta["spec"] == {"shape": [2], "num_classes": 8, "kind": "points"} and meta["vae"] is None
+    assert meta["run"]["backbone"]["width"] == 32 and sorted(p.name for p in export.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_missing_or_corrupt_export_files_give_clear_errors(trained, tmp_path):
+    import shutil
+
+    _, _, export = trained
+    broken = tmp_path / "broken"
+    shutil.copytree(export, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="model.safetensors.*unreadable"):
+        OneStepPipeline.from_pretrained(broken)
+    weights.unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors.*missing"):
+        OneStepPipeline.from_pretrained(broken)
+    shutil.copy(export / "model.safetensors", weights)
+    meta = json.loads((broken / "config.json").read_text())
+    meta["run"]["backbone"]["width"] = 48
+    (broken / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="does not fit the mlp generator"):
+        OneStepPipeline.from_pretrained(broken)
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        OneStepPipeline.from_pretrained(broken)
+    (broken / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="config.json missing"):
+        OneStepPipeline.from_pretrained(broken)
+
+
+def test_export_command(trained, tmp_path, capsys):
+    run, checkpoint, _ = trained
+    assert main(["export", checkpoint, "--out", str(tmp_path / "cli")]) == 0
+    assert torch.equal(OneStepPipeline.from_pretrained(tmp_path / "cli")(num_images=5, seed=0), run.sample(5, seed=0))
+    assert main(["export", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("onestep: error: checkpoint") and "\n" not in err and not (tmp_path / "x").exists()
