@@ -14,6 +14,7 @@ def onestep_data_sources():
 
 @hookimpl
 def onestep_metrics():
+    from .metrics.fidelity import FIDELITY_METRICS
     from .metrics.toy import ModeCoverage, SinkhornDivergence
 
-    return [SinkhornDivergence, ModeCoverage]
+    return [SinkhornDivergence, ModeCoverage, *FIDELITY_METRICS]

@@ -80,7 +80,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    trainer = trainer_from_checkpoint(args.checkpoint, args.overrides)
+    weights = [f"eval.feature_weights={args.feature_weights}"] if args.feature_weights else []
+    trainer = trainer_from_checkpoint(args.checkpoint, list(args.overrides) + weights)
     if args.nfe:
         trainer.config = attrs.evolve(trainer.config, sample=attrs.evolve(trainer.config.sample, nfe=args.nfe))
     metrics = trainer.evaluate(args.metrics.split(",") if args.metrics else None, args.num)
@@ -141,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", help="comma-separated metric names (default: all that apply)")
     p.add_argument("--num", type=int, default=None, help="number of samples")
     p.add_argument("--nfe", type=int, default=None)
+    p.add_argument("--feature-weights", metavar="PATH",
+                   help="local Inception weights (torch-fidelity's inception-v3-compat .pth) for FID/KID/IS/PR; "
+                        "default: a classifier trained on the data")
     add_override_args(p)
     p.set_defaults(func=cmd_eval)
 

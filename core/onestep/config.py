@@ -65,6 +65,7 @@ class TrainConfig:
     num_workers: int = 0
     progress: bool = True
     compile: bool = False  # torch.compile the networks
+    max_minutes: float = 0.0  # wall-clock limit of the training loop; 0: none (train.steps alone decides)
 
     def __attrs_post_init__(self) -> None:
         _check(self.steps >= 1, "train.steps", f"expected >= 1, got {self.steps}")
@@ -74,6 +75,7 @@ class TrainConfig:
         _check(self.precision in ("fp32", "bf16"), "train.precision", f"expected 'fp32' or 'bf16', got {self.precision!r}")
         _check(0.0 <= self.ema_decay < 1.0, "train.ema_decay", f"expected in [0, 1), got {self.ema_decay}")
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", f"expected >= 1, got {self.keep_checkpoints}")
+        _check(self.max_minutes >= 0, "train.max_minutes", f"expected >= 0 (0: no limit), got {self.max_minutes}")
 
 
 @attrs.define
@@ -87,6 +89,13 @@ class SampleConfig:
 class EvalConfig:
     metrics: Optional[list[str]] = None  # None: every installed metric that applies to the data; []: none
     num_samples: int = 2000
+    feature_weights: Optional[str] = None  # local torch-fidelity Inception weights for image metrics; None: a classifier trained on the data
+
+    def __attrs_post_init__(self) -> None:
+        if self.feature_weights is not None and not Path(self.feature_weights).is_file():
+            raise ConfigError(f"eval.feature_weights: file {self.feature_weights!r} not found (give a local copy of "
+                              "torch-fidelity's inception-v3-compat weights, e.g. weights-inception-2015-12-05-6726825d.pth; "
+                              "onestep never downloads them; leave it unset to use a classifier trained on the data)")
 
 
 @attrs.define

@@ -271,7 +271,8 @@ class DataSource(Component):
 @attrs.define
 class EvalContext:
     """Everything a metric may look at: generated ``samples`` (model space) with their labels,
-    held-out ``reference`` data with labels, the data source and its spec."""
+    held-out ``reference`` data with labels, the data source and its spec, and the user's local
+    feature-network weights for image metrics (``eval.feature_weights``; None: none given)."""
 
     samples: torch.Tensor
     sample_labels: torch.Tensor | None
@@ -279,6 +280,7 @@ class EvalContext:
     reference_labels: torch.Tensor | None
     source: DataSource
     spec: DataSpec
+    feature_weights: str | None = None
 
 
 class Metric(Component):

@@ -48,6 +48,7 @@ class Trainer:
         self._build_networks()
         self._build_streams()
         self.step = 0
+        self.planned_steps = config.train.steps
 
     # ----------------------------------------------------------------------------- building
     def _seed_everything(self, seed: int) -> None:
@@ -112,7 +113,7 @@ class Trainer:
     def train_step(self) -> dict[str, Any]:
         """One iteration: every phase once (each with ``grad_accum`` micro-batches)."""
         t = self.config.train
-        info = StepInfo(self.step, t.steps)
+        info = StepInfo(self.step, self.planned_steps)
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if t.precision == "bf16" else nullcontext())
         logs: dict[str, Any] = {}
         for owner, phase in self.phases:
@@ -145,14 +146,23 @@ class Trainer:
         self.log.info("run", out_dir=str(self.out_dir), objective=self.objective.name, backbone=self.backbone.name,
                       data=self.config.data.name, device=str(self.device), world=self.world, start_step=self.step,
                       parameters={n: sum(p.numel() for p in e.module.parameters()) for n, e in self.engines.items()})
-        bar = tqdm(total=t.steps, initial=self.step, disable=not t.progress or self.rank != 0, dynamic_ncols=True)
+        bar = tqdm(total=None if t.max_minutes else t.steps, initial=self.step,
+                   disable=not t.progress or self.rank != 0, dynamic_ncols=True)
         last_time, last_step = time.perf_counter(), self.step
+        start_time, start_step = last_time, self.step
+        budget_s = 60.0 * t.max_minutes
         saved_at = -1
-        while self.step < t.steps:
+        done = self.step >= t.steps
+        while not done:
             logs = self.train_step()
             self.step += 1
             bar.update(1)
-            if self.step % t.log_every == 0 or self.step == t.steps:
+            elapsed = time.perf_counter() - start_time
+            done = self.step >= t.steps or self._out_of_time(elapsed, budget_s)
+            if budget_s:  # schedules (info.progress) follow the share of the budget spent
+                expected = start_step + round((self.step - start_step) * budget_s / elapsed)
+                self.planned_steps = min(t.steps, max(self.step + 1, expected))
+            if self.step % t.log_every == 0 or done:
                 now = time.perf_counter()
                 rate = (self.step - last_step) * t.batch_size / max(now - last_time, 1e-9)
                 last_time, last_step = now, self.step
@@ -162,12 +172,13 @@ class Trainer:
                                  for k, v in record.items() if k.endswith("/loss")} | {"samples/s": f"{rate:.0f}"})
             if t.sample_every and self.step % t.sample_every == 0:
                 self.save_sample_plot()
-            if t.eval_every and self.step % t.eval_every == 0 and self.step < t.steps:
+            if t.eval_every and self.step % t.eval_every == 0 and not done:
                 self.evaluate()
             if t.checkpoint_every and self.step % t.checkpoint_every == 0:
                 self.save_checkpoint()
                 saved_at = self.step
         bar.close()
+        train_seconds = time.perf_counter() - start_time
         path = self.out_dir / "checkpoints" / f"step-{self.step:07d}"
         if saved_at != self.step:
             path = self.save_checkpoint()
@@ -176,8 +187,20 @@ class Trainer:
         if self.rank == 0:
             line = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not k.startswith("mode_mass_"))
             print(f"metrics step={self.step} {line}", flush=True)
-        return {"step": self.step, "metrics": metrics, "out_dir": str(self.out_dir), "checkpoint": str(path),
+        return {"step": self.step, "steps_run": self.step - start_step, "train_seconds": train_seconds,
+                "metrics": metrics, "out_dir": str(self.out_dir), "checkpoint": str(path),
                 "samples_png": str(plot) if plot else None}
+
+    def _out_of_time(self, elapsed: float, budget_s: float) -> bool:
+        """Whether ``train.max_minutes`` is spent; every rank follows rank 0's clock so all stop
+        at the same step."""
+        if not budget_s:
+            return False
+        if self.world == 1:
+            return elapsed >= budget_s
+        over = torch.tensor([float(elapsed >= budget_s)], device=self.device)
+        torch.distributed.broadcast(over, src=0)
+        return bool(over.item())
 
     # ----------------------------------------------------------------------------- sampling
     def _labels(self, n: int) -> torch.Tensor | None:
@@ -232,7 +255,7 @@ class Trainer:
         ref, ref_y = self.reference(n)
         y = ref_y[torch.arange(n) % len(ref_y)] if ref_y is not None else None
         samples = self.sample(n, y=y)
-        ctx = EvalContext(samples, y, ref, ref_y, self.source, self.spec)
+        ctx = EvalContext(samples, y, ref, ref_y, self.source, self.spec, self.config.eval.feature_weights)
         if metrics is None:
             metrics = self.config.eval.metrics
         if metrics is None:

@@ -16,7 +16,7 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("toy")
     cfg = compose(objective="flow-matching", backbone="mlp", data="gmm8", overrides=[
         f"output_dir={out}/run", "train.progress=false", "data.labelled=true", "data.size=2000",
-        "objective.nfe=3", "backbone.width=32", "backbone.depth=1", "train.steps=30", "train.batch_size=64",
+        "objective.nfe=3", "backbone.width=32", "backbone.depth=1", "train.steps=10", "train.batch_size=64",
         "sample.num=200", "eval.num_samples=200", "eval.metrics=[sinkhorn]"])
     run = build_run(cfg, console=False)
     summary = run.fit()
@@ -39,7 +39,7 @@ def test_pipeline_samples_equal_trainer_samples(trained):
 def test_export_records_what_the_model_needs(trained):
     _, _, export = trained
     meta = json.loads((export / "config.json").read_text())
-    assert meta["objective"] == "flow-matching" and meta["default_nfe"] == 3 and meta["step"] == 30
+    assert meta["objective"] == "flow-matching" and meta["default_nfe"] == 3 and meta["step"] == 10
     assert meta["spec"] == {"shape": [2], "num_classes": 8, "kind": "points"} and meta["vae"] is None
     assert meta["run"]["backbone"]["width"] == 32 and sorted(p.name for p in export.iterdir()) == ["config.json", "model.safetensors"]
 

@@ -1,0 +1,148 @@
+"""Side-by-side comparison (``onestep compare``): each objective trains with the same backbone,
+data and wall-clock budget (``train.max_minutes``), then is evaluated with the same metrics and
+timed at its own number of network evaluations. torchcfm's OT-CFM, trained the same way, is the
+external reference row (at several NFE). Writing the table and figure is :mod:`.report`'s job.
+
+Overrides apply to every run, except ``NAME:key=value``, which applies to objective NAME only
+(e.g. ``wflow:objective.eta=0.5``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import attrs
+import torch
+
+from ..api import build_run, compose
+from ..errors import ConfigError
+from ..registry import Registry
+from . import peer_torchcfm
+from .speed import sampling_throughput
+
+UNLIMITED_STEPS = 10**9  # the budget stops training; train.steps=N still caps it
+
+
+@attrs.define
+class Row:
+    """One line of the table: a method at one NFE."""
+
+    method: str
+    nfe: int
+    metrics: dict[str, float]
+    samples_per_s: float
+    train_steps_per_s: float
+    steps: int
+    train_seconds: float
+    out_dir: str
+    reference: bool = False  # the external peer
+
+
+@attrs.define
+class Comparison:
+    rows: list[Row]
+    samples: dict[str, torch.Tensor]  # row label -> viewable samples for the figure
+    reference: torch.Tensor | None  # held-out data drawn behind point samples
+    meta: dict
+
+
+def row_label(row: Row) -> str:
+    return f"{row.method} ({row.nfe} NFE)"
+
+
+def split_overrides(overrides: Iterable[str], names: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Common overrides and ``NAME:key=value`` ones per objective."""
+    common: list[str] = []
+    scoped: dict[str, list[str]] = {n: [] for n in names}
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        if ":" not in key:
+            common.append(o)
+            continue
+        name, rest = o.split(":", 1)
+        if name not in scoped:
+            raise ConfigError(f"override {o!r}: {name!r} is not one of the compared objectives ({', '.join(names)})")
+        scoped[name].append(rest)
+    return common, scoped
+
+
+def run_comparison(
+    objectives: Sequence[str], *, data: str | None, backbone: str | None, budget_minutes: float,
+    out_dir: str | Path, files: Sequence[str] = (), overrides: Sequence[str] = (), peer: bool = True,
+    peer_nfes: Sequence[int] = (50, 100), metrics: Sequence[str] | None = None, num_samples: int | None = None,
+    feature_weights: str | None = None, speed_samples: int = 1000, log=print,
+) -> Comparison:
+    """Train and evaluate each objective (then the peer) under the same budget; see module doc."""
+    if budget_minutes <= 0:
+        raise ConfigError(f"--budget-minutes: expected > 0, got {budget_minutes}")
+    if not objectives:
+        raise ConfigError("--objectives: expected at least one objective name")
+    registry = Registry.discover(extra=[(peer_torchcfm.PLUGIN_NAME, peer_torchcfm)] if peer else [])
+    jobs = [(o, None) for o in objectives]
+    if peer:
+        jobs.append((peer_torchcfm.TorchCFMOTCFM.name, list(peer_nfes)))
+    common, scoped = split_overrides(overrides, [n for n, _ in jobs])
+    out_dir = Path(out_dir)
+    extra = [f"eval.feature_weights={feature_weights}"] if feature_weights else []
+    configs = [compose(objective=name, backbone=backbone, data=data, files=files, registry=registry,
+                       overrides=[f"train.steps={UNLIMITED_STEPS}", *common, *scoped[name], *extra,
+                                  f"train.max_minutes={budget_minutes}", "eval.metrics=[]",
+                                  f"output_dir={out_dir / name}"])
+               for name, _ in jobs]  # all configs first: a bad one fails before any training
+    rows: list[Row] = []
+    samples: dict[str, torch.Tensor] = {}
+    reference = None
+    meta: dict = {}
+    for (name, nfes), cfg in zip(jobs, configs):
+        log(f"compare: training {name} for {budget_minutes} min")
+        trainer = build_run(cfg, registry=registry, console=False)
+        summary = trainer.fit()
+        names = list(metrics) if metrics is not None else [
+            c.name for c in registry.components("metric") if trainer.spec.kind in c.cls.applies_to]
+        for nfe in nfes or [trainer.objective.default_nfe]:
+            trainer.config = attrs.evolve(trainer.config, sample=attrs.evolve(trainer.config.sample, nfe=nfe))
+            values = trainer.evaluate(names, num_samples)
+            row = Row(name, nfe, values, sampling_throughput(trainer, nfe, num=speed_samples),
+                      summary["steps_run"] / max(summary["train_seconds"], 1e-9), summary["steps_run"],
+                      summary["train_seconds"], summary["out_dir"], reference=nfes is not None)
+            rows.append(row)
+            samples[row_label(row)] = figure_samples(trainer)
+            log(f"compare: {row_label(row)} steps={row.steps} " + " ".join(
+                f"{k}={v:.4g}" for k, v in values.items() if not k.startswith("mode_mass_")))
+        if reference is None and len(trainer.spec.shape) == 1:
+            reference = trainer.reference(trainer.config.sample.num)[0]
+        meta = meta or run_meta(trainer, budget_minutes, num_samples)
+        del trainer
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return Comparison(rows, samples, reference, meta)
+
+
+def figure_samples(trainer) -> torch.Tensor:
+    """Samples for the figure: a class-ordered grid for images, a point cloud otherwise."""
+    spec, s = trainer.spec, trainer.config.sample
+    if len(spec.shape) != 3:
+        return trainer.sample(s.num, seed=0)
+    k = grid_columns(spec)
+    return trainer.source.decode(trainer.sample(k * -(-s.grid // k), seed=0))
+
+
+def grid_columns(spec) -> int:
+    """One column per class (samples cycle through the labels), else 8."""
+    return spec.num_classes if 0 < spec.num_classes <= 16 else 8
+
+
+def run_meta(trainer, budget_minutes: float, num_samples: int | None) -> dict:
+    import datetime
+    import platform
+
+    device = trainer.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    c = trainer.config
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": f"{device.type}: {name}", "world": trainer.world, "torch": torch.__version__,
+        "data": c.data.name, "backbone": c.backbone.name, "budget_minutes": budget_minutes,
+        "batch_size": c.train.batch_size, "precision": c.train.precision, "eval_samples": num_samples or c.eval.num_samples,
+        "grid_columns": grid_columns(trainer.spec),
+    }

@@ -1,0 +1,227 @@
+"""FID, KID, Inception Score and precision/recall of generated images, computed by torch-fidelity
+with a LOCAL feature network (nothing is downloaded):
+
+- ``eval.feature_weights`` / ``onestep eval --feature-weights PATH``: torch-fidelity's standard
+  ``inception-v3-compat`` network with the user's copy of its weights file, the network behind
+  published FID numbers;
+- otherwise: a small CNN classifier trained once on the data source's own ``train`` split and
+  cached (:mod:`onestep.metrics.classifier`), registered with torch-fidelity as a feature
+  extractor. Its numbers compare runs on the same data; they are not comparable with
+  Inception-based numbers from papers.
+
+Every key names the extractor that produced it: ``fid[inception-v3-compat]``,
+``fid[onestep-mnist-classifier]``. The definitions are torch-fidelity's: FID (Heusel et al. 2017,
+Eq. 6, Frechet distance of Gaussian fits), KID (Binkowski et al. 2018, unbiased MMD^2 with the
+cubic polynomial kernel, averaged over subsets), IS (Salimans et al. 2016, exp E KL(p(y|x)||p(y))
+over 10 splits) and precision/recall (Kynkaanniemi et al. 2019, k-NN manifolds, k = 3).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import attrs
+import torch
+
+from ..errors import ConfigError, OnestepError
+from ..interfaces import DataSource, EvalContext, Metric
+from .classifier import ClassifierRecipe, cache_root, ensure_classifier, load_classifier
+
+INCEPTION = "inception-v3-compat"
+CLASSIFIER = "onestep-classifier"
+
+
+def import_fidelity():
+    """``torch_fidelity``, or a one-line error saying why it cannot be imported (it imports
+    torchvision, which fails beside a torch build it was not made for)."""
+    try:
+        import torch_fidelity
+    except Exception as exc:  # ImportError, or torchvision's RuntimeError for a mismatched build
+        raise OnestepError(
+            f"image metrics need torch-fidelity, which failed to import ({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); "
+            "install torch-fidelity with a torchvision built for the installed torch"
+        ) from None
+    _register_classifier_extractor(torch_fidelity)
+    return torch_fidelity
+
+
+def _register_classifier_extractor(tf) -> None:
+    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    if CLASSIFIER in FEATURE_EXTRACTORS_REGISTRY:
+        return
+
+    class ClassifierFeatures(FeatureExtractorBase):
+        """The onestep feature classifier (file ``feature_extractor_weights_path``) as a
+        torch-fidelity extractor: ``features`` (penultimate activations) for FID, KID and
+        precision/recall, ``logits`` for the Inception Score. Input: uint8 images [B, C, H, W]."""
+
+        def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+            super().__init__(name, features_list)
+            self.net, self.meta = load_classifier(feature_extractor_weights_path)
+
+        @staticmethod
+        def get_provided_features_list():
+            return "features", "logits"
+
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric):
+            return "logits" if metric == "isc" else "features"
+
+        @staticmethod
+        def can_be_compiled():
+            return False
+
+        @staticmethod
+        def get_dummy_input_for_compile():
+            raise NotImplementedError
+
+        def forward(self, x):
+            x = x.to(next(self.net.parameters()).device).float().div(127.5).sub(1.0)
+            features, logits = self.net.features_and_logits(x)
+            found = {"features": features, "logits": logits}
+            return tuple(found[name] for name in self.features_list)
+
+    tf.register_feature_extractor(CLASSIFIER, ClassifierFeatures)
+
+
+class _Images(torch.utils.data.Dataset):
+    """uint8 images as torch-fidelity reads them (one tensor per item)."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images[i]
+
+
+def to_uint8(x: torch.Tensor, channels: int | None = None) -> torch.Tensor:
+    """Images in [-1, 1] [N, C, H, W] -> uint8 [N, channels or C, H, W] (grey repeated to RGB)."""
+    x = x.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+    if channels == 3 and x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    elif channels is not None and x.shape[1] != channels:
+        raise ConfigError(f"image metrics: images with {x.shape[1]} channels cannot feed a {channels}-channel feature network")
+    return x.contiguous()
+
+
+@attrs.define
+class Extractor:
+    """A resolved feature network: torch-fidelity's registered name, its weights file, the name
+    shown in metric keys, and the channels it reads."""
+
+    fidelity_name: str
+    weights: str
+    label: str
+    channels: int | None
+
+
+def resolve_extractor(source: DataSource, feature_weights: str | None, recipe: ClassifierRecipe,
+                      cache_dir: str = "") -> Extractor:
+    """Inception from ``feature_weights`` when given, else the data's cached classifier (trained
+    on the first call)."""
+    if feature_weights:
+        check_inception_weights(feature_weights)
+        return Extractor(INCEPTION, str(feature_weights), INCEPTION, 3)
+    path = ensure_classifier(source, recipe, root=Path(cache_dir) if cache_dir else cache_root())
+    return Extractor(CLASSIFIER, str(path), f"onestep-{source.name}-classifier", None)
+
+
+def fidelity_metrics(samples: torch.Tensor, reference: torch.Tensor | None, extractor: Extractor,
+                     which: dict[str, bool], **options: Any) -> dict[str, float]:
+    """torch-fidelity's ``calculate_metrics`` on two image tensors in [-1, 1] (``reference`` may be
+    None for the Inception Score alone); returns torch-fidelity's keys."""
+    tf = import_fidelity()
+    kwargs = dict(
+        input1=_Images(to_uint8(samples, extractor.channels)),
+        feature_extractor=extractor.fidelity_name, feature_extractor_weights_path=extractor.weights,
+        cuda=torch.cuda.is_available(), cache=False, verbose=False, save_cpu_ram=True, **which, **options,
+    )
+    if reference is not None:
+        kwargs["input2"] = _Images(to_uint8(reference, extractor.channels))
+    return tf.calculate_metrics(**kwargs)
+
+
+def check_inception_weights(path: str) -> None:
+    """One-line error unless ``path`` holds the inception-v3-compat state dict (2048 -> 1008 head)."""
+    if not Path(path).is_file():
+        raise ConfigError(f"eval.feature_weights: file {path!r} not found (a local copy of torch-fidelity's "
+                          f"{INCEPTION} weights; onestep never downloads them)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"eval.feature_weights: {path!r} is not a PyTorch weights file ({type(exc).__name__})") from None
+    fc = state.get("fc.weight") if isinstance(state, dict) else None
+    if fc is None or tuple(fc.shape) != (1008, 2048):
+        raise ConfigError(f"eval.feature_weights: {path!r} is not torch-fidelity's {INCEPTION} state dict "
+                          "(expected an 'fc.weight' of shape [1008, 2048])")
+
+
+@attrs.define
+class FidelityConfig:
+    batch_size: int = 250  # images per feature-network batch
+    kid_subset_size: int = 1000  # capped at the smaller sample count
+    kid_subsets: int = 100
+    isc_splits: int = 10
+    prc_neighborhood: int = 3
+    cache_dir: str = ""  # where the data classifier is cached; "" = $ONESTEP_CACHE/features or ~/.cache/onestep/features
+    classifier: ClassifierRecipe = attrs.Factory(ClassifierRecipe)
+
+
+class FidelityMetric(Metric):
+    """Shared part of the torch-fidelity metrics: decode, pick the extractor, run one metric."""
+
+    Config = FidelityConfig
+    applies_to = ("images",)
+    flag: ClassVar[str]  # torch-fidelity's switch for this metric
+    keys: ClassVar[dict[str, str]]  # our key -> torch-fidelity's key
+
+    def compute(self, ctx: EvalContext) -> dict[str, float]:
+        c = self.config
+        extractor = resolve_extractor(ctx.source, ctx.feature_weights, c.classifier, c.cache_dir)
+        samples, reference = ctx.source.decode(ctx.samples), ctx.source.decode(ctx.reference)
+        n = min(len(samples), len(reference))
+        options = dict(batch_size=c.batch_size, kid_subset_size=min(c.kid_subset_size, n), kid_subsets=c.kid_subsets,
+                       isc_splits=min(c.isc_splits, len(samples)), prc_neighborhood=c.prc_neighborhood)
+        raw = fidelity_metrics(samples, None if self.flag == "isc" else reference, extractor, {self.flag: True}, **options)
+        return {f"{key}[{extractor.label}]": float(raw[src]) for key, src in self.keys.items()}
+
+
+class FID(FidelityMetric):
+    """Frechet distance between feature Gaussians of samples and held-out data (lower is better)."""
+
+    name = "fid"
+    flag = "fid"
+    keys = {"fid": "frechet_inception_distance"}
+
+
+class KID(FidelityMetric):
+    """Kernel distance (unbiased MMD^2, cubic kernel) of sample and held-out features (lower is better)."""
+
+    name = "kid"
+    flag = "kid"
+    keys = {"kid": "kernel_inception_distance_mean", "kid_std": "kernel_inception_distance_std"}
+
+
+class InceptionScore(FidelityMetric):
+    """exp E KL(p(y|x) || p(y)) of the samples under the feature network's classes (higher is better)."""
+
+    name = "inception-score"
+    flag = "isc"
+    keys = {"inception_score": "inception_score_mean", "inception_score_std": "inception_score_std"}
+
+
+class PrecisionRecall(FidelityMetric):
+    """Share of samples inside the data's k-NN feature manifold (precision) and of data inside the
+    samples' (recall); higher is better."""
+
+    name = "precision-recall"
+    flag = "prc"
+    keys = {"precision": "precision", "recall": "recall"}
+
+
+FIDELITY_METRICS = [FID, KID, InceptionScore, PrecisionRecall]

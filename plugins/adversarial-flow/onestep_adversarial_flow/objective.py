@@ -1,0 +1,293 @@
+"""Adversarial Flow (AF), Lin et al., arXiv 2511.22475: the whole method in one module.
+
+A generator G transports noise to data in one (or a few) steps and is trained adversarially
+against a critic D, with an optimal-transport regulariser that picks the unique W2-optimal map
+out of the many maps that match the data distribution (Sec. 3.2).
+
+Times and interpolation (Sec. 3.3, Eq. 15): ``x_s = (1 - s) x + s z``. One-step models
+(``time_inputs=0``) use s = 1, t = 0, so ``x_s = z`` and D sees clean data. Any-step models
+(``time_inputs=2``) draw s ~ U(0, 1), t ~ U(0, s); the target ``x_t`` interpolates the same data
+with independent noise. G(x_s, s, t) = x_s - (s - t) g(x_s, s, t) (residual form, Eq. 31/32) or
+g itself (direct form, Eq. 29/30). D sees (x_t, t) only, never the source (Sec. 3.4).
+
+Critic loss (Eq. 13): relativistic ``softplus(-(D(x_t) - D(G)))`` (Eq. 1, 16) + lambda_gp (R1 + R2)
++ lambda_cp (D(x_t) + D(G))^2 (logit centring, Eq. 7). R1/R2 (Eq. 3-6, 18-19) are finite
+differences on a ``gp_fraction`` of the batch: w(s,t) (D(v + eps n) - D(v))^2 / eps^2, whose
+expectation over n ~ N(0, I) is w ||grad_v D||^2 up to O(eps).
+
+Generator loss (Eq. 14): relativistic ``softplus(-(D(phi(G)) - D(x_t)))`` + lambda_ot L_ot with
+L_ot = ||G - x_s||^2 / (n w(s, t)) (Eq. 11, 20), w = max(|s - t|, delta) (Eq. 21); lambda_ot decays
+(cosine) from ``lambda_ot`` to the floor ``lambda_ot_end`` (Table 2), plus the guidance term when a
+guidance is configured (Eq. 25-26). phi (Eq. 23) is the identity forward; backward it divides
+the incoming gradient by sqrt(n * EMA(||g||^2)) so the adversarial gradient reaching G has a
+fixed scale (norm 1/sqrt(numel) over the batch, like the OT gradient's) whatever D's scale.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import attrs
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from onestep.errors import ConfigError
+from onestep.interfaces import Batch, NetworkRequest, Networks, Objective, Phase, StepInfo
+
+
+def frozen(net):
+    """The plain module behind a DeepSpeed engine. A network that is not trained in the current
+    phase must be called this way when gradients flow through it (D in the generator loss):
+    an engine's output hooks expect that engine's own ``backward`` and would rescale the
+    gradient passing through it for gradient accumulation."""
+    return getattr(net, "module", net)
+
+
+def interpolate(x: torch.Tensor, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Eq. 15 with A(t) = 1 - t, B(t) = t."""
+    t = t.view(-1, *([1] * (x.dim() - 1)))
+    return (1 - t) * x + t * z
+
+
+def relativistic(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """f(a, b) = -log sigmoid(a - b) (Jolicoeur-Martineau 2019), averaged."""
+    return F.softplus(b - a).mean()
+
+
+def finite_difference_penalty(
+    critic, v: torch.Tensor, logits: torch.Tensor, eps: float, weight: torch.Tensor, **cond: Any,
+) -> torch.Tensor:
+    """mean_i w_i (D(v_i + eps n_i) - D(v_i))^2 / eps^2 ~= mean_i w_i ||grad D(v_i)||^2 (Eq. 4, 6),
+    with ``logits = D(v)`` already computed."""
+    moved = critic(v + eps * torch.randn_like(v), **cond)
+    return ((moved - logits).float().square() * weight).mean() / eps**2
+
+
+class GradientNormalizer:
+    """phi of Eq. 23 with its EMA state (part of the objective's checkpointed state).
+
+    Backward: g -> target * g / sqrt(EMA_beta(N ||g||^2)), N = g.numel(); the EMA is bias-corrected
+    like Adam's second moment so the first steps are not inflated. Across processes the squared
+    norm is averaged (each keeps its local scale)."""
+
+    def __init__(self, decay: float, target: float = 1.0, eps: float = 1e-12) -> None:
+        self.decay, self.target, self.eps = decay, target, eps
+        self.sq_ema: torch.Tensor | None = None
+        self.count = 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return _NormalizeGradient.apply(x, self)
+
+    def rescale(self, grad: torch.Tensor) -> torch.Tensor:
+        sq = grad.float().square().sum() * grad.numel()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(sq, op=dist.ReduceOp.AVG)
+        if self.sq_ema is None:
+            self.sq_ema = torch.zeros((), device=grad.device)
+        self.sq_ema = self.sq_ema.to(grad.device).lerp(sq, 1 - self.decay)
+        self.count += 1
+        unbiased = self.sq_ema / (1 - self.decay**self.count)
+        return (grad.float() * (self.target / (unbiased.sqrt() + self.eps))).to(grad.dtype)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sq_ema": float(self.sq_ema) if self.sq_ema is not None else 0.0, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sq_ema = torch.tensor(float(state["sq_ema"]))
+        self.count = int(state["count"])
+
+
+class _NormalizeGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, normalizer: GradientNormalizer) -> torch.Tensor:
+        ctx.normalizer = normalizer
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return ctx.normalizer.rescale(grad), None
+
+
+@attrs.define
+class AdversarialFlowConfig:
+    time_inputs: int = 0  # 0: one-step G(z) with no timestep projection; 2: any-step G(x_s, s, t)
+    residual: bool = True  # G = x_s - (s - t) g (Eq. 31/32); False: G = g (Eq. 29/30)
+    conditional: bool = True  # condition G and D on labels when the data has them
+    lambda_ot: float = 0.2  # initial OT weight (Table 1)
+    lambda_ot_end: float = 0.005  # floor of the cosine decay (Table 2, 11)
+    ot_decay: float = 1.0  # fraction of train.steps over which lambda_ot decays to the floor
+    ot_delta: float = 0.001  # delta in w(s, t) = max(|s - t|, delta) (Eq. 21)
+    lambda_gp: float = 0.25  # weight of R1 and R2
+    gp_fraction: float = 0.25  # share of the batch the finite-difference R1/R2 use
+    gp_eps: float = 0.01  # perturbation scale of the finite differences
+    lambda_cp: float = 0.01  # logit-centring weight (Eq. 7)
+    grad_norm: bool = True  # phi of Eq. 23 on D's input in the generator loss
+    grad_norm_decay: float = 0.9  # EMA decay of phi (AdamW's beta2)
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+
+
+class AdversarialFlow(Objective):
+    """Adversarial flow (AF): relativistic GAN + finite-difference R1/R2 + OT loss, 1 or k steps."""
+
+    name = "adversarial-flow"
+    Config = AdversarialFlowConfig
+    default_nfe = 1
+
+    def __init__(self, config, *, spec, coupler=None, guidance=None) -> None:
+        super().__init__(config, spec=spec, coupler=coupler, guidance=guidance)
+        c = config
+        if coupler is not None:
+            raise ConfigError(f"objective adversarial-flow: uses no coupler (noise and data are drawn independently, Sec. 3.4); got coupler {coupler.name!r}")
+        checks = [
+            (c.time_inputs in (0, 2), "time_inputs", "expected 0 (one-step) or 2 (any-step)", c.time_inputs),
+            (c.lambda_ot >= 0 and c.lambda_ot_end >= 0, "lambda_ot", "expected >= 0 (and lambda_ot_end >= 0)", c.lambda_ot),
+            (0 < c.ot_decay <= 1, "ot_decay", "expected in (0, 1]", c.ot_decay),
+            (c.ot_delta > 0, "ot_delta", "expected > 0", c.ot_delta),
+            (c.lambda_gp >= 0, "lambda_gp", "expected >= 0", c.lambda_gp),
+            (0 < c.gp_fraction <= 1, "gp_fraction", "expected in (0, 1]", c.gp_fraction),
+            (c.gp_eps > 0, "gp_eps", "expected > 0", c.gp_eps),
+            (c.lambda_cp >= 0, "lambda_cp", "expected >= 0", c.lambda_cp),
+            (0 <= c.grad_norm_decay < 1, "grad_norm_decay", "expected in [0, 1)", c.grad_norm_decay),
+            (c.lr > 0, "lr", "expected > 0", c.lr),
+        ]
+        for ok, field, what, got in checks:
+            if not ok:
+                raise ConfigError(f"objective.{field}: {what}, got {got}")
+        self.conditional = c.conditional and spec.num_classes > 0
+        if guidance is not None and not self.conditional:
+            raise ConfigError(f"guidance {guidance.name!r}: needs labelled data and objective.conditional=true")
+        self.normalizer = GradientNormalizer(c.grad_norm_decay)
+
+    # ----------------------------------------------------------------------------- declarations
+    def networks(self) -> dict[str, NetworkRequest]:
+        t = self.config.time_inputs
+        return {
+            "generator": NetworkRequest("generator", time_inputs=t, class_conditional=self.conditional),
+            "critic": NetworkRequest("critic", time_inputs=min(t, 1), class_conditional=self.conditional),
+        }
+
+    def phases(self) -> Sequence[Phase]:
+        return [Phase("critic", "critic", stream="critic"), Phase("generator", "generator", stream="generator")]
+
+    def optim_defaults(self, network: str) -> dict[str, Any]:
+        return {"lr": self.config.lr, "betas": (0.0, 0.9), "weight_decay": self.config.weight_decay}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"grad_norm": self.normalizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self.normalizer.load_state_dict(state["grad_norm"])
+
+    # ----------------------------------------------------------------------------- pieces
+    def lambda_ot(self, progress: float) -> float:
+        """Cosine decay from ``lambda_ot`` to ``lambda_ot_end`` over ``ot_decay`` of training."""
+        c = self.config
+        p = min(1.0, progress / c.ot_decay)
+        return c.lambda_ot_end + (c.lambda_ot - c.lambda_ot_end) * 0.5 * (1 + math.cos(math.pi * p))
+
+    def times(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.config.time_inputs == 0:
+            return torch.ones(n, device=device), torch.zeros(n, device=device)
+        s = torch.rand(n, device=device)
+        return s, torch.rand(n, device=device) * s
+
+    def transport(self, generator, x_s, s, t, y) -> torch.Tensor:
+        """G(x_s, s, t) (Eq. 29-32)."""
+        times = {"s": s, "t": t} if self.config.time_inputs == 2 else {}
+        g = generator(x_s, y=y, **times)
+        if not self.config.residual:
+            return g
+        return x_s - (s - t).view(-1, *([1] * (x_s.dim() - 1))).to(g.dtype) * g
+
+    def critic_inputs(self, t: torch.Tensor, y) -> dict[str, Any]:
+        cond: dict[str, Any] = {"y": y}
+        if self.config.time_inputs:
+            cond["t"] = t
+        return cond
+
+    def _draw(self, batches: Sequence[Batch]):
+        x = torch.cat([b.x for b in batches])
+        y = torch.cat([b.y for b in batches]) if self.conditional else None
+        s, t = self.times(x.shape[0], x.device)
+        z = torch.randn_like(x)
+        x_s = interpolate(x, z, s)
+        x_t = x if self.config.time_inputs == 0 else interpolate(x, torch.randn_like(x), t)
+        return x_s, x_t, z, y, s, t
+
+    # ----------------------------------------------------------------------------- losses
+    def loss(self, phase: str, nets: Networks, batches: Sequence[Batch], info: StepInfo):
+        if phase == "critic":
+            return self.critic_loss(nets, batches)
+        if phase == "generator":
+            return self.generator_loss(nets, batches, info)
+        return super().loss(phase, nets, batches, info)
+
+    def critic_loss(self, nets: Networks, batches: Sequence[Batch]):
+        c = self.config
+        x_s, x_t, _, y, s, t = self._draw(batches)
+        with torch.no_grad():
+            fake = self.transport(frozen(nets["generator"]), x_s, s, t, y).to(x_t.dtype)
+        n = x_t.shape[0]
+        k = max(1, round(n * c.gp_fraction))
+        w = (s - t).abs().clamp_min(c.ot_delta)[:k]
+        both = torch.cat([x_t, fake])
+        cond2 = self.critic_inputs(torch.cat([t, t]), torch.cat([y, y]) if y is not None else None)
+        logits = nets["critic"](both, **cond2).float()
+        real, gen = logits[:n], logits[n:]
+        adv = relativistic(real, gen)
+        cond_k = self.critic_inputs(t[:k], y[:k] if y is not None else None)
+        r1 = finite_difference_penalty(nets["critic"], x_t[:k], real[:k], c.gp_eps, w, **cond_k)
+        r2 = finite_difference_penalty(nets["critic"], fake[:k], gen[:k], c.gp_eps, w, **cond_k)
+        centring = (real + gen).square().mean()
+        loss = adv + c.lambda_gp * (r1 + r2) + c.lambda_cp * centring
+        logs = {"adv": adv.detach(), "r1": r1.detach(), "r2": r2.detach(), "centring": centring.detach(),
+                "logit_real": real.mean().detach(), "logit_fake": gen.mean().detach()}
+        return loss, logs
+
+    def generator_loss(self, nets: Networks, batches: Sequence[Batch], info: StepInfo):
+        c = self.config
+        x_s, x_t, z, y, s, t = self._draw(batches)
+        fake = self.transport(nets["generator"], x_s, s, t, y)
+        shown = self.normalizer(fake) if c.grad_norm else fake
+        critic = frozen(nets["critic"])
+        gen = critic(shown, **self.critic_inputs(t, y)).float()
+        with torch.no_grad():
+            real = critic(x_t, **self.critic_inputs(t, y)).float()
+        adv = relativistic(gen, real)
+        w = (s - t).abs().clamp_min(c.ot_delta)
+        ot = ((fake.float() - x_s.float()).square().flatten(1).mean(1) / w).mean()
+        lam = self.lambda_ot(info.progress)
+        loss = adv + lam * ot
+        logs: dict[str, Any] = {"adv": adv.detach(), "ot": ot.detach(), "lambda_ot": lam}
+        if self.guidance is not None:
+            term, extra = self.guidance.generator_term(nets, fake, z, y, info)
+            loss = loss + term
+            logs.update({f"guidance_{k}": v for k, v in extra.items()})
+        return loss, logs
+
+    # ----------------------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample(self, nets: Networks, noise: torch.Tensor, y, nfe: int) -> torch.Tensor:
+        """x_0 from x_1 = noise in ``nfe`` steps on the uniform grid tau_i = i / nfe (App. H,
+        Eq. 39); a one-step model (time_inputs=0) takes nfe = 1 only."""
+        if nfe < 1:
+            raise ValueError(f"objective adversarial-flow: nfe must be >= 1, got {nfe}")
+        if self.config.time_inputs == 0 and nfe != 1:
+            raise ValueError(
+                f"objective adversarial-flow: a one-step model (time_inputs=0) samples with nfe=1, got nfe={nfe}; "
+                "train with objective.time_inputs=2 for multi-step sampling"
+            )
+        generator = nets.ema("generator")
+        if self.conditional and y is None:
+            y = torch.randint(self.spec.num_classes, (noise.shape[0],), device=noise.device)
+        y = y if self.conditional else None
+        taus = torch.linspace(1, 0, nfe + 1, device=noise.device)
+        x = noise
+        for i in range(nfe):
+            s = taus[i].expand(x.shape[0])
+            t = taus[i + 1].expand(x.shape[0])
+            x = self.transport(generator, x, s, t, y)
+        return x

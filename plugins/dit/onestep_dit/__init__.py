@@ -1,0 +1,1 @@
+"""DiT backbones for onestep: ``dit`` and the deep-recursive ``dit-recursive``."""

@@ -1,0 +1,1 @@
+"""onestep objective plugin: OT-NFM, a one-step neural flow map trained on OT-coupled pairs."""

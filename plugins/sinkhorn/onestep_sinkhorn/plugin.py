@@ -1,0 +1,8 @@
+from onestep.hookspecs import hookimpl
+
+
+@hookimpl
+def onestep_couplers():
+    from .coupler import SinkhornCoupler
+
+    return [SinkhornCoupler]

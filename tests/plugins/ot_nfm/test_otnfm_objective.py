@@ -1,0 +1,66 @@
+"""OT-NFM's flow map and loss against their definitions, and its errors."""
+import pytest
+import torch
+
+from onestep.errors import ConfigError
+from onestep.interfaces import Batch, DataSpec, Networks, StepInfo
+
+
+def build(registry, coupler="minibatch-ot", spec=DataSpec((2,)), **fields):
+    info = registry.get("objective", "ot-nfm")
+    c = registry.get("coupler", coupler) if coupler else None
+    return info.cls(info.cls.Config(**fields), spec=spec, coupler=c.cls(c.cls.Config()) if c else None)
+
+
+def generator(registry, objective, spec):
+    mlp = registry.get("backbone", "mlp")
+    torch.manual_seed(0)
+    return mlp.cls(mlp.cls.Config(width=32, depth=1)).build(objective.networks()["generator"], spec)
+
+
+def test_flow_map_is_identity_at_time_zero(registry):
+    spec = DataSpec((1, 4, 4), num_classes=3)
+    obj = build(registry, spec=spec)
+    net = generator(registry, obj, spec)
+    z, y = torch.randn(6, 1, 4, 4), torch.arange(6) % 3
+    torch.testing.assert_close(obj.flow_map(net, z, torch.zeros(6), y), z)
+    assert not torch.allclose(obj.flow_map(net, z, torch.ones(6), y), z)
+    assert obj.networks()["generator"].time_inputs == 1 and obj.networks()["generator"].class_conditional
+
+
+def test_loss_is_the_straight_path_regression(registry):
+    """loss = E ||F(z,t) - ((1-t) z + t x)||^2 = E t^2 ||u(z,t) - (x - z)||^2 with the coupler's pairs."""
+    spec = DataSpec((2,))
+    obj = build(registry, coupler="independent", spec=spec)
+    net = generator(registry, obj, spec)
+    x = torch.randn(64, 2) * 3
+    torch.manual_seed(11)
+    loss, logs = obj.loss("flow-map", Networks({"generator": net}), [Batch(x)], StepInfo(0, 1))
+    torch.manual_seed(11)
+    z = torch.randn_like(x)
+    t = torch.rand(64)
+    u = net(z, t=t)
+    expected = (t[:, None] ** 2 * (u - (x - z)) ** 2).mean()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(logs["pair_cost"], (x - z).pow(2).sum(1).mean())
+
+
+def test_one_step_sample_is_the_flow_map_at_time_one(registry):
+    spec = DataSpec((2,))
+    obj = build(registry, spec=spec)
+    net = generator(registry, obj, spec)
+    z = torch.randn(5, 2)
+    out = obj.sample(Networks({"generator": net}), z, None, 1)
+    torch.testing.assert_close(out, z + net(z, t=torch.ones(5)))
+    assert obj.default_nfe == 1
+
+
+def test_errors_name_what_is_wrong(registry):
+    with pytest.raises(ConfigError, match="coupler: objective ot-nfm needs a coupler"):
+        build(registry, coupler=None)
+    with pytest.raises(ConfigError, match="objective.lr"):
+        build(registry, lr=0.0)
+    obj = build(registry)
+    net = generator(registry, obj, DataSpec((2,)))
+    with pytest.raises(ConfigError, match=r"sample.nfe: .* got 4 \(valid: 1\)"):
+        obj.sample(Networks({"generator": net}), torch.randn(3, 2), None, 4)
