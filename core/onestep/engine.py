@@ -89,9 +89,10 @@ class EMA:
     so short runs are not dominated by the initial weights."""
 
     def __init__(self, module: nn.Module, decay: float, start: int, zero_stage: int) -> None:
+        """``module``: a copy of the network taken before DeepSpeed wraps it (a copy of the
+        wrapped module would carry ZeRO-3's partitioning hooks into the EMA)."""
         self.decay, self.start, self.zero_stage = decay, start, zero_stage
-        with gathered(module, zero_stage):
-            self.module = copy.deepcopy(module).float().eval()
+        self.module = copy.deepcopy(module).float().eval()
         self.module.requires_grad_(False)
 
     @torch.no_grad()

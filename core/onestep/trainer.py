@@ -73,6 +73,7 @@ class Trainer:
         owners = [self.objective] + ([self.guidance] if self.guidance else [])
         self.owner_of: dict[str, Any] = {}
         engines: dict[str, Any] = {}
+        ema: dict[str, EMA] = {}
         for owner in owners:
             for name, request in owner.networks().items():
                 if name in self.owner_of:
@@ -81,13 +82,14 @@ class Trainer:
                     )
                 self.owner_of[name] = owner
                 module = self.backbone.build(request, self.spec)
+                if name in self.objective.ema_networks:  # copied before DeepSpeed partitions or hooks it
+                    ema[name] = EMA(module, t.ema_decay, t.ema_start, t.zero_stage)
                 optim = resolve_optim(name, owner.optim_defaults(name), t)
                 engines[name] = make_engine(module, optim, t, self.world)
                 if t.compile:
                     engines[name].compile()
         self.engines = engines
-        self.ema = {n: EMA(engines[n].module, t.ema_decay, t.ema_start, t.zero_stage)
-                    for n in self.objective.ema_networks if n in engines}
+        self.ema = ema
         for e in self.ema.values():
             e.module.to(self.device)
         self.nets = Networks(engines, {n: e.module for n, e in self.ema.items()})
@@ -332,12 +334,14 @@ class Trainer:
         if state["world"] != self.world:
             raise CheckpointError(f"checkpoint {str(folder)!r}: written by {state['world']} processes, resumed with {self.world}")
         for name, e in self.engines.items():
-            opt_state = ckpt.load_state(folder / f"{name}.optim.rank{self.rank}.pt")
-            opt_state = ckpt.fill_opaque(opt_state, e.optimizer.state_dict())
+            template = e.optimizer.state_dict()
             if stage == 0:
-                e.optimizer.load_state_dict(opt_state)
-            else:
-                e.optimizer.load_state_dict([opt_state], load_optimizer_states=True, load_from_fp32_weights=True)
+                opt_state = ckpt.load_state(folder / f"{name}.optim.rank{self.rank}.pt")
+                e.optimizer.load_state_dict(ckpt.fill_opaque(opt_state, template))
+            else:  # ZeRO indexes the list by data-parallel rank (and may merge partitions)
+                every_rank = [ckpt.fill_opaque(ckpt.load_state(folder / f"{name}.optim.rank{r}.pt"), template)
+                              for r in range(self.world)]
+                e.optimizer.load_state_dict(every_rank, load_optimizer_states=True, load_from_fp32_weights=True)
             e.lr_scheduler.load_state_dict(state["schedulers"][name])
         for k, c in self._components().items():
             c.load_state_dict(state["components"].get(k, {}))

@@ -1,5 +1,5 @@
 """A run stopped at step k and resumed reaches step 2k with the same parameters as an
-uninterrupted run (bit-identical on CPU), for plain data-parallel and ZeRO-2 engines."""
+uninterrupted run (bit-identical on CPU), for plain data-parallel, ZeRO-2 and ZeRO-3 engines."""
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -20,7 +20,7 @@ def _run(registry, out, steps, zero, resume=None):
     return trainer
 
 
-@pytest.mark.parametrize("zero", [0, 2])
+@pytest.mark.parametrize("zero", [0, 2, 3])
 def test_resume_is_bit_identical(registry, tmp_path, zero):
     full = _run(registry, tmp_path / "full", 8, zero)
     _run(registry, tmp_path / "half", 4, zero)

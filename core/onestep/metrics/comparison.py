@@ -88,7 +88,9 @@ def run_comparison(
                        overrides=[f"train.steps={UNLIMITED_STEPS}", *common, *scoped[name], *extra,
                                   f"train.max_minutes={budget_minutes}", "eval.metrics=[]",
                                   f"output_dir={out_dir / name}"])
-               for name, _ in jobs]  # all configs first: a bad one fails before any training
+               for name, _ in jobs]
+    for cfg in configs:  # every config and component first: a bad one fails before any training
+        check_components(cfg, registry)
     rows: list[Row] = []
     samples: dict[str, torch.Tensor] = {}
     reference = None
@@ -116,6 +118,15 @@ def run_comparison(
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     return Comparison(rows, samples, reference, meta)
+
+
+def check_components(cfg, registry: Registry) -> None:
+    """Build the run's data source, coupler, guidance and objective (no networks), so that their
+    own checks (e.g. an objective that needs a coupler) speak before any run trains."""
+    spec = registry.build("data", cfg.data.name, cfg.data.config).spec()
+    coupler = registry.build("coupler", cfg.coupler.name, cfg.coupler.config) if cfg.coupler else None
+    guidance = registry.build("guidance", cfg.guidance.name, cfg.guidance.config, spec=spec) if cfg.guidance else None
+    registry.build("objective", cfg.objective.name, cfg.objective.config, spec=spec, coupler=coupler, guidance=guidance)
 
 
 def figure_samples(trainer) -> torch.Tensor:

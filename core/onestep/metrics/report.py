@@ -71,15 +71,22 @@ def save_figure(comparison: Comparison, path: str | Path) -> Path:
             grid = image_grid(x, comparison.meta.get("grid_columns"))
             ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255)
             ax.axis("off")
-        else:
-            if comparison.reference is not None and x.shape[1] >= 2:
-                r = comparison.reference.float()
+        elif x.shape[1] >= 2:
+            r = comparison.reference
+            if r is not None:  # same window for every panel: the data's extent, padded
+                r = r.float()
+                lo, hi = r[:, :2].min(0).values, r[:, :2].max(0).values
+                pad = 0.25 * (hi - lo)
                 ax.scatter(r[:, 0], r[:, 1], s=1, c="0.75")
-            if x.shape[1] >= 2:
-                ax.scatter(x[:, 0], x[:, 1], s=1, c="tab:blue")
-                ax.set_aspect("equal")
-            else:
-                ax.hist(x[:, 0].numpy(), bins=80, density=True)
+                ax.set_xlim(float(lo[0] - pad[0]), float(hi[0] + pad[0]))
+                ax.set_ylim(float(lo[1] - pad[1]), float(hi[1] + pad[1]))
+            ax.scatter(x[:, 0], x[:, 1], s=1, c="tab:blue")
+            ax.set_box_aspect(1)
+        else:
+            if comparison.reference is not None:
+                ax.hist(comparison.reference[:, 0].float().numpy(), bins=80, density=True, color="0.75")
+            ax.hist(x[:, 0].numpy(), bins=80, density=True, alpha=0.7)
+        if x.dim() != 4:
             ax.set_xticks([])
             ax.set_yticks([])
         ax.set_title(f"{label}\n{row.steps} steps", fontsize=8)

@@ -19,7 +19,7 @@ from onestep.interfaces import Coupler
 
 from .assignment import SOLVERS, pair_costs, squared_distances
 
-SOLVER_CHOICES = ("auto", *SOLVERS)
+SOLVER_CHOICES = tuple(SOLVERS)
 
 
 @attrs.define
@@ -29,8 +29,7 @@ class NoConfig:
 
 @attrs.define
 class MinibatchOTConfig:
-    solver: str = "auto"  # auto | scipy | auction (auto: auction on CUDA from gpu_min_batch rows, else scipy)
-    gpu_min_batch: int = 2048  # smallest class group that auto sends to the GPU auction
+    solver: str = "scipy"  # scipy (exact, CPU) | auction (GPU-resident, within auction_gap; slower: tools/RESULTS.md)
     auction_gap: float = 1e-4  # auction: certified bound on (cost - optimum) / optimum
 
 
@@ -79,8 +78,6 @@ class MinibatchOT(PermutationCoupler):
             raise ConfigError(f"coupler.solver: expected one of {', '.join(SOLVER_CHOICES)}, got {config.solver!r}")
         if not config.auction_gap > 0:
             raise ConfigError(f"coupler.auction_gap: expected > 0, got {config.auction_gap}")
-        if config.gpu_min_batch < 1:
-            raise ConfigError(f"coupler.gpu_min_batch: expected >= 1, got {config.gpu_min_batch}")
 
     def match(self, noise, data, y):
         perm = torch.empty(len(data), dtype=torch.long, device=data.device)
@@ -90,12 +87,9 @@ class MinibatchOT(PermutationCoupler):
 
     def solve(self, cost: torch.Tensor) -> torch.Tensor:
         """``perm`` minimising sum_j cost[perm[j], j] with the configured solver."""
-        name = self.config.solver
-        if name == "auto":
-            name = "auction" if cost.is_cuda and len(cost) >= self.config.gpu_min_batch else "scipy"
-        if name == "auction":
-            return SOLVERS[name](cost, self.config.auction_gap)
-        return SOLVERS[name](cost)
+        if self.config.solver == "auction":
+            return SOLVERS["auction"](cost, self.config.auction_gap)
+        return SOLVERS["scipy"](cost)
 
     def batch_cost(self, noise: torch.Tensor, data: torch.Tensor, y: torch.Tensor | None = None) -> float:
         """Mean squared distance of the pairs this coupler forms (for benchmarks and logs)."""

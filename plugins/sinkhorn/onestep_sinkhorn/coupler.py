@@ -8,6 +8,7 @@ import torch
 from onestep.errors import ConfigError
 from onestep.interfaces import Coupler
 
+from .groups import Groups
 from .solver import SinkhornSolver, squared_cost
 
 
@@ -38,24 +39,37 @@ class SinkhornCoupler(Coupler):
         if not 0 < config.scaling < 1:
             raise ConfigError(f"coupler.scaling: expected in (0, 1), got {config.scaling}")
 
-    def _solve(self, a: torch.Tensor, b: torch.Tensor):
-        x = a.detach().reshape(1, len(a), -1).float()
-        y = b.detach().reshape(1, len(b), -1).float().to(x.device)
+    def _solve(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None):
+        """Entropic OT between ``x`` [G, N, d] and ``y`` [G, M, d] (weights ``w`` [G, N] on both
+        sides when given, zeros masking padding); the temperature is ``epsilon`` times the mean
+        cost over the pairs the weights allow."""
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             cost = squared_cost(x, y)
-            eps = self.config.epsilon * float(cost.mean())
+            pair_w = torch.ones_like(cost) if w is None else w.unsqueeze(2) * w.unsqueeze(1)
+            eps = self.config.epsilon * float((cost * pair_w).sum() / pair_w.sum())
         solver = SinkhornSolver(max(eps, 1e-12), self.config.scaling, self.config.max_iters, self.config.tol)
-        return solver.solve(x, y, cost=cost)
+        return solver.solve(x, y, w, w, cost=cost)
 
     def plan(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """The entropic plan [N, M] between the flattened batches (rows sum to 1/N)."""
-        return self._solve(a, b).plan()[0]
+        """The entropic plan [N, M] between the flattened batches (rows sum to 1/N, columns to 1/M)."""
+        x, y = a.detach().flatten(1).float(), b.detach().flatten(1).float().to(a.device)
+        return self._solve(x[None], y[None]).plan()[0]
 
     def pair(self, noise, data, y=None):
-        log_pi = self._solve(noise, data).log_plan()[0]
+        """Row i of the noise gets a data row drawn from pi(i, .) (or its heaviest entry), within
+        row i's class for labelled data: the noise rows at a class's positions are coupled with
+        that class's data, so the labels stay in place."""
+        n = len(data)
+        groups = Groups.by_label(y.to(noise.device)) if y is not None else Groups.single(n, noise.device)
+        x = groups.gather(noise.detach().flatten(1).float())
+        d = groups.gather(data.detach().flatten(1).float().to(noise.device))
+        log_pi = self._solve(x, d, groups.weights).log_plan()[groups.mask]  # [n, L], masked columns -inf
         if self.config.assignment == "argmax":
-            j = log_pi.argmax(1)
+            slot = log_pi.argmax(1)
         else:
-            j = torch.multinomial(torch.softmax(log_pi, 1), 1).squeeze(1)
-        j = j.to(data.device)
-        return noise, data[j], (y[j] if y is not None else None)
+            slot = torch.multinomial(torch.softmax(log_pi, 1), 1).squeeze(1)
+        group = torch.arange(len(groups.labels), device=slot.device).unsqueeze(1).expand_as(groups.mask)[groups.mask]
+        perm = torch.empty(n, dtype=torch.long, device=slot.device)
+        perm[groups.index[groups.mask]] = groups.index[group, slot]
+        perm = perm.to(data.device)
+        return noise, data[perm], (y[perm] if y is not None else None)

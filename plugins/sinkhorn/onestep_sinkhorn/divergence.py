@@ -6,9 +6,11 @@ with cost ``|x - y|^2 / 2`` and ``eps = blur**2`` (geomloss ``SamplesLoss("sinkh
 blur=blur, debias=True)``). In dual form ``S = <a, f_ab - p_a> + <b, g_ab - p_b>`` where
 ``p_a``, ``p_b`` are the symmetric potentials of OT(a, a) and OT(b, b).
 
-Gradients w.r.t. the points follow from the envelope theorem: the potentials are solved
-without autograd, then one last (Jacobi) update is taken through the cost with the previous
-potentials held fixed, whose derivative is the exact gradient of OT_eps at convergence.
+Gradients w.r.t. the points follow from the envelope theorem, ``d OT_eps / d x_i =
+a_i (x_i - T(x_i))``: the potentials are solved without autograd, then one last (Jacobi) update
+is taken with the previous potentials held fixed, ``f`` through ``C(x, y.detach())`` and ``g``
+through ``C(x.detach(), y)`` (and ``C(x, x.detach())`` for the symmetric terms), so each
+point's gradient is counted once.
 """
 from __future__ import annotations
 
@@ -42,11 +44,12 @@ def debiased_potentials(
     bb = solver.solve_symmetric(y, b)
     with torch.autocast(x.device.type, enabled=False):
         track = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
-        c_xy = squared_cost(x, y) if track else ab.cost
-        c_xx = squared_cost(x, x) if track and x.requires_grad else aa.cost
-        c_yy = squared_cost(y, y) if track and y.requires_grad else bb.cost
-        f_ab = _soft_c_transform(c_xy, ab.log_b, ab.g, eps, dim=2)
-        g_ab = _soft_c_transform(c_xy, ab.log_a, ab.f, eps, dim=1)
+        c_x = squared_cost(x, y.detach()) if track else ab.cost
+        c_y = squared_cost(x.detach(), y) if track else ab.cost
+        c_xx = squared_cost(x, x.detach()) if track else aa.cost
+        c_yy = squared_cost(y, y.detach()) if track else bb.cost
+        f_ab = _soft_c_transform(c_x, ab.log_b, ab.g, eps, dim=2)
+        g_ab = _soft_c_transform(c_y, ab.log_a, ab.f, eps, dim=1)
         p_a = _soft_c_transform(c_xx, aa.log_a, aa.f, eps, dim=2)
         p_b = _soft_c_transform(c_yy, bb.log_a, bb.f, eps, dim=2)
         fa, fb = ab.log_a.exp(), ab.log_b.exp()

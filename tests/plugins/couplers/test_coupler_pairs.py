@@ -70,7 +70,7 @@ def test_independent_keeps_the_rows(registry):
 
 
 def test_bad_config_and_inputs_name_the_field(registry):
-    with pytest.raises(ConfigError, match="coupler.solver: expected one of auto, scipy, auction"):
+    with pytest.raises(ConfigError, match="coupler.solver: expected one of scipy, auction"):
         build(registry, "minibatch-ot", solver="hungarian")
     with pytest.raises(ConfigError, match="coupler.auction_gap"):
         build(registry, "minibatch-ot", auction_gap=0.0)

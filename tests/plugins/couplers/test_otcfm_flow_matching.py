@@ -6,21 +6,22 @@ import torch
 
 from onestep.api import build_run, compose
 
-SMALL = ["backbone.width=128", "backbone.depth=2", "train.batch_size=128", "train.steps=200", "train.optim.lr=2e-3",
+SMALL = ["backbone.width=128", "backbone.depth=2", "train.batch_size=128", "train.steps=150", "train.optim.lr=2e-3",
          "objective.nfe=1", "eval.metrics=[sinkhorn,mode-coverage]", "eval.num_samples=1000", "sample.num=200"]
 
 
 def one_step_run(coupler, tmp_path, quiet):
+    """Mean distance of one-step samples from the data mean (the origin), that of the data, metrics."""
     run = build_run(compose(objective="flow-matching", backbone="mlp", data="gmm8", coupler=coupler,
                             overrides=[f"output_dir={tmp_path}/{coupler}", *quiet[1:], *SMALL]), console=False)
     metrics = run.fit()["metrics"]
-    return run.sample(1000).std(0), metrics
+    return run.sample(1000).norm(dim=1).mean(), run.reference(1000)[0].norm(dim=1).mean(), metrics
 
 
 def test_flow_matching_with_minibatch_ot_pairs_reaches_the_modes_in_one_step(quiet, tmp_path):
-    std_ind, m_ind = one_step_run("independent", tmp_path, quiet)
-    std_ot, m_ot = one_step_run("minibatch-ot", tmp_path, quiet)
-    assert (std_ind < 0.5).all() and m_ind["modes_covered"] == 0, (std_ind, m_ind)
-    assert (std_ot > 2.0).all(), std_ot  # gmm8's per-axis std is about 2.9
+    r_ind, r_data, m_ind = one_step_run("independent", tmp_path, quiet)
+    r_ot, _, m_ot = one_step_run("minibatch-ot", tmp_path, quiet)
+    assert r_ind < 0.5 * r_data and m_ind["modes_covered"] == 0, (r_ind, r_data, m_ind)
+    assert abs(r_ot - r_data) < 0.15 * r_data, (r_ot, r_data)
     assert m_ot["modes_covered"] == 8, m_ot
     assert m_ot["sinkhorn"] < 0.2 * m_ind["sinkhorn"], (m_ot["sinkhorn"], m_ind["sinkhorn"])

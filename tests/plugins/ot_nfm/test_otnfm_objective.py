@@ -64,3 +64,20 @@ def test_errors_name_what_is_wrong(registry):
     net = generator(registry, obj, DataSpec((2,)))
     with pytest.raises(ConfigError, match=r"sample.nfe: .* got 4 \(valid: 1\)"):
         obj.sample(Networks({"generator": net}), torch.randn(3, 2), None, 4)
+
+
+def test_unconditional_option_ignores_the_labels(registry):
+    """class_conditional=false on labelled data: one map for all classes, pairs across classes."""
+    spec = DataSpec((2,), num_classes=3)
+    obj = build(registry, spec=spec, class_conditional=False)
+    assert not obj.networks()["generator"].class_conditional
+    net = generator(registry, obj, spec)
+    x, y = torch.randn(30, 2) * 3, torch.arange(30) % 3
+    seen = []
+    pair = obj.coupler.pair
+    obj.coupler.pair = lambda z, x, y: seen.append(y) or pair(z, x, y)
+    obj.loss("flow-map", Networks({"generator": net}), [Batch(x, y)], StepInfo(0, 1))
+    assert seen == [None]
+    z = torch.randn(4, 2)
+    torch.testing.assert_close(obj.sample(Networks({"generator": net}), z, torch.arange(4) % 3, 1),
+                               obj.sample(Networks({"generator": net}), z, None, 1))

@@ -1,0 +1,82 @@
+"""`onestep compare` end to end on the 8-mode toy, the wall-clock budget, and early errors."""
+import json
+import sys
+
+import matplotlib.image
+import pytest
+
+from onestep.api import build_run, compose
+from onestep.cli import main
+from onestep.errors import ConfigError
+from onestep.interfaces import StepInfo
+
+BUDGET_S = 3.0
+
+
+SMALL = ["train.progress=false", "train.batch_size=128", "backbone.width=64", "backbone.depth=2", "sample.num=500"]
+
+
+def test_compare_trains_each_objective_on_the_budget_and_writes_table_and_figure(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    rc = main(["compare", "--objectives", "flow-matching,wflow", "--data", "gmm8", "--backbone", "mlp",
+               "--budget-minutes", str(BUDGET_S / 60), "--out", str(out), "--num-samples", "200",
+               "--speed-samples", "50", "--peer-nfe", "4,8", *SMALL, "flow-matching:objective.nfe=4"])
+    assert rc == 0, capsys.readouterr().err
+    table = json.loads((out / "compare.json").read_text())
+    rows = table["rows"]
+    assert [(r["method"], r["nfe"], r["reference"]) for r in rows] == [
+        ("flow-matching", 4, False), ("wflow", 1, False), ("torchcfm-ot-cfm", 4, True), ("torchcfm-ot-cfm", 8, True)]
+    for r in rows:
+        assert r["steps"] >= 1 and BUDGET_S <= r["train_seconds"] < BUDGET_S + 60, r
+        assert r["train_steps_per_s"] == pytest.approx(r["steps"] / r["train_seconds"])
+        assert r["samples_per_s"] > 0 and r["metrics"]["modes_total"] == 8 and r["metrics"]["sinkhorn"] >= 0
+    assert table["meta"]["data"] == "gmm8" and table["meta"]["budget_minutes"] == pytest.approx(BUDGET_S / 60)
+    md = (out / "compare.md").read_text()
+    assert "| method | NFE |" in md and "sinkhorn (lower better)" in md and md.count("(external reference)") == 2
+    picture = matplotlib.image.imread(out / "compare.png")
+    assert picture.shape[1] > 3 * picture.shape[0]  # four panels side by side
+
+    rc = main(["eval", str(out / "flow-matching"), "--feature-weights", str(tmp_path / "no-such.pth")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("onestep: error: eval.feature_weights: file") and "\n" not in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--feature-weights", "/no/such/inception.pth"], "eval.feature_weights: file '/no/such/inception.pth' not found"),
+    (["--budget-minutes", "0"], "--budget-minutes: expected > 0"),
+    (["nope:objective.nfe=3"], "'nope' is not one of the compared objectives"),
+    (["--objectives", "flow-matching,no-such-objective"], "unknown objective 'no-such-objective'"),
+])
+def test_compare_rejects_bad_input_before_training(tmp_path, capsys, args, message):
+    argv = ["compare", "--objectives", "flow-matching", "--budget-minutes", "0.01", "--data", "gmm8",
+            "--out", str(tmp_path / "c"), *args]  # a repeated flag: the last one wins
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_train_max_minutes_stops_on_the_clock_and_drives_progress(registry, quiet):
+    cfg = compose(objective="flow-matching", backbone="mlp", data="gmm8", registry=registry,
+                  overrides=quiet + ["train.steps=1000000", "train.max_minutes=0.02", "train.batch_size=64",
+                                     "backbone.width=32", "backbone.depth=1", "eval.metrics=[]"])
+    run = build_run(cfg, registry=registry, console=False)
+    summary = run.fit()
+    assert 1.2 <= summary["train_seconds"] < 1.2 + 30
+    assert 1 <= summary["steps_run"] == summary["step"] < 1000000
+    assert StepInfo(summary["step"] - 1, run.planned_steps).progress > 0.5
+    last = json.loads((run.out_dir / "metrics.jsonl").read_text().splitlines()[-2])
+    assert last["step"] == summary["step"]
+
+
+def test_train_max_minutes_must_not_be_negative(registry):
+    with pytest.raises(ConfigError, match=r"^train.max_minutes: expected >= 0"):
+        compose(data="gmm8", overrides=["train.max_minutes=-1"], registry=registry)
+
+
+def test_peer_without_torchcfm_is_a_clear_error(monkeypatch):
+    from onestep.interfaces import DataSpec
+    from onestep.metrics.peer_torchcfm import TorchCFMOTCFM
+
+    monkeypatch.setitem(sys.modules, "torchcfm.conditional_flow_matching", None)
+    with pytest.raises(ConfigError, match="needs the package torchcfm"):
+        TorchCFMOTCFM(TorchCFMOTCFM.Config(), spec=DataSpec((2,)))

@@ -1,0 +1,119 @@
+"""FID, KID, Inception Score and precision/recall through torch-fidelity with local feature
+networks: the data-trained classifier (scikit-learn's 8x8 digits) and the Inception path."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from onestep.errors import ConfigError, OnestepError
+from onestep.interfaces import EvalContext
+from onestep.metrics.classifier import ClassifierRecipe, cache_path, ensure_classifier
+from onestep.metrics.fidelity import (FID, INCEPTION, KID, FidelityConfig, InceptionScore, PrecisionRecall,
+                                      import_fidelity, resolve_extractor)
+
+try:
+    import_fidelity()
+except OnestepError as exc:  # e.g. a CUDA torchvision wheel beside a CPU torch
+    pytest.skip(str(exc), allow_module_level=True)
+
+LABEL = "[onestep-digits-classifier]"
+
+
+@pytest.fixture(scope="module")
+def digits(registry, tmp_path_factory):
+    """The held-out digits split in two halves, plus a metric config whose classifier (3 epochs)
+    is cached in a temp folder."""
+    source = registry.build("data", "digits", registry.get("data", "digits").cls.Config())
+    ds = source.dataset("test")
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    y = torch.as_tensor([int(ds[i][1]) for i in range(len(ds))])
+    config = FidelityConfig(kid_subsets=20, cache_dir=str(tmp_path_factory.mktemp("features")),
+                            classifier=ClassifierRecipe(epochs=3))
+    half = len(x) // 2
+    return source, config, (x[:half], y[:half]), (x[half:], y[half:])
+
+
+def compute(metric_cls, digits, samples, reference=None):
+    source, config, _, (b, _) = digits
+    ref = b if reference is None else reference
+    return metric_cls(config).compute(EvalContext(samples, None, ref, None, source, source.spec()))
+
+
+def noise_like(x):
+    return torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+def blurred(x):
+    return torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+
+
+def test_fid_and_kid_rank_real_data_far_below_noise_and_blur(digits):
+    _, _, (a, _), _ = digits
+    fid = {k: compute(FID, digits, x)["fid" + LABEL] for k, x in
+           (("self", a), ("noise", noise_like(a)), ("blur", blurred(a)))}
+    assert fid["self"] < fid["noise"] / 4 and fid["self"] < fid["blur"] / 3, fid
+    kid = {k: compute(KID, digits, x) for k, x in (("self", a), ("noise", noise_like(a)), ("blur", blurred(a)))}
+    assert set(kid["self"]) == {"kid" + LABEL, "kid_std" + LABEL}
+    value = {k: v["kid" + LABEL] for k, v in kid.items()}
+    assert value["self"] < 0.1 * value["blur"] and value["self"] < 0.1 * value["noise"], value
+
+
+def test_inception_score_of_digits_beats_noise(digits):
+    _, _, (a, _), _ = digits
+    real = compute(InceptionScore, digits, a)["inception_score" + LABEL]
+    noise = compute(InceptionScore, digits, noise_like(a))["inception_score" + LABEL]
+    assert real > noise + 1.0, (real, noise)
+
+
+def test_precision_recall_see_mode_dropping_and_off_manifold_samples(digits):
+    source, _, (a, _), _ = digits
+    train = source.dataset("train")
+    x = torch.stack([train[i][0] for i in range(len(train))])
+    y = torch.as_tensor([int(train[i][1]) for i in range(len(train))])
+    same = compute(PrecisionRecall, digits, x[:len(a)])
+    assert same["precision" + LABEL] > 0.7 and same["recall" + LABEL] > 0.7, same
+    few_classes = compute(PrecisionRecall, digits, x[y < 3][:len(a)])  # 3 of 10 digits: mode dropping
+    assert few_classes["precision" + LABEL] > 0.6 and few_classes["recall" + LABEL] < 0.4, few_classes
+    noise = compute(PrecisionRecall, digits, noise_like(a))
+    assert noise["precision" + LABEL] < 0.5 and noise["recall" + LABEL] < 0.3, noise
+
+
+def test_classifier_is_cached_once_per_data_and_recipe(digits):
+    source, config, _, _ = digits
+    extractor = resolve_extractor(source, None, config.classifier, config.cache_dir)
+    path = cache_path(source, config.classifier, Path(config.cache_dir))
+    assert extractor.weights == str(path) and path.is_file()
+    stamp = path.stat().st_mtime_ns
+    assert ensure_classifier(source, config.classifier, root=path.parent) == path
+    assert path.stat().st_mtime_ns == stamp
+    assert extractor.label == "onestep-digits-classifier"
+
+
+def test_feature_weights_errors_name_the_field(digits, tmp_path):
+    source, config, (a, _), _ = digits
+    missing = tmp_path / "missing.pth"
+    with pytest.raises(ConfigError, match=r"^eval.feature_weights: file .*missing.pth.* not found"):
+        resolve_extractor(source, str(missing), config.classifier)
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"fc.weight": torch.zeros(10, 128)}, wrong)
+    with pytest.raises(ConfigError, match=r"^eval.feature_weights: .* not torch-fidelity's inception-v3-compat"):
+        FID(config).compute(EvalContext(a, None, a, None, source, source.spec(), str(wrong)))
+
+
+@pytest.mark.slow
+def test_inception_features_from_a_local_weights_file(digits, tmp_path, monkeypatch):
+    """The --feature-weights path end to end with torch-fidelity's Inception network (randomly
+    initialised weights saved to a file stand in for the real ones)."""
+    import torch_fidelity.feature_extractor_inceptionv3 as inc
+
+    with monkeypatch.context() as m:
+        m.setattr(inc, "load_state_dict_from_url", lambda *a, **k: {})
+        m.setattr(inc.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            state = inc.FeatureExtractorInceptionV3("x", ["2048"]).state_dict()
+    weights = tmp_path / "inception.pth"
+    torch.save(state, weights)
+    source, config, (a, _), (b, _) = digits
+    out = FID(config).compute(EvalContext(a[:3], None, b[:3], None, source, source.spec(), str(weights)))
+    assert list(out) == [f"fid[{INCEPTION}]"] and torch.isfinite(torch.tensor(out[f"fid[{INCEPTION}]"]))

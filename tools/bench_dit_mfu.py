@@ -1,0 +1,205 @@
+"""Training-step throughput and MFU of Adversarial Flow with DiT generator and critic.
+
+One *step* is what the trainer runs per iteration for ``objective adversarial-flow``: the critic
+phase then the generator phase, each through its own DeepSpeed engine (ZeRO stage 2, AdamW
+beta = (0, 0.9), bf16 autocast), with the objective's real losses (relativistic loss,
+finite-difference R1/R2 on 25% of the batch, logit centring, OT loss, gradient normalisation).
+Shapes: 32x32x4 latents, 1000 classes, one-step G (no timestep input) and a [CLS] critic.
+
+MFU = model FLOPs per step / step time / peak, with the peak measured in the same process as the
+throughput of a 8192^3 bf16 matmul (``torch.mm``), not a datasheet number.
+
+FLOP count (multiply-add = 2 FLOPs; element-wise ops, norms and softmax not counted). For a DiT
+of depth L, width w, T tokens (T = (32/2)^2 = 256 for the generator, T + 1 with the critic's
+[CLS] token), patch p and C channels, one sample's forward is
+
+    F = L (24 T w^2 + 4 T^2 w + 12 w^2) + 4 T p^2 C w + 4 w^2 (+ 2 T w p^2 C for the generator head)
+
+(per block: qkv 6Tw^2, out-projection 2Tw^2, MLP 16Tw^2, attention scores and values 4T^2 w,
+adaLN 12w^2; then patch embedding, head and final adaLN). Split it as F = F_lin + F_att with
+F_att = 4 L T^2 w. A backward pass that computes weight and input gradients costs 2F; an
+input-only backward (the frozen critic in the generator phase) costs F_lin + 2 F_att.
+With batch B and R1/R2 fraction f = 0.25 the AF step is
+
+    critic phase:    F_G (no-grad fake) + 3 * 2B F_D (real+fake, fwd+bwd) + 3 * 2fB F_D (R1, R2)
+    generator phase: 3 F_G (fwd+bwd) + F_D + (F_D,lin + 2 F_D,att) (D on G(z), input grads)
+                     + F_D (D on real, no grad)
+
+all per sample times B. ``--small`` runs the same code on CPU with tiny sizes as a check.
+
+Usage: python tools/bench_dit_mfu.py [--sizes B/2 XL/2] [--batch 256 64] [--attempts eager fused compile]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from contextlib import nullcontext
+
+import torch
+
+
+def dit_forward_flops(depth: int, width: int, tokens: int, patch: int, channels: int, generator: bool):
+    """(linear FLOPs, attention FLOPs) of one sample's forward pass (see the module docstring)."""
+    lin = depth * (24 * tokens * width**2 + 12 * width**2) + 2 * tokens * patch**2 * channels * width + 4 * width**2
+    if generator:
+        lin += 2 * tokens * width * patch**2 * channels
+    att = depth * 4 * tokens**2 * width
+    return lin, att
+
+
+def af_step_flops(size: str, shape, batch: int, gp_fraction: float = 0.25) -> float:
+    from onestep_dit.dit import parse_size
+
+    depth, width, _, patch = parse_size(size)
+    c, h, w = shape
+    tokens = (h // patch) * (w // patch)
+    g_lin, g_att = dit_forward_flops(depth, width, tokens, patch, c, True)
+    d_lin, d_att = dit_forward_flops(depth, width, tokens + 1, patch, c, False)
+    f_g, f_d = g_lin + g_att, d_lin + d_att
+    critic = f_g + 3 * 2 * f_d + 3 * 2 * gp_fraction * f_d
+    generator = 3 * f_g + f_d + (d_lin + 2 * d_att) + f_d
+    return batch * (critic + generator)
+
+
+def measured_peak(device: torch.device, n: int, dtype: torch.dtype, iters: int) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    sync(device)
+    return 2 * n**3 * iters / (time.perf_counter() - t)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_engine(module, optim: dict, train, fused: bool):
+    """Same as ``onestep.engine.make_engine`` (AdamW + DeepSpeed config of the trainer), with the
+    option of torch's fused AdamW kernel."""
+    import deepspeed
+
+    from onestep.engine import deepspeed_config
+
+    opt = torch.optim.AdamW(module.parameters(), **optim, **({"fused": True} if fused else {}))
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=opt, config=deepspeed_config(train, 1))
+    return engine
+
+
+def run_attempt(size: str, batch: int, attempt: str, device, shape, steps: int, warmup: int, precision: str):
+    from onestep.config import TrainConfig
+    from onestep.interfaces import Batch, DataSpec, Networks, StepInfo
+    from onestep_adversarial_flow.objective import AdversarialFlow, AdversarialFlowConfig
+    from onestep_dit.dit import DiTBackbone, DiTConfig
+
+    torch.manual_seed(0)
+    spec = DataSpec(tuple(shape), num_classes=1000, kind="latents")
+    objective = AdversarialFlow(AdversarialFlowConfig(), spec=spec)
+    backbone = DiTBackbone(DiTConfig(size=size))
+    train = TrainConfig(batch_size=batch, zero_stage=2, precision=precision)
+    fused = "fused" in attempt and device.type == "cuda"
+    engines = {}
+    for name, request in objective.networks().items():
+        module = backbone.build(request, spec).to(device)
+        if "compile" in attempt:
+            for block in module.blocks:  # regional compilation: one graph reused by every block
+                block.compile()
+        engines[name] = build_engine(module, objective.optim_defaults(name), train, fused)
+    nets = Networks(engines)
+    x = torch.randn(batch, *shape, device=device)
+    y = torch.randint(1000, (batch,), device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    flash = nullcontext()
+    if "flash" in attempt and device.type == "cuda":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        flash = sdpa_kernel([SDPBackend.FLASH_ATTENTION])
+
+    def step(i: int) -> None:
+        info = StepInfo(i, 1000)
+        for phase in objective.phases():
+            for name, e in engines.items():
+                e.module.requires_grad_(name == phase.network)
+            with autocast, flash:
+                loss, _ = objective.loss(phase.name, nets, [Batch(x, y)], info)
+            engines[phase.network].backward(loss)
+            engines[phase.network].step()
+
+    t0 = time.perf_counter()
+    for i in range(warmup):
+        step(i)
+    sync(device)
+    t1 = time.perf_counter()
+    for i in range(steps):
+        step(warmup + i)
+    sync(device)
+    dt = (time.perf_counter() - t1) / steps
+    mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+    del engines, nets
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    return {"step_s": dt, "samples_per_s": batch / dt, "warmup_s": t1 - t0, "max_mem_gib": mem,
+            "flops_per_step": af_step_flops(size, shape, batch)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--small", action="store_true", help="tiny sizes on CPU: a quick check of the code path")
+    p.add_argument("--sizes", nargs="+", default=["B/2", "XL/2"])
+    p.add_argument("--batch", nargs="+", type=int, default=[256, 64])
+    p.add_argument("--attempts", nargs="+", default=["eager", "fused", "fused+flash", "fused+flash+compile"])
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--budget-s", type=float, default=1e9, help="skip remaining attempts past this wall time")
+    p.add_argument("--json", default=None, help="also write the rows here")
+    a = p.parse_args()
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() and not a.small else "cpu")
+    from onestep.distributed import init_process_group, resolve_device
+
+    device = resolve_device("cpu" if a.small else "auto")
+    init_process_group()
+    if a.small:
+        shape, sizes, batches, precision = (4, 8, 8), ["P/2"], [4], "fp32"
+        peak = measured_peak(device, 512, torch.float32, 5)
+        a.steps, a.warmup = 2, 1
+    else:
+        shape, sizes, batches, precision = (4, 32, 32), a.sizes, a.batch, "bf16"
+        torch.backends.cuda.matmul.allow_tf32 = True
+        peak = measured_peak(device, 8192, torch.bfloat16, 50)
+    print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; torch {torch.__version__}; "
+          f"measured matmul peak {peak / 1e12:.1f} TFLOP/s ({'bf16 8192^3' if not a.small else 'fp32 512^3'})")
+    print(f"{'size':6} {'batch':>5} {'attempt':22} {'step ms':>8} {'samples/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'mem GiB':>7} {'warmup s':>8}")
+    rows, start = [], time.perf_counter()
+    for size, batch in zip(sizes, batches):
+        for attempt in a.attempts:
+            if time.perf_counter() - start > a.budget_s:
+                print(f"{size:6} {batch:5d} {attempt:22} skipped (budget)")
+                continue
+            try:
+                r = run_attempt(size, batch, attempt, device, shape, a.steps, a.warmup, precision)
+            except Exception as exc:  # an attempt that fails (OOM, kernel unavailable) is a result too
+                print(f"{size:6} {batch:5d} {attempt:22} failed: {type(exc).__name__}: {' '.join(str(exc).split())[:150]}")
+                rows.append({"size": size, "batch": batch, "attempt": attempt, "error": str(exc)[:300]})
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            tflops = r["flops_per_step"] / r["step_s"]
+            r.update(size=size, batch=batch, attempt=attempt, tflops=tflops / 1e12, mfu=tflops / peak)
+            rows.append(r)
+            print(f"{size:6} {batch:5d} {attempt:22} {r['step_s'] * 1e3:8.1f} {r['samples_per_s']:9.1f} "
+                  f"{r['tflops']:8.1f} {r['mfu']:6.1%} {r['max_mem_gib']:7.1f} {r['warmup_s']:8.1f}", flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"peak_tflops": peak / 1e12, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
