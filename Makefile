@@ -11,8 +11,10 @@ export DS_BUILD_OPS := 0
 
 $(STAMP): pyproject.toml $(foreach p,$(PKGS),$(p)/pyproject.toml)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	# CPU torch unless a torch is already there (the GPU machine brings its own)
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "torch==2.13.0" "torchvision==0.28.0"
+	# torch + a torchvision built for it, unless a torch is already there (the GPU machine brings
+	# its own). timm and torch-fidelity import torchvision, and PyPI's torchvision does not load
+	# beside the CPU-only torch 2.13.0 wheel, so the pair is 2.14.1 / 0.29.1 (runs on CPU too).
+	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1"
 	$(BIN)/pip install -q $(foreach p,$(PKGS),-e ./$(p)) -e .
 	touch $(STAMP)
 

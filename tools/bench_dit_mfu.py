@@ -27,13 +27,15 @@ With batch B and R1/R2 fraction f = 0.25 the AF step is
 
 all per sample times B. ``--small`` runs the same code on CPU with tiny sizes as a check.
 
-Usage: python tools/bench_dit_mfu.py [--sizes B/2 XL/2] [--batch 256 64] [--attempts eager fused compile]
+Usage: python tools/bench_dit_mfu.py [--sizes B/2 XL/2] [--batch 128 32] [--attempts eager fused compile]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import subprocess
+import sys
 import time
 from contextlib import nullcontext
 
@@ -142,58 +144,70 @@ def run_attempt(size: str, batch: int, attempt: str, device, shape, steps: int, 
     sync(device)
     dt = (time.perf_counter() - t1) / steps
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
-    del engines, nets
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
     return {"step_s": dt, "samples_per_s": batch / dt, "warmup_s": t1 - t0, "max_mem_gib": mem,
             "flops_per_step": af_step_flops(size, shape, batch)}
+
+
+def worker(a) -> None:
+    """One attempt in a fresh process (DeepSpeed engines keep GPU memory alive after deletion)."""
+    from onestep.distributed import init_process_group, resolve_device
+
+    device = resolve_device("cpu" if a.small else "auto")
+    init_process_group()
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        r = run_attempt(a.sizes[0], a.batch[0], a.attempts[0], device, tuple(a.shape), a.steps, a.warmup, a.precision)
+    except Exception as exc:  # an attempt that fails (OOM, kernel unavailable) is a result too
+        r = {"error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
+    print("RESULT " + json.dumps(r), flush=True)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--small", action="store_true", help="tiny sizes on CPU: a quick check of the code path")
     p.add_argument("--sizes", nargs="+", default=["B/2", "XL/2"])
-    p.add_argument("--batch", nargs="+", type=int, default=[256, 64])
+    p.add_argument("--batch", nargs="+", type=int, default=[128, 32])
     p.add_argument("--attempts", nargs="+", default=["eager", "fused", "fused+flash", "fused+flash+compile"])
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--budget-s", type=float, default=1e9, help="skip remaining attempts past this wall time")
     p.add_argument("--json", default=None, help="also write the rows here")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--shape", nargs=3, type=int, default=[4, 32, 32], help=argparse.SUPPRESS)
+    p.add_argument("--precision", default="bf16", help=argparse.SUPPRESS)
     a = p.parse_args()
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() and not a.small else "cpu")
-    from onestep.distributed import init_process_group, resolve_device
-
-    device = resolve_device("cpu" if a.small else "auto")
-    init_process_group()
+    if a.worker:
+        return worker(a)
     if a.small:
-        shape, sizes, batches, precision = (4, 8, 8), ["P/2"], [4], "fp32"
+        a.shape, a.sizes, a.batch, a.precision, a.steps, a.warmup = [4, 8, 8], ["P/2"], [4], "fp32", 2, 1
+    device = torch.device("cuda" if torch.cuda.is_available() and not a.small else "cpu")
+    if a.small:
         peak = measured_peak(device, 512, torch.float32, 5)
-        a.steps, a.warmup = 2, 1
     else:
-        shape, sizes, batches, precision = (4, 32, 32), a.sizes, a.batch, "bf16"
-        torch.backends.cuda.matmul.allow_tf32 = True
         peak = measured_peak(device, 8192, torch.bfloat16, 50)
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; torch {torch.__version__}; "
           f"measured matmul peak {peak / 1e12:.1f} TFLOP/s ({'bf16 8192^3' if not a.small else 'fp32 512^3'})")
     print(f"{'size':6} {'batch':>5} {'attempt':22} {'step ms':>8} {'samples/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'mem GiB':>7} {'warmup s':>8}")
     rows, start = [], time.perf_counter()
-    for size, batch in zip(sizes, batches):
+    for size, batch in zip(a.sizes, a.batch):
         for attempt in a.attempts:
             if time.perf_counter() - start > a.budget_s:
                 print(f"{size:6} {batch:5d} {attempt:22} skipped (budget)")
                 continue
-            try:
-                r = run_attempt(size, batch, attempt, device, shape, a.steps, a.warmup, precision)
-            except Exception as exc:  # an attempt that fails (OOM, kernel unavailable) is a result too
-                print(f"{size:6} {batch:5d} {attempt:22} failed: {type(exc).__name__}: {' '.join(str(exc).split())[:150]}")
-                rows.append({"size": size, "batch": batch, "attempt": attempt, "error": str(exc)[:300]})
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+            cmd = [sys.executable, __file__, "--worker", "--sizes", size, "--batch", str(batch), "--attempts", attempt,
+                   "--steps", str(a.steps), "--warmup", str(a.warmup), "--precision", a.precision,
+                   "--shape", *map(str, a.shape)] + (["--small"] if a.small else [])
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+            r = json.loads(lines[-1][7:]) if lines else {"error": f"worker exited {out.returncode}: {out.stderr[-300:]}"}
+            r.update(size=size, batch=batch, attempt=attempt)
+            rows.append(r)
+            if "error" in r:
+                print(f"{size:6} {batch:5d} {attempt:22} failed: {r['error'][:160]}", flush=True)
                 continue
             tflops = r["flops_per_step"] / r["step_s"]
-            r.update(size=size, batch=batch, attempt=attempt, tflops=tflops / 1e12, mfu=tflops / peak)
-            rows.append(r)
+            r.update(tflops=tflops / 1e12, mfu=tflops / peak)
             print(f"{size:6} {batch:5d} {attempt:22} {r['step_s'] * 1e3:8.1f} {r['samples_per_s']:9.1f} "
                   f"{r['tflops']:8.1f} {r['mfu']:6.1%} {r['max_mem_gib']:7.1f} {r['warmup_s']:8.1f}", flush=True)
     if a.json:

@@ -7,12 +7,12 @@
 #
 #   bash tools/compare_mnist.sh [BUDGET_MINUTES] [OUT] [compare flags...] [overrides...]
 # (flags such as --metrics before overrides such as train.batch_size=256 or wflow:objective.eta=0.5)
-#   e.g. on the GPU machine (one device call is limited to 10 minutes: 5 runs x 1.5 min + evaluation):
-#   bash tools/compare_mnist.sh 1.5 runs/compare-mnist-dit train.batch_size=256
-#   FEATURE_WEIGHTS=/path/weights-inception-2015-12-05-6726825d.pth bash tools/compare_mnist.sh 1.5
+#   e.g. on the GPU machine (one device call is limited to 10 minutes: 5 runs x 1.2 min + building and evaluation):
+#   bash tools/compare_mnist.sh 1.2 runs/compare-mnist-dit train.batch_size=256
+#   FEATURE_WEIGHTS=/path/weights-inception-2015-12-05-6726825d.pth bash tools/compare_mnist.sh 1.2
 # The toy version: DATA=gmm8 BACKBONE=mlp bash tools/compare_mnist.sh 1 runs/compare-gmm8-mlp
 set -euo pipefail
-BUDGET=${1:-1.5}
+BUDGET=${1:-1.2}
 OUT=${2:-runs/compare-${DATA:-mnist}-${BACKBONE:-dit}}
 shift $(( $# < 2 ? $# : 2 ))
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}

@@ -42,6 +42,11 @@ def deepspeed_config(train: TrainConfig, world: int) -> dict[str, Any]:
         "gradient_accumulation_steps": train.grad_accum,
         "gradient_clipping": float(train.grad_clip),
         "zero_optimization": {"stage": train.zero_stage},
+        # The engine's forward replaces an outer torch.autocast by this section (disabled unless
+        # set): without it a bf16 run computes every engine call in fp32. Gradients keep fp32
+        # communication (no lower-precision modules).
+        "torch_autocast": {"enabled": train.precision == "bf16", "dtype": "bfloat16",
+                           "lower_precision_safe_modules": []},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**12,
         "wall_clock_breakdown": False,

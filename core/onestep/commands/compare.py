@@ -4,8 +4,11 @@ reference row."""
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
+
+from ..errors import ConfigError
 
 
 def _ints(text: str) -> list[int]:
@@ -22,6 +25,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..metrics.comparison import run_comparison
     from ..metrics.report import markdown_table, save_figure, write_table
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("onestep compare runs in one process (start it without torchrun); "
+                          "multi-GPU throughput is tools/bench_scaling.py's job")
     objectives = [o for o in args.objectives.split(",") if o]
     out = args.out or f"runs/compare-{args.data or 'data'}-{args.backbone or 'backbone'}"
     comparison = run_comparison(

@@ -162,32 +162,46 @@ def check_inception_weights(path: str) -> None:
 
 
 @attrs.define
-class FidelityConfig:
+class FeatureConfig:
     batch_size: int = 250  # images per feature-network batch
-    kid_subset_size: int = 1000  # capped at the smaller sample count
-    kid_subsets: int = 100
-    isc_splits: int = 10
-    prc_neighborhood: int = 3
     cache_dir: str = ""  # where the data classifier is cached; "" = $ONESTEP_CACHE/features or ~/.cache/onestep/features
-    classifier: ClassifierRecipe = attrs.Factory(ClassifierRecipe)
+    classifier: ClassifierRecipe = attrs.Factory(ClassifierRecipe)  # used when eval.feature_weights is unset
+
+
+@attrs.define
+class KIDConfig(FeatureConfig):
+    subset_size: int = 1000  # capped at the smaller sample count
+    subsets: int = 100
+
+
+@attrs.define
+class InceptionScoreConfig(FeatureConfig):
+    splits: int = 10
+
+
+@attrs.define
+class PrecisionRecallConfig(FeatureConfig):
+    neighborhood: int = 3  # k of the k-NN manifold radii
 
 
 class FidelityMetric(Metric):
     """Shared part of the torch-fidelity metrics: decode, pick the extractor, run one metric."""
 
-    Config = FidelityConfig
+    Config = FeatureConfig
     applies_to = ("images",)
     flag: ClassVar[str]  # torch-fidelity's switch for this metric
     keys: ClassVar[dict[str, str]]  # our key -> torch-fidelity's key
+
+    def options(self, num_samples: int, num_reference: int) -> dict[str, Any]:
+        """This metric's torch-fidelity keyword arguments."""
+        return {}
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         c = self.config
         extractor = resolve_extractor(ctx.source, ctx.feature_weights, c.classifier, c.cache_dir)
         samples, reference = ctx.source.decode(ctx.samples), ctx.source.decode(ctx.reference)
-        n = min(len(samples), len(reference))
-        options = dict(batch_size=c.batch_size, kid_subset_size=min(c.kid_subset_size, n), kid_subsets=c.kid_subsets,
-                       isc_splits=min(c.isc_splits, len(samples)), prc_neighborhood=c.prc_neighborhood)
-        raw = fidelity_metrics(samples, None if self.flag == "isc" else reference, extractor, {self.flag: True}, **options)
+        raw = fidelity_metrics(samples, None if self.flag == "isc" else reference, extractor, {self.flag: True},
+                               batch_size=c.batch_size, **self.options(len(samples), len(reference)))
         return {f"{key}[{extractor.label}]": float(raw[src]) for key, src in self.keys.items()}
 
 
@@ -203,16 +217,25 @@ class KID(FidelityMetric):
     """Kernel distance (unbiased MMD^2, cubic kernel) of sample and held-out features (lower is better)."""
 
     name = "kid"
+    Config = KIDConfig
     flag = "kid"
     keys = {"kid": "kernel_inception_distance_mean", "kid_std": "kernel_inception_distance_std"}
+
+    def options(self, num_samples, num_reference):
+        return {"kid_subset_size": min(self.config.subset_size, num_samples, num_reference),
+                "kid_subsets": self.config.subsets}
 
 
 class InceptionScore(FidelityMetric):
     """exp E KL(p(y|x) || p(y)) of the samples under the feature network's classes (higher is better)."""
 
     name = "inception-score"
+    Config = InceptionScoreConfig
     flag = "isc"
     keys = {"inception_score": "inception_score_mean", "inception_score_std": "inception_score_std"}
+
+    def options(self, num_samples, num_reference):
+        return {"isc_splits": min(self.config.splits, num_samples)}
 
 
 class PrecisionRecall(FidelityMetric):
@@ -220,8 +243,12 @@ class PrecisionRecall(FidelityMetric):
     samples' (recall); higher is better."""
 
     name = "precision-recall"
+    Config = PrecisionRecallConfig
     flag = "prc"
     keys = {"precision": "precision", "recall": "recall"}
+
+    def options(self, num_samples, num_reference):
+        return {"prc_neighborhood": self.config.neighborhood}
 
 
 FIDELITY_METRICS = [FID, KID, InceptionScore, PrecisionRecall]

@@ -15,10 +15,11 @@ LOWER_IS_BETTER = ("fid", "kid", "sinkhorn", "mode_weight_tv", "off_mode_fractio
 
 
 def metric_columns(comparison: Comparison) -> list[str]:
-    """Metric keys in first-seen order (per-mode masses left to the JSON)."""
+    """Metric keys in first-seen order (per-mode masses and standard deviations left to the JSON)."""
     keys: dict[str, None] = {}
     for row in comparison.rows:
-        keys.update({k: None for k in row.metrics if not k.startswith("mode_mass_") and not k.endswith("_std]")})
+        keys.update({k: None for k in row.metrics
+                     if not k.startswith("mode_mass_") and not k.split("[")[0].endswith("_std")})
     return list(keys)
 
 
@@ -64,12 +65,13 @@ def save_figure(comparison: Comparison, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     labels = [row_label(r) for r in comparison.rows]
-    fig, axes = plt.subplots(1, len(labels), figsize=(3.2 * len(labels), 3.6), dpi=120, squeeze=False)
+    grids = {k: image_grid(x, comparison.meta.get("grid_columns")) for k, x in comparison.samples.items() if x.dim() == 4}
+    aspect = next((g.shape[0] / g.shape[1] for g in grids.values()), 1.0)
+    fig, axes = plt.subplots(1, len(labels), figsize=(3.2 * len(labels), 3.2 * aspect + 0.6), dpi=120, squeeze=False)
     for ax, row, label in zip(axes[0], comparison.rows, labels):
         x = comparison.samples[label].float()
-        if x.dim() == 4:
-            grid = image_grid(x, comparison.meta.get("grid_columns"))
-            ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255)
+        if label in grids:
+            ax.imshow(grids[label], cmap="gray" if grids[label].ndim == 2 else None, vmin=0, vmax=255)
             ax.axis("off")
         elif x.shape[1] >= 2:
             r = comparison.reference

@@ -19,8 +19,9 @@ coupling that no single batch can improve). Pairs are consistent by construction
 keeps its noise until a swap lowers the cost. The cost per batch is one minibatch assignment.
 
 Data points are recognised by a 64-bit hash of their float32 bits (random odd weights, integer
-arithmetic modulo 2^64, so it is exact and the same on every device and batch size); repeated
-identical points within one batch are told apart by their rank among equals. The table holds one
+arithmetic modulo 2^64, so it is exact and the same on every device and batch size). A point that
+occurs twice in one batch (the loader's epoch boundary can do that) is one point: both rows get
+its one kept noise, and the assignment runs over the batch's distinct points. The table holds one
 noise vector per distinct training sample: it suits finite data sets (toy sets, MNIST, CIFAR,
 latent sets up to ``max_points`` samples). Augmented data (random flips/crops) never repeats and
 grows the table: use ``minibatch-ot`` for it.
@@ -45,7 +46,6 @@ from .assignment import pair_costs
 from .couplers import MinibatchOT, MinibatchOTConfig, _check_batches
 
 HASH_SEED = 20260407
-REPEAT_MIX = 0x9E3779B97F4A7C15 - 2**64  # odd 64-bit constant (as a signed int64) that separates repeats
 
 
 @attrs.define
@@ -75,16 +75,20 @@ class OnlineOT(MinibatchOT):
 
     def pair(self, noise, data, y=None):
         _check_batches(self.name, noise, data, y)
-        slots = self._slots(self._hash(data), noise)
+        keys, row_of_key = self._hash(data).unique(return_inverse=True)
+        first = torch.full((len(keys),), len(data), device=data.device).scatter_reduce(
+            0, row_of_key, torch.arange(len(data), device=data.device), "amin")
+        x, yx = data[first], (None if y is None else y[first])
+        slots = self._slots(keys, noise[first])
         kept = self.noise[slots]
         old = self.cost[slots]
-        refined = kept[self.match(kept, data, y)]
-        new = pair_costs(refined, data).to(old.dtype)
+        refined = kept[self.match(kept, x, yx)]
+        new = pair_costs(refined, x).to(old.dtype)
         if new.sum() <= old.sum():
-            kept, old = refined, new
+            kept = refined
             self.noise[slots] = refined
             self.cost[slots] = new
-        return kept, data, y
+        return kept[row_of_key], data, y
 
     def _hash(self, data: torch.Tensor) -> torch.Tensor:
         bits = data.detach().float().reshape(len(data), -1).contiguous().view(torch.int32).long()
@@ -92,12 +96,7 @@ class OnlineOT(MinibatchOT):
             g = torch.Generator().manual_seed(HASH_SEED)
             w = torch.randint(-(2**62), 2**62, (bits.shape[1],), generator=g, dtype=torch.long) | 1
             self._weights = w.to(bits.device)
-        key = (bits * self._weights).sum(1)
-        ordered, order = key.sort()
-        rank = torch.arange(len(key), device=key.device) - torch.searchsorted(ordered, ordered)
-        repeat = torch.empty_like(rank)
-        repeat[order] = rank
-        return key + repeat * REPEAT_MIX
+        return (bits * self._weights).sum(1)
 
     def _slots(self, keys: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Table rows of ``keys``, adding unseen keys with their fresh noise rows."""

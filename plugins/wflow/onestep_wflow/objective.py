@@ -56,6 +56,9 @@ class WFlowConfig:
     """Estimator of the debiasing term T_{q,q}: two-batch (paper), one-batch or none (ablations)."""
     guidance_scale: float = 0.0
     """CFG scale w in V_w (class-conditional data only); 0 disables. The paper shows 0.15 and 2.0."""
+    class_conditional: bool = True
+    """Use the labels of labelled data (per-class plans, a label-conditioned generator). False
+    trains one unconditional map with one plan per batch (more points per plan)."""
     uncond_fraction: float = 0.25
     """Size of the unconditional reference batch p_u as a fraction of the data batch."""
     scaling: float = 0.8
@@ -92,11 +95,12 @@ class WFlow(Objective):
             raise ConfigError(f"objective.epsilon: expected > 0, got {config.epsilon}")
         if config.guidance_scale < 0:
             raise ConfigError(f"objective.guidance_scale: expected >= 0, got {config.guidance_scale}")
-        if config.guidance_scale > 0 and spec.num_classes == 0:
-            raise ConfigError("objective.guidance_scale: classifier-free guidance needs labelled data (num_classes > 0)")
+        if config.guidance_scale > 0 and (spec.num_classes == 0 or not config.class_conditional):
+            raise ConfigError("objective.guidance_scale: classifier-free guidance needs labelled data "
+                              "(num_classes > 0) and objective.class_conditional=true")
         if not 0 < config.uncond_fraction <= 1:
             raise ConfigError(f"objective.uncond_fraction: expected in (0, 1], got {config.uncond_fraction}")
-        self.conditional = spec.num_classes > 0
+        self.conditional = spec.num_classes > 0 and config.class_conditional
         self.solver = SinkhornSolver(config.epsilon * spec.numel, config.scaling, config.max_iters, config.tol)
 
     def networks(self):

@@ -8,8 +8,8 @@ import torch
 from onestep.errors import ConfigError, OnestepError
 from onestep.interfaces import EvalContext
 from onestep.metrics.classifier import ClassifierRecipe, cache_path, ensure_classifier
-from onestep.metrics.fidelity import (FID, INCEPTION, KID, FidelityConfig, InceptionScore, PrecisionRecall,
-                                      import_fidelity, resolve_extractor)
+from onestep.metrics.fidelity import (FID, INCEPTION, KID, InceptionScore, PrecisionRecall, import_fidelity,
+                                      resolve_extractor)
 
 try:
     import_fidelity()
@@ -21,14 +21,16 @@ LABEL = "[onestep-digits-classifier]"
 
 @pytest.fixture(scope="module")
 def digits(registry, tmp_path_factory):
-    """The held-out digits split in two halves, plus a metric config whose classifier (3 epochs)
-    is cached in a temp folder."""
+    """The held-out digits split in two halves, plus each metric's config, whose classifier
+    (3 epochs) is cached in a temp folder."""
     source = registry.build("data", "digits", registry.get("data", "digits").cls.Config())
     ds = source.dataset("test")
     x = torch.stack([ds[i][0] for i in range(len(ds))])
     y = torch.as_tensor([int(ds[i][1]) for i in range(len(ds))])
-    config = FidelityConfig(kid_subsets=20, cache_dir=str(tmp_path_factory.mktemp("features")),
-                            classifier=ClassifierRecipe(epochs=3))
+    cache = str(tmp_path_factory.mktemp("features"))
+    recipe = ClassifierRecipe(epochs=3)
+    config = {cls: cls.Config(cache_dir=cache, classifier=recipe) for cls in (FID, KID, InceptionScore, PrecisionRecall)}
+    config[KID].subsets = 20
     half = len(x) // 2
     return source, config, (x[:half], y[:half]), (x[half:], y[half:])
 
@@ -36,7 +38,7 @@ def digits(registry, tmp_path_factory):
 def compute(metric_cls, digits, samples, reference=None):
     source, config, _, (b, _) = digits
     ref = b if reference is None else reference
-    return metric_cls(config).compute(EvalContext(samples, None, ref, None, source, source.spec()))
+    return metric_cls(config[metric_cls]).compute(EvalContext(samples, None, ref, None, source, source.spec()))
 
 
 def noise_like(x):
@@ -79,7 +81,8 @@ def test_precision_recall_see_mode_dropping_and_off_manifold_samples(digits):
 
 
 def test_classifier_is_cached_once_per_data_and_recipe(digits):
-    source, config, _, _ = digits
+    source, configs, _, _ = digits
+    config = configs[FID]
     extractor = resolve_extractor(source, None, config.classifier, config.cache_dir)
     path = cache_path(source, config.classifier, Path(config.cache_dir))
     assert extractor.weights == str(path) and path.is_file()
@@ -90,7 +93,8 @@ def test_classifier_is_cached_once_per_data_and_recipe(digits):
 
 
 def test_feature_weights_errors_name_the_field(digits, tmp_path):
-    source, config, (a, _), _ = digits
+    source, configs, (a, _), _ = digits
+    config = configs[FID]
     missing = tmp_path / "missing.pth"
     with pytest.raises(ConfigError, match=r"^eval.feature_weights: file .*missing.pth.* not found"):
         resolve_extractor(source, str(missing), config.classifier)
@@ -114,6 +118,6 @@ def test_inception_features_from_a_local_weights_file(digits, tmp_path, monkeypa
             state = inc.FeatureExtractorInceptionV3("x", ["2048"]).state_dict()
     weights = tmp_path / "inception.pth"
     torch.save(state, weights)
-    source, config, (a, _), (b, _) = digits
-    out = FID(config).compute(EvalContext(a[:3], None, b[:3], None, source, source.spec(), str(weights)))
+    source, configs, (a, _), (b, _) = digits
+    out = FID(configs[FID]).compute(EvalContext(a[:3], None, b[:3], None, source, source.spec(), str(weights)))
     assert list(out) == [f"fid[{INCEPTION}]"] and torch.isfinite(torch.tensor(out[f"fid[{INCEPTION}]"]))

@@ -92,10 +92,12 @@ def test_labelled_pairs_never_cross_classes():
         assert sorted(map(tuple, z[y == k].tolist())) == sorted(map(tuple, z0[y == k].tolist()))
 
 
-def test_duplicate_points_get_distinct_noise_and_the_table_limit_is_enforced():
-    x = torch.tensor([[1.0, 2.0], [1.0, 2.0], [3.0, 4.0]])
-    c = OnlineOT(OnlineOT.Config(max_points=3))
-    z, _, _ = c.pair(torch.randn(3, 2), x)
-    assert len(c.keys) == 3 and not torch.equal(z[0], z[1])
-    with pytest.raises(ValueError, match="coupler.max_points=3"):
+def test_a_point_twice_in_a_batch_gets_its_one_noise_and_the_table_limit_is_enforced():
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [1.0, 2.0]])
+    c = OnlineOT(OnlineOT.Config(max_points=2))
+    z, xx, _ = c.pair(torch.randn(3, 2), x)
+    assert len(c.keys) == 2 and torch.equal(z[0], z[2]) and not torch.equal(z[0], z[1]) and torch.equal(xx, x)
+    z2, _, _ = c.pair(torch.randn(2, 2), x[[2, 2]])
+    assert torch.equal(z2[0], z[0]) and torch.equal(z2[1], z[0])
+    with pytest.raises(ValueError, match="coupler.max_points=2"):
         c.pair(torch.randn(1, 2), torch.tensor([[5.0, 6.0]]))
