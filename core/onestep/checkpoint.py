@@ -6,7 +6,9 @@ Layout of ``<run>/checkpoints/step-0000100/``::
     <net>.safetensors                full weights of each trained network
     <net>.ema.safetensors            EMA weights
     <net>.optim.rank<r>.pt           optimizer state of rank r (tensors and plain values only)
-    trainer.pt                       step, data-stream states, RNG states, component states
+    trainer.pt                       step, process count, network names, LR-scheduler states
+    trainer.rank<r>.pt               rank r's data-stream, RNG and component states (e.g. an
+                                     online coupling: each rank keeps its own)
 
 A checkpoint is written into a temporary folder and renamed into place once complete, then the
 oldest ones beyond ``keep`` are removed, so a crash never leaves a half-written checkpoint under

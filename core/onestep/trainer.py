@@ -286,7 +286,8 @@ class Trainer:
                 ckpt.save_tensors(weights, tmp / f"{name}.safetensors")
             ckpt.save_state(e.optimizer.state_dict(), tmp / f"{name}.optim.rank{self.rank}.pt")
         ckpt.save_state(
-            {"streams": {k: s.state_dict() for k, s in self.streams.items()}, "rng": self._rng_state()},
+            {"streams": {k: s.state_dict() for k, s in self.streams.items()}, "rng": self._rng_state(),
+             "components": {k: c.state_dict() for k, c in self._components().items()}},  # per rank: e.g. online couplings
             tmp / f"trainer.rank{self.rank}.pt",
         )
         if self.rank == 0:
@@ -297,7 +298,6 @@ class Trainer:
             ckpt.save_state({
                 "step": self.step, "world": self.world, "networks": sorted(self.engines),
                 "schedulers": {n: e.lr_scheduler.state_dict() for n, e in self.engines.items()},
-                "components": {k: c.state_dict() for k, c in self._components().items()},
             }, tmp / "trainer.pt")
         barrier()
         final = writer.commit(self.step)
@@ -343,9 +343,9 @@ class Trainer:
                               for r in range(self.world)]
                 e.optimizer.load_state_dict(every_rank, load_optimizer_states=True, load_from_fp32_weights=True)
             e.lr_scheduler.load_state_dict(state["schedulers"][name])
-        for k, c in self._components().items():
-            c.load_state_dict(state["components"].get(k, {}))
         local = ckpt.load_state(folder / f"trainer.rank{self.rank}.pt")
+        for k, c in self._components().items():
+            c.load_state_dict(local["components"].get(k, {}))
         for k, s in self.streams.items():
             s.load_state_dict(local["streams"][k])
         self._set_rng_state(local["rng"])

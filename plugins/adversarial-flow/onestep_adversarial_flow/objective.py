@@ -158,6 +158,9 @@ class AdversarialFlow(Objective):
         self.conditional = c.conditional and spec.num_classes > 0
         if guidance is not None and not self.conditional:
             raise ConfigError(f"guidance {guidance.name!r}: needs labelled data and objective.conditional=true")
+        if guidance is not None and c.time_inputs != 0:
+            raise ConfigError(f"guidance {guidance.name!r}: needs a one-step model (objective.time_inputs=0); an any-step "
+                              "G(x_s, s, t) outputs x_t, not a clean sample to noise again")
         self.normalizer = GradientNormalizer(c.grad_norm_decay)
 
     # ----------------------------------------------------------------------------- declarations

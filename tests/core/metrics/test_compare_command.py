@@ -36,6 +36,7 @@ def test_compare_trains_each_objective_on_the_budget_and_writes_table_and_figure
     picture = matplotlib.image.imread(out / "compare.png")
     assert picture.shape[1] > 3 * picture.shape[0]  # four panels side by side
 
+    capsys.readouterr()  # drop what training printed
     rc = main(["eval", str(out / "flow-matching"), "--feature-weights", str(tmp_path / "no-such.pth")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("onestep: error: eval.feature_weights: file") and "\n" not in err

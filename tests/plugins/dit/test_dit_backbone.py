@@ -106,6 +106,9 @@ def test_labels_use_a_table_with_a_null_row_and_none_means_null():
     torch.manual_seed(0)
     g = DiTBackbone(DiTConfig(size="P/4")).build(NetworkRequest("critic", 0, True), MNIST)
     assert g.label_embedding.num_embeddings == MNIST.num_classes + 1
+    with torch.no_grad():  # leave adaLN-Zero (identity blocks ignore the condition) so labels can act
+        for blk in g.blocks:
+            blk.adaLN_modulation[-1].weight.normal_(std=0.05)
     x = torch.randn(2, 1, 28, 28)
     null = torch.full((2,), MNIST.null_label)
     assert torch.equal(g(x, y=None), g(x, y=null))
