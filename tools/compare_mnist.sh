@@ -10,6 +10,9 @@
 #   e.g. on the GPU machine (one device call is limited to 10 minutes: 5 runs x 1.2 min + building and evaluation):
 #   bash tools/compare_mnist.sh 1.2 runs/compare-mnist-dit train.batch_size=256
 #   FEATURE_WEIGHTS=/path/weights-inception-2015-12-05-6726825d.pth bash tools/compare_mnist.sh 1.2
+# The first table in tools/RESULTS.md (H100) used: bash tools/compare_mnist.sh 0.9 runs/cmp backbone.size=S/4
+#   train.batch_size=256 train.precision=bf16 train.warmup_steps=50 wflow:objective.class_conditional=false
+#   wflow:objective.lr=3e-4 adversarial-flow:objective.lr=3e-4 ot-nfm:objective.class_conditional=false
 # The toy version: DATA=gmm8 BACKBONE=mlp bash tools/compare_mnist.sh 1 runs/compare-gmm8-mlp
 set -euo pipefail
 BUDGET=${1:-1.2}
@@ -22,7 +25,7 @@ if [ "${DATA:-mnist}" = mnist ] || [ "${DATA:-mnist}" = digits ]; then
 fi
 OBJECTIVES=${OBJECTIVES:-wflow,adversarial-flow,ot-nfm,flow-matching}
 SCOPED=()
-case ",$OBJECTIVES," in *,ot-nfm,*) SCOPED+=("ot-nfm:coupler=${OTNFM_COUPLER:-online}");; esac  # OT-NFM needs a coupler
+case ",$OBJECTIVES," in *,ot-nfm,*) SCOPED+=("ot-nfm:coupler=${OTNFM_COUPLER:-minibatch-ot}");; esac  # OT-NFM needs a coupler
 python3 -m onestep.cli compare --objectives "$OBJECTIVES" \
   --data "${DATA:-mnist}" --backbone "${BACKBONE:-dit}" --budget-minutes "$BUDGET" --out "$OUT" \
   --num-samples "${NUM_SAMPLES:-2000}" ${FEATURE_WEIGHTS:+--feature-weights "$FEATURE_WEIGHTS"} \
