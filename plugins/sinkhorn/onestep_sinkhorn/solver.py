@@ -95,9 +95,11 @@ def _row_softmin(cost, h, inv_eps):
     return -_logsumexp(h.unsqueeze(1) - cost * inv_eps, dim=2) / inv_eps
 
 
-def _col_softmin(cost, h, inv_eps):
-    """``-eps log sum_i exp(h_i - C_ij / eps)`` for h [B, N] -> [B, M]."""
-    return -_logsumexp(h.unsqueeze(2) - cost * inv_eps, dim=1) / inv_eps
+def _col_softmin(cost_t, h, inv_eps):
+    """``-eps log sum_i exp(h_i - C_ij / eps)`` for h [B, N] -> [B, M], read from the
+    transposed cost ``C^T`` [B, M, N] so that both passes reduce over contiguous rows (a
+    strided reduction over ``C`` ran at half the speed of the row pass on an H100)."""
+    return _row_softmin(cost_t, h, inv_eps)
 
 
 def _violation(f_new, f, log_a, inv_eps):
@@ -105,8 +107,8 @@ def _violation(f_new, f, log_a, inv_eps):
 
 
 def sinkhorn_steps(
-    cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor,
-    eps_steps: torch.Tensor,
+    cost: torch.Tensor, cost_t: torch.Tensor, f: torch.Tensor, g: torch.Tensor, log_a: torch.Tensor,
+    log_b: torch.Tensor, eps_steps: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``len(eps_steps)`` alternating log-domain Sinkhorn iterations (the hot loop).
 
@@ -119,11 +121,11 @@ def sinkhorn_steps(
     for k in range(last):
         inv_eps = 1.0 / eps_steps[k]
         f = _row_softmin(cost, log_b + g * inv_eps, inv_eps)
-        g = _col_softmin(cost, log_a + f * inv_eps, inv_eps)
+        g = _col_softmin(cost_t, log_a + f * inv_eps, inv_eps)
     inv_eps = 1.0 / eps_steps[last]
     f_new = _row_softmin(cost, log_b + g * inv_eps, inv_eps)
     delta = _violation(f_new, f, log_a, inv_eps)
-    g = _col_softmin(cost, log_a + f_new * inv_eps, inv_eps)
+    g = _col_softmin(cost_t, log_a + f_new * inv_eps, inv_eps)
     return f_new, g, delta
 
 
@@ -268,8 +270,9 @@ class SinkhornSolver:
             c = squared_cost(x, y, self.precision) if cost is None else cost.float().reshape(batch, n, m)
             log_a = _log_weights(a, batch, n, x.device)
             log_b = _log_weights(b, batch, m, x.device)
+            c_t = c.transpose(1, 2).contiguous()
             steps = self._compiled(sinkhorn_steps, c.device)
-            state, iters, err = self._iterate(c, lambda s, e: steps(c, *s, log_a, log_b, e),
+            state, iters, err = self._iterate(c, lambda s, e: steps(c, c_t, *s, log_a, log_b, e),
                                               (c.new_zeros(batch, n), c.new_zeros(batch, m)))
         return SinkhornResult(c, state[0], state[1], log_a, log_b, self.epsilon, iters, err)
 
