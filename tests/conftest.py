@@ -19,3 +19,12 @@ def registry():
 def quiet(tmp_path):
     """Overrides that keep a test run small and silent, writing under tmp_path."""
     return [f"output_dir={tmp_path}/run", "train.progress=false", "train.log_every=10"]
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for tests of many tiny ops, where a second thread costs more than it gives."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -11,14 +11,7 @@ from torch.distributions import Normal
 from onestep.api import build_run, compose
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two OpenMP threads on a contended 2-core machine are ~40x slower than one for these
-    small matmuls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train(tmp_path, name, data, overrides, **kw):

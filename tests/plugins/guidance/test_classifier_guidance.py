@@ -19,17 +19,11 @@ def labelled(n):
     return MEANS[y] + 0.3 * torch.randn(n, 2), y
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One OpenMP thread: two are far slower for these small matmuls on a contended 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def trained(one_thread):
+def trained():
     """A classifier trained for 200 steps through the guidance's own phase."""
     torch.manual_seed(0)
     guidance = ClassifierGuidance(ClassifierGuidanceConfig(), spec=SPEC)

@@ -10,13 +10,7 @@ from onestep_sinkhorn import Groups, SinkhornBarycentricProjection, SinkhornSolv
 geomloss = pytest.importorskip("geomloss")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small problems: one thread avoids oversubscription on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def clouds(seed=0, n=60, m=80, d=3):

@@ -11,13 +11,7 @@ from onestep.metrics.toy import sinkhorn_divergence
 from onestep_wflow.objective import WFlow, WFlowConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small batches: one thread avoids oversubscription on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TOY = ["train.steps=200", "objective.lr=3e-3", "train.warmup_steps=20", "train.batch_size=128", "backbone.width=128", "backbone.depth=2", "eval.num_samples=1000", "sample.num=500"]
