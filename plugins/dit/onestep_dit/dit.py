@@ -2,7 +2,8 @@
 the deep-recursive DiT of Adversarial Flow (arXiv 2511.22475, Sec. 3.7-3.8).
 
 The whole network family is this file: ``modulate``, small modules, ``DiT`` and one
-``initialize_weights``. Sizes are data: ``FAMILIES`` maps a name to (depth, width, heads) and a
+``initialize_weights``; attention (``F.scaled_dot_product_attention`` with optional QK-norm) and
+the MLP are timm's ``timm.layers.Attention`` and ``timm.layers.Mlp``. Sizes are data: ``FAMILIES`` maps a name to (depth, width, heads) and a
 size string ``"NAME/PATCH"`` adds the patch size, so ``"XL/2"`` is DiT-XL/2 and ``"T/7"`` the tiny
 family on 7x7 patches (28x28 MNIST). XL, L, M and B are MeanFlow's sizes, which AF uses.
 
@@ -20,11 +21,14 @@ passes are distinguishable while every weight is shared (the parameter count doe
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import attrs
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from timm.layers import Attention, Mlp
 
 from onestep.errors import ConfigError
 from onestep.interfaces import Backbone, DataSpec, NetworkRequest
@@ -39,6 +43,10 @@ FAMILIES: dict[str, tuple[int, int, int]] = {
     "P": (2, 32, 2),
 }
 READOUTS = ("cls", "mean")
+
+
+GELU_TANH = partial(nn.GELU, approximate="tanh")
+LAYER_NORM = partial(nn.LayerNorm, eps=1e-6)  # QK-norm (AF App. D: stable bf16 training at scale)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -74,47 +82,15 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(feats.to(self.mlp[0].weight.dtype))
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention through ``F.scaled_dot_product_attention`` (flash/efficient
-    kernels where available), with optional per-head LayerNorm on q and k (QK-norm: needed for
-    stable bf16 training at scale, AF App. D)."""
-
-    def __init__(self, width: int, heads: int, qk_norm: bool) -> None:
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
-        head_dim = width // heads
-        self.q_norm = nn.LayerNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
-        self.k_norm = nn.LayerNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v)
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
-
-
-class Mlp(nn.Module):
-    def __init__(self, width: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(width, hidden)
-        self.act = nn.GELU(approximate="tanh")
-        self.fc2 = nn.Linear(hidden, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class DiTBlock(nn.Module):
     """Pre-LayerNorm transformer block with adaLN-Zero modulation by the condition ``c``."""
 
     def __init__(self, width: int, heads: int, mlp_ratio: float, qk_norm: bool) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(width, heads, qk_norm)
+        self.attn = Attention(width, num_heads=heads, qkv_bias=True, qk_norm=qk_norm, norm_layer=LAYER_NORM)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(width, int(width * mlp_ratio))
+        self.mlp = Mlp(width, int(width * mlp_ratio), act_layer=GELU_TANH)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
