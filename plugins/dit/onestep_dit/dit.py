@@ -4,8 +4,8 @@ the deep-recursive DiT of Adversarial Flow (arXiv 2511.22475, Sec. 3.7-3.8).
 The whole network family is this file: ``modulate``, small modules, ``DiT`` and one
 ``initialize_weights``; attention (``F.scaled_dot_product_attention`` with optional QK-norm) and
 the MLP are timm's ``timm.layers.Attention`` and ``timm.layers.Mlp``. Sizes are data:
-``FAMILIES`` maps a name to (depth, width, heads) and a size string ``"NAME/PATCH"`` adds the patch size, so ``"XL/2"`` is DiT-XL/2 and ``"T/7"`` the tiny
-family on 7x7 patches (28x28 MNIST). XL, L, M and B are MeanFlow's sizes, which AF uses.
+``FAMILIES`` maps a name to (depth, width, heads) and a size string ``"NAME/PATCH"`` adds the
+patch size, so ``"XL/2"`` is DiT-XL/2 and ``"T/7"`` the tiny family on 7x7 patches (28x28 MNIST). XL, L, M and B are MeanFlow's sizes, which AF uses.
 
 Roles (AF Sec. 3.7): the generator maps x to an output of x's shape (unpatchified); the critic
 prepends a learned [CLS] token and reads one logit from it through LayerNorm + Linear; the
