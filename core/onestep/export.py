@@ -36,14 +36,6 @@ VERSION = 1
 GENERATOR = "generator"
 
 
-def build_objective(config: RunConfig, spec: DataSpec, registry: Registry) -> Objective:
-    """The run's objective with its coupler and guidance, as the trainer builds them."""
-    coupler = registry.build("coupler", config.coupler.name, config.coupler.config) if config.coupler else None
-    guidance = registry.build("guidance", config.guidance.name, config.guidance.config, spec=spec) if config.guidance else None
-    return registry.build("objective", config.objective.name, config.objective.config, spec=spec, coupler=coupler,
-                          guidance=guidance)
-
-
 def generator_request(objective: Objective) -> NetworkRequest:
     request = objective.networks().get(GENERATOR)
     if request is None:
@@ -75,7 +67,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, overrides: Sequen
     config = build_config(assemble(base=read_file(folder / "config.yaml"), overrides=overrides), reg)
     source = reg.build("data", config.data.name, config.data.config)
     spec = source.spec()
-    objective = build_objective(config, spec, reg)
+    objective = reg.build_objective(config, spec)
     request = generator_request(objective)
     name = f"{GENERATOR}.ema.safetensors" if GENERATOR in objective.ema_networks else f"{GENERATOR}.safetensors"
     weights = ckpt.load_tensors(folder / name)
@@ -153,7 +145,7 @@ class OneStepPipeline:
         config = build_config(meta["run"], reg)
         s = meta["spec"]
         spec = DataSpec(shape=tuple(s["shape"]), num_classes=int(s["num_classes"]), kind=str(s["kind"]))
-        objective = build_objective(config, spec, reg)
+        objective = reg.build_objective(config, spec)
         request = NetworkRequest(**meta["network"])
         weights = ckpt.load_tensors(folder / "model.safetensors")
         generator = build_generator(config, request, spec, weights, reg, str(folder / "model.safetensors"))

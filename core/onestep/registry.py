@@ -119,3 +119,11 @@ class Registry:
 
     def build(self, kind: str, name: str, config: Any, **context: Any) -> Component:
         return self.get(kind, name).cls(config, **context)
+
+    def build_objective(self, config: Any, spec: Any) -> Component:
+        """A run's objective with the coupler and guidance its ``RunConfig`` names (reachable
+        as ``objective.coupler`` / ``objective.guidance``)."""
+        coupler = self.build("coupler", config.coupler.name, config.coupler.config) if config.coupler else None
+        guidance = self.build("guidance", config.guidance.name, config.guidance.config, spec=spec) if config.guidance else None
+        return self.build("objective", config.objective.name, config.objective.config, spec=spec, coupler=coupler,
+                          guidance=guidance)

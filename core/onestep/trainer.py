@@ -60,12 +60,8 @@ class Trainer:
         c, reg = self.config, self.registry
         self.source = reg.build("data", c.data.name, c.data.config)
         self.spec = self.source.spec()
-        self.coupler = reg.build("coupler", c.coupler.name, c.coupler.config) if c.coupler else None
-        self.guidance = reg.build("guidance", c.guidance.name, c.guidance.config, spec=self.spec) if c.guidance else None
-        self.objective = reg.build(
-            "objective", c.objective.name, c.objective.config, spec=self.spec, coupler=self.coupler,
-            guidance=self.guidance,
-        )
+        self.objective = reg.build_objective(c, self.spec)
+        self.coupler, self.guidance = self.objective.coupler, self.objective.guidance
         self.backbone = reg.build("backbone", c.backbone.name, c.backbone.config)
 
     def _build_networks(self) -> None:

@@ -123,10 +123,7 @@ def run_comparison(
 def check_components(cfg, registry: Registry) -> None:
     """Build the run's data source, coupler, guidance and objective (no networks), so that their
     own checks (e.g. an objective that needs a coupler) speak before any run trains."""
-    spec = registry.build("data", cfg.data.name, cfg.data.config).spec()
-    coupler = registry.build("coupler", cfg.coupler.name, cfg.coupler.config) if cfg.coupler else None
-    guidance = registry.build("guidance", cfg.guidance.name, cfg.guidance.config, spec=spec) if cfg.guidance else None
-    registry.build("objective", cfg.objective.name, cfg.objective.config, spec=spec, coupler=coupler, guidance=guidance)
+    registry.build_objective(cfg, registry.build("data", cfg.data.name, cfg.data.config).spec())
 
 
 def figure_samples(trainer) -> torch.Tensor:
