@@ -27,14 +27,18 @@ With batch B and R1/R2 fraction f = 0.25 the AF step is
 
 all per sample times B. ``--small`` runs the same code on CPU with tiny sizes as a check.
 
-Usage: python tools/bench_dit_mfu.py [--sizes B/2 XL/2] [--batch 128 32] [--attempts eager fused compile]
+Usage: python tools/bench_dit_mfu.py [--sizes B/2 XL/2] [--batch 128 32] [--attempts eager fused+flash+compile]
+[--profile]; an attempt is options joined by "+" (``ATTEMPT_OPTIONS``); ``--profile`` adds each
+attempt's GPU time by kernel kind.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
 
@@ -82,19 +86,71 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build_engine(module, optim: dict, train, fused: bool):
+def build_engine(module, optim: dict, train, fused: bool, bf16_params: bool):
     """Same as ``onestep.engine.make_engine`` (AdamW + DeepSpeed config of the trainer), with the
-    option of torch's fused AdamW kernel."""
+    options of torch's fused AdamW kernel and of DeepSpeed's bf16 mode (bf16 parameters and
+    gradients, fp32 master weights in the optimizer) instead of autocast."""
     import deepspeed
 
     from onestep.engine import deepspeed_config
 
+    config = deepspeed_config(train, 1)
+    if bf16_params:
+        config["torch_autocast"]["enabled"] = False
+        config["bf16"] = {"enabled": True}
     opt = torch.optim.AdamW(module.parameters(), **optim, **({"fused": True} if fused else {}))
-    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=opt, config=deepspeed_config(train, 1))
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=opt, config=config)
     return engine
 
 
-def run_attempt(size: str, batch: int, attempt: str, device, shape, steps: int, warmup: int, precision: str):
+KERNEL_KINDS = (("attention", ("flash", "fmha", "attention", "cudnn")), ("matmul", ("gemm", "cutlass", "nvjet", "sm90_", "cublas")),
+                ("optimizer", ("adam", "multi_tensor", "foreach")), ("copy/cast", ("copy", "memcpy", "memset", "to_copy")),
+                ("fused (triton)", ("triton",)))
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other elementwise/reduction")
+
+
+def profile_steps(step, device, first: int, steps: int = 2) -> None:
+    """GPU kernel time of ``steps`` steps by kind and the 15 costliest kernels (lines ``PROFILE``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for i in range(steps):
+            step(first + i)
+        sync(device)
+    kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
+    total = sum(e.self_device_time_total for e in kernels)
+    kinds: dict[str, float] = {}
+    for e in kernels:
+        kinds[kernel_kind(e.key)] = kinds.get(kernel_kind(e.key), 0.0) + e.self_device_time_total
+    print(f"PROFILE GPU busy {total / steps / 1e3:.1f} ms/step", flush=True)
+    waits = [e for e in prof.key_averages() if e.device_type.name == "CPU"
+             and any(k in e.key for k in ("Synchronize", "_local_scalar_dense", "EventSynchronize"))]
+    for e in waits:  # host waits on the GPU: each one drains the queue and leaves the GPU idle after it
+        print(f"PROFILE   host sync {e.key:30} x{e.count // steps:<4d} {e.cpu_time_total / steps / 1e3:8.1f} ms", flush=True)
+    for kind, us in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        print(f"PROFILE   {kind:28} {us / steps / 1e3:8.1f} ms {us / total:6.1%}", flush=True)
+    for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:15]:
+        print(f"PROFILE   {e.self_device_time_total / steps / 1e3:8.2f} ms x{e.count // steps:<5d} {e.key[:110]}", flush=True)
+
+
+ATTEMPT_OPTIONS = {
+    "eager": "no option: torch AdamW (foreach), SDPA picks its kernel, no compilation",
+    "fused": "torch's fused AdamW kernel",
+    "flash": "SDPA restricted to flash attention",
+    "cudnn": "SDPA restricted to cuDNN attention",
+    "compile": "torch.compile of each DiT block (regional: one graph reused by all blocks)",
+    "compilemodel": "torch.compile of the whole network",
+    "bf16params": "DeepSpeed bf16 mode (bf16 weights and gradients, fp32 master) instead of autocast",
+    "zero0": "ZeRO stage 0 instead of 2 (diagnostic: the cost of ZeRO-2's gradient partitioning)",
+}
+
+
+def run_attempt(size: str, batch: int, attempt: str, device, shape, steps: int, warmup: int, precision: str,
+                profile: bool = False):
     from onestep.config import TrainConfig
     from onestep.interfaces import Batch, DataSpec, Networks, StepInfo
     from onestep_adversarial_flow.objective import AdversarialFlow, AdversarialFlowConfig
@@ -105,30 +161,39 @@ def run_attempt(size: str, batch: int, attempt: str, device, shape, steps: int, 
     objective = AdversarialFlow(AdversarialFlowConfig(), spec=spec)
     backbone = DiTBackbone(DiTConfig(size=size))
     train = TrainConfig(batch_size=batch, zero_stage=2, precision=precision)
-    fused = "fused" in attempt and device.type == "cuda"
+    options = set(attempt.split("+"))
+    unknown = options - set(ATTEMPT_OPTIONS)
+    if unknown:
+        raise ValueError(f"--attempts: unknown options {sorted(unknown)}; valid: {', '.join(ATTEMPT_OPTIONS)}")
+    fused = "fused" in options and device.type == "cuda"
+    if "zero0" in options:
+        train = TrainConfig(batch_size=batch, zero_stage=0, precision=precision)
     engines = {}
     for name, request in objective.networks().items():
         module = backbone.build(request, spec).to(device)
-        if "compile" in attempt:
+        if "compile" in options:
             for block in module.blocks:  # regional compilation: one graph reused by every block
                 block.compile()
-        engines[name] = build_engine(module, objective.optim_defaults(name), train, fused)
+        if "compilemodel" in options:
+            module.compile()
+        engines[name] = build_engine(module, objective.optim_defaults(name), train, fused, "bf16params" in options)
     nets = Networks(engines)
     x = torch.randn(batch, *shape, device=device)
     y = torch.randint(1000, (batch,), device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-    flash = nullcontext
-    if "flash" in attempt and device.type == "cuda":
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        flash = lambda: sdpa_kernel([SDPBackend.FLASH_ATTENTION])  # noqa: E731  (a fresh context each use)
+    backend = "flash" if "flash" in options else "cudnn" if "cudnn" in options else None
+    if backend and device.type == "cuda":
+        # Global flags rather than an sdpa_kernel context: torch.compile picks the kernel when it
+        # traces, and a cached graph would keep the first choice.
+        for name in ("flash", "cudnn", "mem_efficient", "math"):
+            getattr(torch.backends.cuda, f"enable_{name}_sdp")(name == backend)
 
     def step(i: int) -> None:
         info = StepInfo(i, 1000)
         for phase in objective.phases():
             for name, e in engines.items():
                 e.module.requires_grad_(name == phase.network)
-            with autocast, flash():
+            with autocast:
                 loss, _ = objective.loss(phase.name, nets, [Batch(x, y)], info)
             engines[phase.network].backward(loss)
             engines[phase.network].step()
@@ -143,6 +208,8 @@ def run_attempt(size: str, batch: int, attempt: str, device, shape, steps: int, 
     sync(device)
     dt = (time.perf_counter() - t1) / steps
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+    if profile:
+        profile_steps(step, device, warmup + steps)
     return {"step_s": dt, "samples_per_s": batch / dt, "warmup_s": t1 - t0, "max_mem_gib": mem,
             "flops_per_step": af_step_flops(size, shape, batch)}
 
@@ -156,7 +223,8 @@ def worker(a) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     try:
-        r = run_attempt(a.sizes[0], a.batch[0], a.attempts[0], device, tuple(a.shape), a.steps, a.warmup, a.precision)
+        r = run_attempt(a.sizes[0], a.batch[0], a.attempts[0], device, tuple(a.shape), a.steps, a.warmup, a.precision,
+                        a.profile)
     except Exception as exc:  # an attempt that fails (OOM, kernel unavailable) is a result too
         r = {"error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
     print("RESULT " + json.dumps(r), flush=True)
@@ -172,6 +240,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--budget-s", type=float, default=1e9, help="skip remaining attempts past this wall time")
     p.add_argument("--json", default=None, help="also write the rows here")
+    p.add_argument("--profile", action="store_true", help="after timing, print each attempt's GPU time by kernel kind")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--shape", nargs=3, type=int, default=[4, 32, 32], help=argparse.SUPPRESS)
     p.add_argument("--precision", default="bf16", help=argparse.SUPPRESS)
@@ -196,8 +265,12 @@ def main() -> None:
                 continue
             cmd = [sys.executable, __file__, "--worker", "--sizes", size, "--batch", str(batch), "--attempts", attempt,
                    "--steps", str(a.steps), "--warmup", str(a.warmup), "--precision", a.precision,
-                   "--shape", *map(str, a.shape)] + (["--small"] if a.small else [])
-            out = subprocess.run(cmd, capture_output=True, text=True)
+                   "--shape", *map(str, a.shape)] + (["--small"] if a.small else []) + (["--profile"] if a.profile else [])
+            with tempfile.TemporaryDirectory() as cache:  # a fresh inductor cache: no attempt reuses another's graphs
+                out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache})
+            for line in out.stdout.splitlines():
+                if line.startswith("PROFILE "):
+                    print(line[8:], flush=True)
             lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
             r = json.loads(lines[-1][7:]) if lines else {"error": f"worker exited {out.returncode}: {out.stderr[-300:]}"}
             r.update(size=size, batch=batch, attempt=attempt)

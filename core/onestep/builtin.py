@@ -14,7 +14,8 @@ def onestep_data_sources():
 
 @hookimpl
 def onestep_metrics():
+    from .metrics.conditional import ClassAccuracy
     from .metrics.fidelity import FIDELITY_METRICS
     from .metrics.toy import ModeCoverage, SinkhornDivergence
 
-    return [SinkhornDivergence, ModeCoverage, *FIDELITY_METRICS]
+    return [SinkhornDivergence, ModeCoverage, *FIDELITY_METRICS, ClassAccuracy]

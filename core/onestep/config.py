@@ -90,6 +90,7 @@ class EvalConfig:
     metrics: Optional[list[str]] = None  # None: every installed metric that applies to the data; []: none
     num_samples: int = 2000
     feature_weights: Optional[str] = None  # local torch-fidelity Inception weights for image metrics; None: a classifier trained on the data
+    options: dict[str, dict[str, Any]] = attrs.Factory(dict)  # per-metric settings by name, e.g. {sinkhorn: {blur: 0.1}}
 
     def __attrs_post_init__(self) -> None:
         if self.feature_weights is not None and not Path(self.feature_weights).is_file():
@@ -358,7 +359,16 @@ def build_config(raw: dict[str, Any], registry) -> RunConfig:
             continue
         info = registry.get(SECTION_KIND[section], name)
         kwargs[section] = ComponentChoice(name, structure(sec, info.cls.Config, section))
-    return RunConfig(**kwargs)
+    config = RunConfig(**kwargs)
+    for name in config.eval.options:
+        metric_config(config.eval, name, registry)  # fail at build time, not at the first evaluation
+    return config
+
+
+def metric_config(eval_config: EvalConfig, name: str, registry) -> Any:
+    """The config of metric ``name``: its defaults updated by ``eval.options[name]``."""
+    info = registry.get("metric", name)
+    return structure(eval_config.options.get(name), info.cls.Config, f"eval.options.{name}")
 
 
 for _cls in (ComponentChoice, OptimConfig, TrainConfig, SampleConfig, EvalConfig, RunConfig):

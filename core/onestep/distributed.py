@@ -2,6 +2,7 @@
 launched by torchrun / the deepspeed launcher."""
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 
@@ -40,7 +41,17 @@ def init_process_group() -> tuple[int, int]:
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(_free_port()))
         deepspeed.init_distributed(verbose=False)
+        # at exit, not after each command: DeepSpeed caches its groups for the process's lifetime
+        atexit.register(shutdown_process_group)
     return dist.get_rank(), dist.get_world_size()
+
+
+def shutdown_process_group() -> None:
+    """Tear the process group down (NCCL warns at exit and may leak otherwise)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier() -> None:

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from . import checkpoint as ckpt
-from .config import RunConfig, unstructure
+from .config import RunConfig, metric_config, unstructure
 from .data.loader import BatchStream
 from .distributed import barrier, init_process_group, resolve_device
 from .engine import EMA, full_state_dict, make_engine, resolve_optim
@@ -253,6 +253,8 @@ class Trainer:
         ref, ref_y = self.reference(n)
         y = ref_y[torch.arange(n) % len(ref_y)] if ref_y is not None else None
         samples = self.sample(n, y=y)
+        if not any(r.class_conditional for r in self.objective.networks().values() if r.role == "generator"):
+            y = None  # the samples ignored the labels
         ctx = EvalContext(samples, y, ref, ref_y, self.source, self.spec, self.config.eval.feature_weights)
         if metrics is None:
             metrics = self.config.eval.metrics
@@ -262,7 +264,7 @@ class Trainer:
         out: dict[str, float] = {}
         for name in names:
             info = self.registry.get("metric", name)
-            out.update(info.cls(info.cls.Config()).compute(ctx))
+            out.update(info.cls(metric_config(self.config.eval, name, self.registry)).compute(ctx))
         self.metrics.write({"step": self.step, "eval": out})
         self.log.info("eval", step=self.step, **{k: round(v, 5) for k, v in out.items() if not k.startswith("mode_mass_")})
         return out

@@ -28,6 +28,8 @@ def test_defaults_and_overrides_reach_the_component_configs(registry):
     ("trian.steps=3", "trian: unknown section; valid: objective"),
     ("train.progress=maybe", "train.progress: expected bool, got 'maybe'"),
     ("data.radius=[1, 2]", "data.radius: expected float, got [1, 2]"),
+    ("eval.options.sinkhorn.blurr=0.1", "eval.options.sinkhorn.blurr: unknown field; valid: blur, scaling, max_points"),
+    ("eval.options.sinkhorn.blur=wide", "eval.options.sinkhorn.blur: expected float, got 'wide'"),
 ])
 def test_errors_name_the_field_path(registry, override, message):
     with pytest.raises(ConfigError) as err:
@@ -41,6 +43,8 @@ def test_unknown_component_lists_valid_names(registry):
 
     with pytest.raises(PluginError, match=r"unknown objective 'nope'; valid: .*flow-matching"):
         build(registry, objective="nope")
+    with pytest.raises(PluginError, match=r"unknown metric 'sinkhron'; valid: .*sinkhorn"):
+        build(registry, "eval.options.sinkhron.blur=0.1", objective="flow-matching")
 
 
 def test_yaml_and_toml_files_merge_in_order(registry, tmp_path):

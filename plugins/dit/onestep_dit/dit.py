@@ -187,7 +187,8 @@ class DiT(nn.Module):
     def forward(self, x, s=None, t=None, y=None) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.shape:
             raise ValueError(f"dit {self.role}: expected input [B, {', '.join(map(str, self.shape))}], got {list(x.shape)}")
-        b = x.shape[0]
+        b, io_dtype = x.shape[0], x.dtype
+        x = x.to(self.patch_embed.weight.dtype)  # bf16 parameters (DeepSpeed bf16) take fp32 data
         h = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed.to(x.dtype)
         if self.cls_token is not None:
             h = torch.cat([self.cls_token.expand(b, -1, -1).to(h.dtype), h], dim=1)
@@ -196,9 +197,9 @@ class DiT(nn.Module):
             for block in self.blocks:
                 h = block(h, c_pass)
         if self.role == "generator":
-            return self.unpatchify(self.head(h, c))
+            return self.unpatchify(self.head(h, c)).to(io_dtype)
         token = h[:, 0] if self.cls_token is not None else h.mean(1)
-        out = self.head(token)
+        out = self.head(token).to(io_dtype)
         return out.squeeze(-1) if self.role == "critic" else out
 
 

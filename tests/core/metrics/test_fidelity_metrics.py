@@ -8,6 +8,7 @@ import torch
 from onestep.errors import ConfigError, OnestepError
 from onestep.interfaces import EvalContext
 from onestep.metrics.classifier import ClassifierRecipe, cache_path, ensure_classifier
+from onestep.metrics.conditional import ClassAccuracy
 from onestep.metrics.fidelity import (FID, INCEPTION, KID, InceptionScore, PrecisionRecall, import_fidelity,
                                       resolve_extractor)
 
@@ -29,7 +30,8 @@ def digits(registry, tmp_path_factory):
     y = torch.as_tensor([int(ds[i][1]) for i in range(len(ds))])
     cache = str(tmp_path_factory.mktemp("features"))
     recipe = ClassifierRecipe(epochs=3)
-    config = {cls: cls.Config(cache_dir=cache, classifier=recipe) for cls in (FID, KID, InceptionScore, PrecisionRecall)}
+    config = {cls: cls.Config(cache_dir=cache, classifier=recipe)
+              for cls in (FID, KID, InceptionScore, PrecisionRecall, ClassAccuracy)}
     config[KID].subsets = 20
     half = len(x) // 2
     return source, config, (x[:half], y[:half]), (x[half:], y[half:])
@@ -121,3 +123,18 @@ def test_inception_features_from_a_local_weights_file(digits, tmp_path, monkeypa
     source, configs, (a, _), (b, _) = digits
     out = FID(configs[FID]).compute(EvalContext(a[:3], None, b[:3], None, source, source.spec(), str(weights)))
     assert list(out) == [f"fid[{INCEPTION}]"] and torch.isfinite(torch.tensor(out[f"fid[{INCEPTION}]"]))
+
+
+def test_class_accuracy_is_high_when_samples_obey_their_labels_and_chance_when_not(digits):
+    source, config, (a, y), (b, _) = digits
+    metric = ClassAccuracy(config[ClassAccuracy])
+    key, ceiling = "class_accuracy" + LABEL, "class_accuracy_data" + LABEL
+
+    def score(labels):
+        return metric.compute(EvalContext(a, labels, b, None, source, source.spec()))
+
+    obeyed = score(y)
+    shuffled = score(y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))])
+    assert obeyed[key] > 0.85 and abs(obeyed[key] - obeyed[ceiling]) < 0.1, obeyed
+    assert shuffled[key] < 0.25, shuffled
+    assert score(None) == {}  # unconditional samples have no label to obey

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from scipy.optimize import linear_sum_assignment
 from torch.distributions import Normal
 
 from onestep.api import build_run, compose
@@ -32,25 +33,35 @@ GMM8 = ["backbone=mlp", "backbone.width=64", "backbone.depth=2", "data.std=0.5",
         "eval.num_samples=1000", "sample.num=500"]
 
 
+def transport_cost_ratio(z: torch.Tensor, x: torch.Tensor) -> float:
+    """E||G(z) - z||^2 over the exact W2^2 between the same noise and the map's own samples (an
+    optimal assignment): 1 for an optimal-transport map, above 1 for any other map."""
+    cost = torch.cdist(z, x).square()
+    rows, cols = linear_sum_assignment(cost.double().numpy())
+    return float(cost.diagonal().mean() / cost[rows, cols].mean())
+
+
 @pytest.mark.slow
-def test_gmm8_is_matched_and_the_ot_loss_keeps_the_map_near_the_ot_assignment(tmp_path):
-    """With the OT loss the 8 modes are all covered and the samples match the data (Sinkhorn
-    divergence well below a blurred ring's ~0.25; two data samples give ~0.04). The OT map from
-    an isotropic Gaussian sends z to the mode in z's direction: with the OT loss more samples
-    follow that assignment than in the same run without it. (On this toy the run without the OT
-    loss matches the distribution about as well in 500 steps; what it loses is the OT map.)"""
-    z = torch.randn(2000, 2, generator=torch.Generator().manual_seed(1))
-    out = {}
+def test_gmm8_without_the_ot_loss_the_map_is_neither_optimal_nor_unique(tmp_path):
+    """With the OT loss both seeds cover the 8 modes, match the data (Sinkhorn divergence well
+    below a blurred ring's ~0.25) and learn the OT map: transport cost within 3% of W2^2, and the
+    two seeds' maps agree. The same runs without it match the data as well but learn some other
+    map: a higher transport cost and maps that differ between seeds (measured: cost ratios 1.01,
+    1.01 vs 1.17, 3.0; seed gap 0.57 vs 7.8). The generator here is the plain G(z) = g(z)
+    (Eq. 29): the default residual G(z) = z - g(z) starts at the identity and on this toy stays
+    near the OT map even without the loss (ratios ~1.00 either way)."""
+    z = torch.randn(1000, 2, generator=torch.Generator().manual_seed(1))
+    maps, ratios = {}, {}
     for name, extra in (("ot", []), ("no_ot", ["objective.lambda_ot=0", "objective.lambda_ot_end=0"])):
-        run, summary = train(tmp_path, name, "gmm8", GMM8 + extra)
-        x = one_step_map(run, z)
-        modes = run.source.modes()
-        direction = torch.cdist(4 * z / z.norm(dim=1, keepdim=True), modes).argmin(1)
-        agree = float((torch.cdist(x, modes).argmin(1) == direction).float().mean())
-        out[name] = summary["metrics"] | {"agree": agree}
-    ot, no_ot = out["ot"], out["no_ot"]
-    assert ot["modes_covered"] == 8 and ot["sinkhorn"] < 0.2, ot
-    assert ot["agree"] > no_ot["agree"] + 0.02, out  # measured 0.97 vs 0.91
+        for seed in (0, 1):
+            run, summary = train(tmp_path, f"{name}{seed}", "gmm8", GMM8 + extra + ["objective.residual=false", f"seed={seed}"])
+            maps[name, seed] = x = one_step_map(run, z)
+            ratios[name, seed] = transport_cost_ratio(z, x)
+            assert summary["metrics"]["modes_covered"] == 8 and summary["metrics"]["sinkhorn"] < 0.2, (name, seed, summary)
+    gap = {name: float((maps[name, 0] - maps[name, 1]).norm(dim=1).mean()) for name in ("ot", "no_ot")}
+    assert max(ratios["ot", 0], ratios["ot", 1]) < 1.03, ratios
+    assert ratios["no_ot", 0] + ratios["no_ot", 1] > ratios["ot", 0] + ratios["ot", 1] + 0.1, ratios
+    assert gap["no_ot"] > 3 * gap["ot"], gap
 
 
 def test_gmm1d_two_seeds_learn_the_same_monotone_ot_map(tmp_path):
