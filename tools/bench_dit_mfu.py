@@ -6,7 +6,7 @@ beta = (0, 0.9), bf16 autocast), with the objective's real losses (relativistic 
 finite-difference R1/R2 on 25% of the batch, logit centring, OT loss, gradient normalisation).
 Shapes: 32x32x4 latents, 1000 classes, one-step G (no timestep input) and a [CLS] critic.
 
-MFU = model FLOPs per step / step time / peak, with the peak measured in the same process as the
+MFU = model FLOPs per step / step time / peak, with the peak measured in the same run as the
 throughput of a 8192^3 bf16 matmul (``torch.mm``), not a datasheet number.
 
 FLOP count (multiply-add = 2 FLOPs; element-wise ops, norms and softmax not counted). For a DiT
@@ -21,7 +21,8 @@ F_att = 4 L T^2 w. A backward pass that computes weight and input gradients cost
 input-only backward (the frozen critic in the generator phase) costs F_lin + 2 F_att.
 With batch B and R1/R2 fraction f = 0.25 the AF step is
 
-    critic phase:    F_G (no-grad fake) + 3 * 2B F_D (real+fake, fwd+bwd) + 3 * 2fB F_D (R1, R2)
+    critic phase:    F_G (no-grad fake) + 3 (2B + 2fB) F_D (one D call on real, fake and
+                     R1/R2's perturbed copies of fB each, fwd+bwd)
     generator phase: 3 F_G (fwd+bwd) + F_D + (F_D,lin + 2 F_D,att) (D on G(z), input grads)
                      + F_D (D on real, no grad)
 
