@@ -100,3 +100,29 @@ def test_registered_and_rejects_bad_input():
         ClassifierGuidance(ClassifierGuidanceConfig(t_min=0.8, t_max=0.2), spec=SPEC)
     with pytest.raises(ConfigError, match="guidance.num_times"):
         ClassifierGuidance(ClassifierGuidanceConfig(num_times=0), spec=SPEC)
+
+
+@pytest.mark.slow
+def test_af_with_classifier_guidance_obeys_labels_better_on_digits(registry, tmp_path):
+    """End to end: AF on the 8x8 digits, with and without guidance at the same steps. Guided
+    samples are assigned to their requested label far more often and match the data better.
+    Measured at 400 steps, seeds 0 / 1: class accuracy 0.86 / 0.91 -> 0.99 / 0.995, FID 40.6 /
+    36.6 -> 15.1 / 14.3 (data classifier features; real digits score 0.972). The scale is 100x
+    the default 0.003, which is set for the paper's latents, not 64-pixel images."""
+    from onestep.api import build_run, compose
+
+    pytest.importorskip("torch_fidelity")
+    cache = tmp_path / "features"
+    out = {}
+    for guidance in (None, "classifier"):
+        cfg = compose(objective="adversarial-flow", backbone="mlp", data="digits", guidance=guidance, registry=registry,
+                      overrides=[f"output_dir={tmp_path}/{guidance}", "train.progress=false", "train.log_every=1000",
+                                 "train.steps=400", "train.batch_size=256", "backbone.width=256", "backbone.depth=3",
+                                 "eval.metrics=[fid,class-accuracy]", "eval.num_samples=1000", "sample.num=200",
+                                 f"eval.options.fid.cache_dir={cache}", f"eval.options.class-accuracy.cache_dir={cache}",
+                                 *(["guidance.scale=0.3"] if guidance else [])])
+        m = build_run(cfg, registry=registry, console=False).fit()["metrics"]
+        out[guidance] = m["class_accuracy[onestep-digits-classifier]"], m["fid[onestep-digits-classifier]"]
+    (acc, fid), (acc_guided, fid_guided) = out[None], out["classifier"]
+    assert acc_guided > acc + 0.04 and acc_guided > 0.95, out
+    assert fid_guided < 0.7 * fid, out
