@@ -235,6 +235,7 @@ class AdversarialFlow(Objective):
         w = (s - t).abs().clamp_min(c.ot_delta)[:k]
         # One critic call on [real, fake, real[:k] + eps n, fake[:k] + eps n]: R1 and R2 (Eq. 4, 6)
         # share the forward and backward of the adversarial term (larger matmuls, fewer launches).
+        # Exact only for critics that treat samples independently (no batch statistics).
         moved = torch.cat([x_t[:k], fake[:k]])
         inputs = torch.cat([x_t, fake, moved + c.gp_eps * torch.randn_like(moved)])
         cond = self.critic_inputs(torch.cat([t, t, t[:k], t[:k]]),
