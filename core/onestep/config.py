@@ -64,7 +64,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     num_workers: int = 0
     progress: bool = True
-    compile: bool = False  # torch.compile the networks
+    compile: bool = False  # torch.compile the networks; the backbone picks the regions (DiT: each block)
     max_minutes: float = 0.0  # wall-clock limit of the training loop; 0: none (train.steps alone decides)
 
     def __attrs_post_init__(self) -> None:

@@ -80,10 +80,10 @@ class Trainer:
                 module = self.backbone.build(request, self.spec)
                 if name in self.objective.ema_networks:  # copied before DeepSpeed partitions or hooks it
                     ema[name] = EMA(module, t.ema_decay, t.ema_start, t.zero_stage)
+                if t.compile:
+                    self.backbone.compile(module)
                 optim = resolve_optim(name, owner.optim_defaults(name), t)
                 engines[name] = make_engine(module, optim, t, self.world)
-                if t.compile:
-                    engines[name].compile()
         self.engines = engines
         self.ema = ema
         for e in self.ema.values():
