@@ -22,6 +22,16 @@ def quiet(tmp_path):
 
 
 @pytest.fixture
+def digits_label_metrics(tmp_path):
+    """Overrides for a 400-step MLP run on the 8x8 digits scored by FID and class accuracy, both
+    from one data classifier cached under tmp_path (trained once)."""
+    cache = tmp_path / "features"
+    return ["train.progress=false", "train.log_every=1000", "train.steps=400", "train.batch_size=256",
+            "backbone.width=256", "backbone.depth=3", "eval.metrics=[fid,class-accuracy]", "eval.num_samples=1000",
+            "sample.num=200", f"eval.options.fid.cache_dir={cache}", f"eval.options.class-accuracy.cache_dir={cache}"]
+
+
+@pytest.fixture
 def one_thread():
     """One torch thread for tests of many tiny ops, where a second thread costs more than it gives."""
     before = torch.get_num_threads()

@@ -122,13 +122,15 @@ def profile_steps(step, device, first: int, steps: int = 2) -> None:
         for i in range(steps):
             step(first + i)
         sync(device)
-    kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
+    events = prof.key_averages()
+    kernels = [e for e in events if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
     total = sum(e.self_device_time_total for e in kernels)
     kinds: dict[str, float] = {}
     for e in kernels:
-        kinds[kernel_kind(e.key)] = kinds.get(kernel_kind(e.key), 0.0) + e.self_device_time_total
+        kind = kernel_kind(e.key)
+        kinds[kind] = kinds.get(kind, 0.0) + e.self_device_time_total
     print(f"PROFILE GPU busy {total / steps / 1e3:.1f} ms/step", flush=True)
-    waits = [e for e in prof.key_averages() if e.device_type.name == "CPU"
+    waits = [e for e in events if e.device_type.name == "CPU"
              and any(k in e.key for k in ("Synchronize", "_local_scalar_dense", "EventSynchronize"))]
     for e in waits:  # host waits on the GPU: each one drains the queue and leaves the GPU idle after it
         print(f"PROFILE   host sync {e.key:30} x{e.count // steps:<4d} {e.cpu_time_total / steps / 1e3:8.1f} ms", flush=True)
@@ -161,14 +163,12 @@ def run_attempt(size: str, batch: int, attempt: str, device, shape, steps: int, 
     spec = DataSpec(tuple(shape), num_classes=1000, kind="latents")
     objective = AdversarialFlow(AdversarialFlowConfig(), spec=spec)
     backbone = DiTBackbone(DiTConfig(size=size))
-    train = TrainConfig(batch_size=batch, zero_stage=2, precision=precision)
     options = set(attempt.split("+"))
     unknown = options - set(ATTEMPT_OPTIONS)
     if unknown:
         raise ValueError(f"--attempts: unknown options {sorted(unknown)}; valid: {', '.join(ATTEMPT_OPTIONS)}")
+    train = TrainConfig(batch_size=batch, zero_stage=0 if "zero0" in options else 2, precision=precision)
     fused = "fused" in options and device.type == "cuda"
-    if "zero0" in options:
-        train = TrainConfig(batch_size=batch, zero_stage=0, precision=precision)
     engines = {}
     for name, request in objective.networks().items():
         module = backbone.build(request, spec).to(device)

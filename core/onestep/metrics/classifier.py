@@ -72,11 +72,13 @@ def cache_root() -> Path:
     return Path(base) / "features" if base else Path.home() / ".cache" / "onestep" / "features"
 
 
-def cache_path(source: DataSource, recipe: ClassifierRecipe, root: Path | None = None) -> Path:
+def cache_path(source: DataSource, recipe: ClassifierRecipe, root: str | Path | None = None) -> Path:
+    """Where the classifier for ``source`` and ``recipe`` is cached: under ``root``, or
+    :func:`cache_root` when ``root`` is None or "" (a metric config's unset ``cache_dir``)."""
     key = json.dumps({"source": source.name, "config": unstructure(source.config), "recipe": attrs.asdict(recipe),
                       "arch": ARCH_VERSION}, sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return (root or cache_root()) / f"{source.name}-cnn-{digest}.pt"
+    return (Path(root) if root else cache_root()) / f"{source.name}-cnn-{digest}.pt"
 
 
 def _images(source: DataSource, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,7 +144,7 @@ def load_classifier(path: str | Path) -> tuple[DigitCNN, dict]:
 
 
 def ensure_classifier(source: DataSource, recipe: ClassifierRecipe, device: torch.device | None = None,
-                      root: Path | None = None) -> Path:
+                      root: str | Path | None = None) -> Path:
     """Path of the cached classifier for ``source``; trains and writes it (atomically) on a miss."""
     path = cache_path(source, recipe, root)
     if path.is_file():

@@ -5,37 +5,28 @@ number classifier guidance (AF Sec. 3.9) and baked-in CFG (W-Flow) should move. 
 own accuracy on held-out data is reported beside it as the ceiling."""
 from __future__ import annotations
 
-from pathlib import Path
-
-import attrs
 import torch
 
 from ..interfaces import EvalContext, Metric
-from .classifier import ClassifierRecipe, accuracy, cache_root, ensure_classifier, load_classifier
-from .fidelity import to_uint8
-
-
-@attrs.define
-class ClassAccuracyConfig:
-    cache_dir: str = ""  # where the data classifier is cached; "" = $ONESTEP_CACHE/features or ~/.cache/onestep/features
-    classifier: ClassifierRecipe = attrs.Factory(ClassifierRecipe)
+from .classifier import accuracy, ensure_classifier, load_classifier
+from .fidelity import FeatureConfig, to_uint8
 
 
 class ClassAccuracy(Metric):
     """Share of class-conditional samples the data's classifier assigns to their label (higher is better)."""
 
     name = "class-accuracy"
-    Config = ClassAccuracyConfig
+    Config = FeatureConfig
     applies_to = ("images",)
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         if ctx.sample_labels is None or ctx.spec.num_classes < 2:
             return {}  # an unconditional model has no label to obey
         c = self.config
-        path = ensure_classifier(ctx.source, c.classifier, root=Path(c.cache_dir) if c.cache_dir else cache_root())
+        path = ensure_classifier(ctx.source, c.classifier, root=c.cache_dir)
         net, meta = load_classifier(path)
         net.to("cuda" if torch.cuda.is_available() else "cpu")
         images = to_uint8(ctx.source.decode(ctx.samples)).float().div(127.5).sub(1.0)  # as a saved image reads
         label = f"onestep-{ctx.source.name}-classifier"
-        return {f"class_accuracy[{label}]": accuracy(net, images, ctx.sample_labels.cpu()),
+        return {f"class_accuracy[{label}]": accuracy(net, images, ctx.sample_labels.cpu(), c.batch_size),
                 f"class_accuracy_data[{label}]": float(meta["test_accuracy"])}

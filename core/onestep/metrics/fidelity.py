@@ -25,7 +25,7 @@ import torch
 
 from ..errors import ConfigError, OnestepError
 from ..interfaces import DataSource, EvalContext, Metric
-from .classifier import ClassifierRecipe, cache_root, ensure_classifier, load_classifier
+from .classifier import ClassifierRecipe, ensure_classifier, load_classifier
 
 INCEPTION = "inception-v3-compat"
 CLASSIFIER = "onestep-classifier"
@@ -127,7 +127,7 @@ def resolve_extractor(source: DataSource, feature_weights: str | None, recipe: C
     if feature_weights:
         check_inception_weights(feature_weights)
         return Extractor(INCEPTION, str(feature_weights), INCEPTION, 3)
-    path = ensure_classifier(source, recipe, root=Path(cache_dir) if cache_dir else cache_root())
+    path = ensure_classifier(source, recipe, root=cache_dir)
     return Extractor(CLASSIFIER, str(path), f"onestep-{source.name}-classifier", None)
 
 
@@ -165,7 +165,7 @@ def check_inception_weights(path: str) -> None:
 class FeatureConfig:
     batch_size: int = 250  # images per feature-network batch
     cache_dir: str = ""  # where the data classifier is cached; "" = $ONESTEP_CACHE/features or ~/.cache/onestep/features
-    classifier: ClassifierRecipe = attrs.Factory(ClassifierRecipe)  # used when eval.feature_weights is unset
+    classifier: ClassifierRecipe = attrs.Factory(ClassifierRecipe)  # the data classifier (feature metrics: when eval.feature_weights is unset)
 
 
 @attrs.define

@@ -111,21 +111,17 @@ def test_wflow_trains_on_mnist_with_a_recursive_dit_and_writes_a_grid(registry, 
 
 
 @pytest.mark.slow
-def test_baked_in_cfg_trades_sample_quality_for_label_fidelity(registry, tmp_path):
+def test_baked_in_cfg_trades_sample_quality_for_label_fidelity(registry, tmp_path, digits_label_metrics):
     """The CFG velocity V_w (``guidance_scale``) is baked into the one-step generator at training
     time. On the 8x8 digits a small scale (0.15, the paper's) makes samples obey their labels more
     AND lowers FID; a large one (2.0) obeys them perfectly at a large FID cost: the CFG trade-off.
     Measured at 400 steps, seeds 0 and 1: class accuracy 0.98 / 0.996-0.999 / 1.0, FID 8.3-8.5 /
     5.8-5.9 / 123 for scales 0 / 0.15 / 2.0 (data classifier features; real digits score 0.972)."""
     pytest.importorskip("torch_fidelity")
-    cache = tmp_path / "features"  # one data classifier for both metrics, trained once
     fid, acc = {}, {}
     for w in (0.0, 0.15, 2.0):
         cfg = compose(objective="wflow", backbone="mlp", data="digits", registry=registry, overrides=[
-            f"output_dir={tmp_path}/w{w}", "train.progress=false", "train.log_every=1000", "train.steps=400",
-            "train.batch_size=256", "backbone.width=256", "backbone.depth=3", f"objective.guidance_scale={w}",
-            "eval.metrics=[fid,class-accuracy]", "eval.num_samples=1000", "sample.num=200",
-            f"eval.options.fid.cache_dir={cache}", f"eval.options.class-accuracy.cache_dir={cache}"])
+            f"output_dir={tmp_path}/w{w}", f"objective.guidance_scale={w}", *digits_label_metrics])
         m = build_run(cfg, registry=registry, console=False).fit()["metrics"]
         fid[w], acc[w] = m["fid[onestep-digits-classifier]"], m["class_accuracy[onestep-digits-classifier]"]
     assert acc[0.15] > acc[0.0] and acc[2.0] >= 0.99, acc
