@@ -87,15 +87,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build_engine(module, optim: dict, train, fused: bool, bf16_params: bool):
+def build_engine(module, optim: dict, train, fused: bool, bf16_params: bool, grad_norm: bool):
     """Same as ``onestep.engine.make_engine`` (AdamW + DeepSpeed config of the trainer), with the
-    options of torch's fused AdamW kernel and of DeepSpeed's bf16 mode (bf16 parameters and
-    gradients, fp32 master weights in the optimizer) instead of autocast."""
+    options of torch's fused AdamW kernel, of DeepSpeed's bf16 mode (bf16 parameters and
+    gradients, fp32 master weights in the optimizer) instead of autocast, and of DeepSpeed's
+    default global gradient norm."""
     import deepspeed
 
     from onestep.engine import deepspeed_config
 
     config = deepspeed_config(train, 1)
+    if grad_norm:
+        config["zero_optimization"].pop("compute_grad_norm", None)
     if bf16_params:
         config["torch_autocast"]["enabled"] = False
         config["bf16"] = {"enabled": True}
@@ -115,7 +118,7 @@ def kernel_kind(name: str) -> str:
 
 
 def profile_steps(step, device, first: int, steps: int = 2) -> None:
-    """GPU kernel time of ``steps`` steps by kind and the 15 costliest kernels (lines ``PROFILE``)."""
+    """GPU kernel time of ``steps`` steps by kind and the 25 costliest kernels (lines ``PROFILE``)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -136,19 +139,23 @@ def profile_steps(step, device, first: int, steps: int = 2) -> None:
         print(f"PROFILE   host sync {e.key:30} x{e.count // steps:<4d} {e.cpu_time_total / steps / 1e3:8.1f} ms", flush=True)
     for kind, us in sorted(kinds.items(), key=lambda kv: -kv[1]):
         print(f"PROFILE   {kind:28} {us / steps / 1e3:8.1f} ms {us / total:6.1%}", flush=True)
-    for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:15]:
+    for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:25]:
         print(f"PROFILE   {e.self_device_time_total / steps / 1e3:8.2f} ms x{e.count // steps:<5d} {e.key[:110]}", flush=True)
 
 
 ATTEMPT_OPTIONS = {
     "eager": "no option: torch AdamW (foreach), SDPA picks its kernel, no compilation",
     "fused": "torch's fused AdamW kernel",
-    "flash": "SDPA restricted to flash attention",
-    "cudnn": "SDPA restricted to cuDNN attention",
+    "flash": "backbone.attention=flash (SDPA flash kernel)",
+    "cudnn": "backbone.attention=cudnn (SDPA cuDNN kernel)",
+    "bf16stream": "backbone.residual_bf16=true (bf16 residual stream under autocast)",
     "compile": "torch.compile of each DiT block (regional: one graph reused by all blocks)",
+    "cdtune": "with compile: inductor's coordinate-descent tuning of its fused kernels",
+    "autotune": "with compile: mode max-autotune-no-cudagraphs (Triton GEMM templates with fused epilogues)",
     "compilemodel": "torch.compile of the whole network",
     "bf16params": "DeepSpeed bf16 mode (bf16 weights and gradients, fp32 master) instead of autocast",
     "zero0": "ZeRO stage 0 instead of 2 (diagnostic: the cost of ZeRO-2's gradient partitioning)",
+    "gradnorm": "DeepSpeed's global gradient norm and its host check every step (the trainer skips them without clipping)",
 }
 
 
@@ -162,11 +169,17 @@ def run_attempt(size: str, batch: int, attempt: str, device, shape, steps: int, 
     torch.manual_seed(0)
     spec = DataSpec(tuple(shape), num_classes=1000, kind="latents")
     objective = AdversarialFlow(AdversarialFlowConfig(), spec=spec)
-    backbone = DiTBackbone(DiTConfig(size=size))
     options = set(attempt.split("+"))
     unknown = options - set(ATTEMPT_OPTIONS)
     if unknown:
         raise ValueError(f"--attempts: unknown options {sorted(unknown)}; valid: {', '.join(ATTEMPT_OPTIONS)}")
+    kernel = "flash" if "flash" in options else "cudnn" if "cudnn" in options else "auto"
+    backbone = DiTBackbone(DiTConfig(size=size, attention=kernel, residual_bf16="bf16stream" in options))
+    if "cdtune" in options:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.coordinate_descent_tuning = True
+    mode = "max-autotune-no-cudagraphs" if "autotune" in options else None
     train = TrainConfig(batch_size=batch, zero_stage=0 if "zero0" in options else 2, precision=precision)
     fused = "fused" in options and device.type == "cuda"
     engines = {}
@@ -174,20 +187,15 @@ def run_attempt(size: str, batch: int, attempt: str, device, shape, steps: int, 
         module = backbone.build(request, spec).to(device)
         if "compile" in options:
             for block in module.blocks:  # regional compilation: one graph reused by every block
-                block.compile()
+                block.compile(mode=mode)
         if "compilemodel" in options:
             module.compile()
-        engines[name] = build_engine(module, objective.optim_defaults(name), train, fused, "bf16params" in options)
+        engines[name] = build_engine(module, objective.optim_defaults(name), train, fused, "bf16params" in options,
+                                     "gradnorm" in options)
     nets = Networks(engines)
     x = torch.randn(batch, *shape, device=device)
     y = torch.randint(1000, (batch,), device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-    backend = "flash" if "flash" in options else "cudnn" if "cudnn" in options else None
-    if backend and device.type == "cuda":
-        # Global flags rather than an sdpa_kernel context: torch.compile picks the kernel when it
-        # traces, and a cached graph would keep the first choice.
-        for name in ("flash", "cudnn", "mem_efficient", "math"):
-            getattr(torch.backends.cuda, f"enable_{name}_sdp")(name == backend)
 
     def step(i: int) -> None:
         info = StepInfo(i, 1000)
@@ -269,11 +277,12 @@ def main() -> None:
                    "--shape", *map(str, a.shape)] + (["--small"] if a.small else []) + (["--profile"] if a.profile else [])
             with tempfile.TemporaryDirectory() as cache:  # a fresh inductor cache: no attempt reuses another's graphs
                 out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache})
-            for line in out.stdout.splitlines():
-                if line.startswith("PROFILE "):
-                    print(line[8:], flush=True)
+            profile = [line[8:] for line in out.stdout.splitlines() if line.startswith("PROFILE ")]
+            print("\n".join(profile), flush=True)
             lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
             r = json.loads(lines[-1][7:]) if lines else {"error": f"worker exited {out.returncode}: {out.stderr[-300:]}"}
+            if profile:
+                r["profile"] = profile
             r.update(size=size, batch=batch, attempt=attempt)
             rows.append(r)
             if "error" in r:

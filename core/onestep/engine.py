@@ -30,6 +30,16 @@ def resolve_optim(name: str, defaults: dict[str, Any], train: TrainConfig) -> di
     return out
 
 
+def zero_section(train: TrainConfig) -> dict[str, Any]:
+    """ZeRO settings. Without clipping, stages 1 and 2 skip the global gradient norm: DeepSpeed
+    computes it with one kernel per parameter and then checks it on the host, a synchronisation
+    that leaves the GPU idle at every optimizer step (tools/RESULTS.md)."""
+    section: dict[str, Any] = {"stage": train.zero_stage}
+    if train.zero_stage in (1, 2):
+        section["compute_grad_norm"] = train.grad_clip > 0
+    return section
+
+
 def deepspeed_config(train: TrainConfig, world: int) -> dict[str, Any]:
     per_step = train.grad_accum * world
     if train.batch_size % per_step:
@@ -41,7 +51,7 @@ def deepspeed_config(train: TrainConfig, world: int) -> dict[str, Any]:
         "train_micro_batch_size_per_gpu": train.batch_size // per_step,
         "gradient_accumulation_steps": train.grad_accum,
         "gradient_clipping": float(train.grad_clip),
-        "zero_optimization": {"stage": train.zero_stage},
+        "zero_optimization": zero_section(train),
         # The engine's forward replaces an outer torch.autocast by this section (disabled unless
         # set): without it a bf16 run computes every engine call in fp32. Gradients keep fp32
         # communication (no lower-precision modules).

@@ -16,3 +16,7 @@ class PluginError(OnestepError):
 
 class CheckpointError(OnestepError):
     """A checkpoint is missing, incomplete or does not match the run."""
+
+
+class DivergenceError(OnestepError):
+    """A training loss became NaN or infinite; nothing after the last finite step is saved."""

@@ -19,7 +19,7 @@ from .config import RunConfig, metric_config, unstructure
 from .data.loader import BatchStream
 from .distributed import barrier, init_process_group, resolve_device
 from .engine import EMA, full_state_dict, make_engine, resolve_optim
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, DivergenceError
 from .interfaces import EvalContext, Networks, StepInfo
 from .logs import MetricsWriter, configure
 from .plotting import save_samples
@@ -160,6 +160,9 @@ class Trainer:
             if budget_s:  # schedules (info.progress) follow the share of the budget spent
                 expected = start_step + round((self.step - start_step) * budget_s / elapsed)
                 self.planned_steps = min(t.steps, max(self.step + 1, expected))
+            checkpoint_due = bool(t.checkpoint_every) and self.step % t.checkpoint_every == 0
+            if self.step % t.log_every == 0 or done or checkpoint_due:
+                self._check_finite(logs)
             if self.step % t.log_every == 0 or done:
                 now = time.perf_counter()
                 rate = (self.step - last_step) * t.batch_size / max(now - last_time, 1e-9)
@@ -172,7 +175,7 @@ class Trainer:
                 self.save_sample_plot()
             if t.eval_every and self.step % t.eval_every == 0 and not done:
                 self.evaluate()
-            if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+            if checkpoint_due:
                 self.save_checkpoint()
                 saved_at = self.step
         bar.close()
@@ -188,6 +191,19 @@ class Trainer:
         return {"step": self.step, "steps_run": self.step - start_step, "train_seconds": train_seconds,
                 "metrics": metrics, "out_dir": str(self.out_dir), "checkpoint": str(path),
                 "samples_png": str(plot) if plot else None}
+
+    def _check_finite(self, logs: dict[str, Any]) -> None:
+        """Stop before logging or checkpointing a diverged step. Checked every ``log_every``
+        steps and before each checkpoint (one host synchronisation each), since DeepSpeed skips
+        non-finite steps only when it computes the gradient norm (``train.grad_clip > 0``)."""
+        losses = {k: v for k, v in logs.items() if k.endswith("/loss")}
+        bad = [k for k, v in losses.items() if not torch.isfinite(torch.as_tensor(v, dtype=torch.float32)).all()]
+        if bad:
+            last = ckpt.latest(self.out_dir / "checkpoints")
+            raise DivergenceError(
+                f"training diverged at step {self.step}: {', '.join(bad)} is not finite; nothing after the last "
+                f"checkpoint{f' ({last})' if last else ''} was saved; lower objective.lr or set train.grad_clip > 0"
+            )
 
     def _out_of_time(self, elapsed: float, budget_s: float) -> bool:
         """Whether ``train.max_minutes`` is spent; every rank follows rank 0's clock so all stop

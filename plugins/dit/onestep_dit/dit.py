@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from timm.layers import Attention, Mlp
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from onestep.errors import ConfigError
 from onestep.interfaces import Backbone, DataSpec, NetworkRequest
@@ -43,6 +44,15 @@ FAMILIES: dict[str, tuple[int, int, int]] = {
     "P": (2, 32, 2),
 }
 READOUTS = ("cls", "mean")
+# SDPA kernel choice; "auto" lets torch pick. cuDNN is the fastest at DiT's head dim 72 on H100
+# (tools/RESULTS.md). A named kernel falls back to the math kernel where it cannot run (cuDNN on CPU).
+ATTENTION_KERNELS: dict[str, tuple[SDPBackend, ...]] = {
+    "auto": (),
+    "cudnn": (SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH),
+    "flash": (SDPBackend.FLASH_ATTENTION, SDPBackend.MATH),
+    "efficient": (SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH),
+    "math": (SDPBackend.MATH,),
+}
 
 
 GELU_TANH = partial(nn.GELU, approximate="tanh")
@@ -85,8 +95,9 @@ class TimestepEmbedder(nn.Module):
 class DiTBlock(nn.Module):
     """Pre-LayerNorm transformer block with adaLN-Zero modulation by the condition ``c``."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float, qk_norm: bool) -> None:
+    def __init__(self, width: int, heads: int, mlp_ratio: float, qk_norm: bool, attention: str = "auto") -> None:
         super().__init__()
+        self.kernels = ATTENTION_KERNELS[attention]
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(width, num_heads=heads, qkv_bias=True, qk_norm=qk_norm, norm_layer=LAYER_NORM)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
@@ -95,7 +106,12 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + gate_a.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_a, scale_a))
+        if self.kernels:
+            with sdpa_kernel(list(self.kernels)):
+                a = self.attn(modulate(self.norm1(x), shift_a, scale_a))
+        else:
+            a = self.attn(modulate(self.norm1(x), shift_a, scale_a))
+        x = x + gate_a.unsqueeze(1) * a
         return x + gate_m.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
 
 
@@ -134,6 +150,7 @@ class DiT(nn.Module):
         self, shape: tuple[int, int, int], *, role: str, num_classes: int, time_inputs: int,
         class_conditional: bool, depth: int, width: int, heads: int, patch: int,
         mlp_ratio: float = 4.0, qk_norm: bool = False, repeats: int = 0, readout: str = "cls",
+        attention: str = "auto", residual_bf16: bool = False,
     ) -> None:
         super().__init__()
         channels, rows, cols = shape
@@ -142,6 +159,7 @@ class DiT(nn.Module):
         self.grid = (rows // patch, cols // patch)
         self.repeats = max(1, repeats)
         self.readout = readout
+        self.residual_bf16 = residual_bf16
         self.patch_embed = nn.Conv2d(channels, width, patch, stride=patch)
         self.register_buffer("pos_embed", sincos_2d(width, *self.grid)[None], persistent=False)
         self.time_embedders = nn.ModuleList(TimestepEmbedder(width) for _ in range(time_inputs))
@@ -149,7 +167,7 @@ class DiT(nn.Module):
         self.repeat_embedder = TimestepEmbedder(width) if repeats >= 1 else None
         uses_cls = role != "generator" and readout == "cls"
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width)) if uses_cls else None
-        self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, qk_norm) for _ in range(depth))
+        self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, qk_norm, attention) for _ in range(depth))
         if role == "generator":
             self.head = FinalLayer(width, patch, channels)
         else:
@@ -193,6 +211,9 @@ class DiT(nn.Module):
         if self.cls_token is not None:
             h = torch.cat([self.cls_token.expand(b, -1, -1).to(h.dtype), h], dim=1)
         c = self.condition(b, s, t, y, x.device)
+        if self.residual_bf16 and torch.is_autocast_enabled(h.device.type) \
+                and torch.get_autocast_dtype(h.device.type) == torch.bfloat16:
+            h = h.to(torch.bfloat16)
         for c_pass in self.pass_conditions(c):
             for block in self.blocks:
                 h = block(h, c_pass)
@@ -250,6 +271,8 @@ class DiTConfig:
     mlp_ratio: float = 4.0
     qk_norm: bool = False  # LayerNorm on queries and keys (stabilises bf16 training)
     readout: str = "cls"  # critic/classifier output from a [CLS] token ("cls") or mean of patch tokens ("mean")
+    attention: str = "auto"  # SDPA kernel: auto (torch picks), cudnn, flash, efficient, math
+    residual_bf16: bool = False  # under bf16 autocast, keep the residual stream in bf16 (fp32 otherwise)
 
 
 @attrs.define
@@ -268,6 +291,8 @@ class DiTBackbone(Backbone):
         parse_size(config.size)
         if config.readout not in READOUTS:
             raise ConfigError(f"backbone.readout: expected one of {', '.join(READOUTS)}, got {config.readout!r}")
+        if config.attention not in ATTENTION_KERNELS:
+            raise ConfigError(f"backbone.attention: expected one of {', '.join(ATTENTION_KERNELS)}, got {config.attention!r}")
         if config.mlp_ratio <= 0:
             raise ConfigError(f"backbone.mlp_ratio: expected > 0, got {config.mlp_ratio}")
 
@@ -299,6 +324,7 @@ class DiTBackbone(Backbone):
             class_conditional=request.class_conditional and spec.num_classes > 0,
             depth=depth, width=width, heads=heads, patch=patch, mlp_ratio=self.config.mlp_ratio,
             qk_norm=self.config.qk_norm, repeats=self.repeats(request), readout=self.config.readout,
+            attention=self.config.attention, residual_bf16=self.config.residual_bf16,
         )
 
 

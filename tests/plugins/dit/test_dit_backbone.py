@@ -181,6 +181,7 @@ def test_recursive_backbone_keeps_critics_at_standard_depth():
     (DiTConfig(size="T/3"), MNIST, "does not divide"),
     (DiTConfig(size="T/2"), DataSpec((2,)), "image-shaped"),
     (DiTConfig(readout="max"), MNIST, "backbone.readout"),
+    (DiTConfig(attention="xformers"), MNIST, "backbone.attention"),
 ])
 def test_bad_config_names_the_field(cfg, spec, match):
     with pytest.raises(ConfigError, match=match):
@@ -190,6 +191,53 @@ def test_bad_config_names_the_field(cfg, spec, match):
 def test_recursive_needs_positive_repeats():
     with pytest.raises(ConfigError, match="backbone.repeats"):
         RecursiveDiTBackbone(RecursiveDiTConfig(repeats=0))
+
+
+def _ran_ops(model, *args, **kw):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = model(*args, **kw)
+    return out, {e.key for e in prof.key_averages()}
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_attention_option_picks_the_sdpa_kernel_that_runs(compiled):
+    torch.manual_seed(0)
+    request = NetworkRequest("generator", 0, True)
+    x, y = torch.randn(2, 1, 28, 28), torch.tensor([3, 5])
+    outs, ops = {}, {}
+    for kernel in ("math", "flash"):
+        torch.manual_seed(1)
+        model = DiTBackbone(DiTConfig(size="P/7", attention=kernel)).build(request, MNIST)
+        _randomize_modulation(model)
+        if compiled:
+            DiTBackbone(DiTConfig(size="P/7", attention=kernel)).compile(model)
+        with torch.no_grad():
+            outs[kernel], ops[kernel] = _ran_ops(model, x, y=y)
+    assert any("attention_math" in k for k in ops["math"]) and not any("flash" in k for k in ops["math"])
+    assert any("flash_attention" in k for k in ops["flash"]) and not any("attention_math" in k for k in ops["flash"])
+    torch.testing.assert_close(outs["math"], outs["flash"], rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_residual_stream_applies_under_bf16_autocast_only():
+    torch.manual_seed(0)
+    request = NetworkRequest("critic", 0, True)
+    plain = DiTBackbone(DiTConfig(size="P/7")).build(request, MNIST)
+    with torch.no_grad():
+        for blk in plain.blocks:
+            blk.adaLN_modulation[-1].weight.normal_(std=0.05)
+            blk.adaLN_modulation[-1].bias.normal_(std=0.05)
+    lean = DiTBackbone(DiTConfig(size="P/7", residual_bf16=True)).build(request, MNIST)
+    lean.load_state_dict(plain.state_dict())
+    stream = []
+    lean.blocks[-1].register_forward_hook(lambda mod, args, out: stream.append(out.dtype))
+    x, y = torch.randn(8, 1, 28, 28), torch.arange(8)
+    torch.testing.assert_close(lean(x, y=y), plain(x, y=y), rtol=0, atol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref, got = plain(x, y=y), lean(x, y=y)
+    assert stream == [torch.float32, torch.bfloat16]
+    assert got.dtype == ref.dtype == torch.float32
+    assert not torch.equal(got, ref)
+    torch.testing.assert_close(got, ref, rtol=0.05, atol=0.05 * ref.abs().mean().item())
 
 
 @pytest.mark.slow
