@@ -87,11 +87,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build_engine(module, optim: dict, train, fused: bool, bf16_params: bool, grad_norm: bool):
+def build_engine(module, optim: dict, train, fused: bool, bf16_params: bool, grad_norm: bool, timers: bool):
     """Same as ``onestep.engine.make_engine`` (AdamW + DeepSpeed config of the trainer), with the
     options of torch's fused AdamW kernel, of DeepSpeed's bf16 mode (bf16 parameters and
     gradients, fp32 master weights in the optimizer) instead of autocast, and of DeepSpeed's
-    default global gradient norm."""
+    default global gradient norm and throughput timer."""
     import deepspeed
 
     from onestep.engine import deepspeed_config
@@ -99,6 +99,8 @@ def build_engine(module, optim: dict, train, fused: bool, bf16_params: bool, gra
     config = deepspeed_config(train, 1)
     if grad_norm:
         config["zero_optimization"].pop("compute_grad_norm", None)
+    if timers:
+        config.pop("timers")
     if bf16_params:
         config["torch_autocast"]["enabled"] = False
         config["bf16"] = {"enabled": True}
@@ -156,6 +158,7 @@ ATTEMPT_OPTIONS = {
     "bf16params": "DeepSpeed bf16 mode (bf16 weights and gradients, fp32 master) instead of autocast",
     "zero0": "ZeRO stage 0 instead of 2 (diagnostic: the cost of ZeRO-2's gradient partitioning)",
     "gradnorm": "DeepSpeed's global gradient norm and its host check every step (the trainer skips them without clipping)",
+    "timers": "DeepSpeed's throughput timer, which synchronises the device at every forward and step (off in the trainer)",
 }
 
 
@@ -191,7 +194,7 @@ def run_attempt(size: str, batch: int, attempt: str, device, shape, steps: int, 
         if "compilemodel" in options:
             module.compile()
         engines[name] = build_engine(module, objective.optim_defaults(name), train, fused, "bf16params" in options,
-                                     "gradnorm" in options)
+                                     "gradnorm" in options, "timers" in options)
     nets = Networks(engines)
     x = torch.randn(batch, *shape, device=device)
     y = torch.randint(1000, (batch,), device=device)
@@ -278,7 +281,8 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as cache:  # a fresh inductor cache: no attempt reuses another's graphs
                 out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache})
             profile = [line[8:] for line in out.stdout.splitlines() if line.startswith("PROFILE ")]
-            print("\n".join(profile), flush=True)
+            if profile:
+                print("\n".join(profile), flush=True)
             lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
             r = json.loads(lines[-1][7:]) if lines else {"error": f"worker exited {out.returncode}: {out.stderr[-300:]}"}
             if profile:
