@@ -154,7 +154,11 @@ class Backbone(Component):
     """Builds networks. The module returned by :meth:`build` is called as
     ``forward(x, s=None, t=None, y=None)`` with ``x`` ``[B, *spec.shape]``, times ``[B]`` floats
     (passed only as many as ``request.time_inputs``; a single time is passed as ``t``) and
-    ``y`` ``[B]`` int labels (``spec.null_label`` for unconditional)."""
+    ``y`` ``[B]`` int labels (``spec.null_label`` for unconditional).
+
+    Every row of the output must depend on its own row of the input only (no batch statistics
+    such as BatchNorm in training mode): objectives batch unrelated samples into one call, e.g.
+    adversarial-flow evaluates the critic on real, fake and R1/R2's perturbed copies together."""
 
     @abstractmethod
     def build(self, request: NetworkRequest, spec: DataSpec) -> nn.Module: ...
