@@ -28,9 +28,10 @@ With batch B and R1/R2 fraction f = 0.25 the AF step is
 
 all per sample times B. ``--small`` runs the same code on CPU with tiny sizes as a check.
 
-Usage: python tools/bench_dit_mfu.py [--sizes B/2 XL/2] [--batch 128 32] [--attempts eager fused+flash+compile]
-[--profile]; an attempt is options joined by "+" (``ATTEMPT_OPTIONS``); ``--profile`` adds each
-attempt's GPU time by kernel kind.
+Usage: python tools/bench_dit_mfu.py [--sizes B/2 XL/2] [--batch 192 48] [--attempts eager+gradnorm+timers
+fused+cudnn+compile+bf16stream] [--profile]; an attempt is options joined by "+" (``ATTEMPT_OPTIONS``);
+the first attempt of a size is the baseline of the speed-up column (the default list starts with
+the old trainer defaults); ``--profile`` adds each attempt's GPU time by kernel kind.
 """
 from __future__ import annotations
 
@@ -246,8 +247,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--small", action="store_true", help="tiny sizes on CPU: a quick check of the code path")
     p.add_argument("--sizes", nargs="+", default=["B/2", "XL/2"])
-    p.add_argument("--batch", nargs="+", type=int, default=[128, 32])
-    p.add_argument("--attempts", nargs="+", default=["eager", "fused", "fused+flash", "fused+flash+compile"])
+    p.add_argument("--batch", nargs="+", type=int, default=[192, 48])
+    p.add_argument("--attempts", nargs="+", default=["eager+gradnorm+timers", "fused+cudnn+compile+gradnorm+timers",
+                                                     "fused+cudnn+compile", "fused+cudnn+compile+bf16stream"],
+                   help="the first attempt of each size is the baseline of the speed-up column")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--budget-s", type=float, default=1e9, help="skip remaining attempts past this wall time")
@@ -268,9 +271,10 @@ def main() -> None:
         peak = measured_peak(device, 8192, torch.bfloat16, 50)
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; torch {torch.__version__}; "
           f"measured matmul peak {peak / 1e12:.1f} TFLOP/s ({'bf16 8192^3' if not a.small else 'fp32 512^3'})")
-    print(f"{'size':6} {'batch':>5} {'attempt':22} {'step ms':>8} {'samples/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'mem GiB':>7} {'warmup s':>8}")
+    print(f"{'size':6} {'batch':>5} {'attempt':22} {'step ms':>8} {'samples/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'speed-up':>8} {'mem GiB':>7} {'warmup s':>8}")
     rows, start = [], time.perf_counter()
     for size, batch in zip(a.sizes, a.batch):
+        baseline = None
         for attempt in a.attempts:
             if time.perf_counter() - start > a.budget_s:
                 print(f"{size:6} {batch:5d} {attempt:22} skipped (budget)")
@@ -293,9 +297,11 @@ def main() -> None:
                 print(f"{size:6} {batch:5d} {attempt:22} failed: {r['error'][:160]}", flush=True)
                 continue
             tflops = r["flops_per_step"] / r["step_s"]
-            r.update(tflops=tflops / 1e12, mfu=tflops / peak)
+            baseline = baseline or (attempt, r["step_s"])
+            r.update(tflops=tflops / 1e12, mfu=tflops / peak, speedup=baseline[1] / r["step_s"], baseline=baseline[0])
             print(f"{size:6} {batch:5d} {attempt:22} {r['step_s'] * 1e3:8.1f} {r['samples_per_s']:9.1f} "
-                  f"{r['tflops']:8.1f} {r['mfu']:6.1%} {r['max_mem_gib']:7.1f} {r['warmup_s']:8.1f}", flush=True)
+                  f"{r['tflops']:8.1f} {r['mfu']:6.1%} {r['speedup']:7.2f}x {r['max_mem_gib']:7.1f} {r['warmup_s']:8.1f}",
+                  flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"peak_tflops": peak / 1e12, "rows": rows}, f, indent=1)
