@@ -28,7 +28,7 @@ With batch B and R1/R2 fraction f = 0.25 the AF step is
 
 all per sample times B. ``--small`` runs the same code on CPU with tiny sizes as a check.
 
-Usage: python tools/bench_dit_mfu.py [--sizes B/2 XL/2] [--batch 192 48] [--attempts eager+gradnorm+timers
+Usage: python tools/bench_dit_mfu.py [--sizes B/2 XL/2] [--batch 192 64] [--attempts eager+gradnorm+timers
 fused+cudnn+compile+bf16stream] [--profile]; an attempt is options joined by "+" (``ATTEMPT_OPTIONS``);
 the first attempt of a size is the baseline of the speed-up column (the default list starts with
 the old trainer defaults); ``--profile`` adds each attempt's GPU time by kernel kind.
@@ -247,7 +247,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--small", action="store_true", help="tiny sizes on CPU: a quick check of the code path")
     p.add_argument("--sizes", nargs="+", default=["B/2", "XL/2"])
-    p.add_argument("--batch", nargs="+", type=int, default=[192, 48])
+    p.add_argument("--batch", nargs="+", type=int, default=[192, 64])
     p.add_argument("--attempts", nargs="+", default=["eager+gradnorm+timers", "fused+cudnn+compile+gradnorm+timers",
                                                      "fused+cudnn+compile", "fused+cudnn+compile+bf16stream"],
                    help="the first attempt of each size is the baseline of the speed-up column")
