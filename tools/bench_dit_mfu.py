@@ -110,9 +110,11 @@ def build_engine(module, optim: dict, train, fused: bool, bf16_params: bool, gra
     return engine
 
 
+# First match wins: Triton kernels come before copy/cast, whose keys their fused names can contain
+# ("triton_red_fused__to_copy_add_..._layer_norm").
 KERNEL_KINDS = (("attention", ("flash", "fmha", "attention", "cudnn")), ("matmul", ("gemm", "cutlass", "nvjet", "sm90_", "cublas")),
-                ("optimizer", ("adam", "multi_tensor", "foreach")), ("copy/cast", ("copy", "memcpy", "memset", "to_copy")),
-                ("fused (triton)", ("triton",)))
+                ("optimizer", ("adam", "multi_tensor", "foreach")), ("fused (triton)", ("triton",)),
+                ("copy/cast", ("copy", "memcpy", "memset")))
 
 
 def kernel_kind(name: str) -> str:
@@ -183,15 +185,14 @@ def run_attempt(size: str, batch: int, attempt: str, device, shape, steps: int, 
         import torch._inductor.config as inductor_config
 
         inductor_config.coordinate_descent_tuning = True
-    mode = "max-autotune-no-cudagraphs" if "autotune" in options else None
+    mode = "max-autotune-no-cudagraphs" if "autotune" in options else "default"
     train = TrainConfig(batch_size=batch, zero_stage=0 if "zero0" in options else 2, precision=precision)
     fused = "fused" in options and device.type == "cuda"
     engines = {}
     for name, request in objective.networks().items():
         module = backbone.build(request, spec).to(device)
-        if "compile" in options:
-            for block in module.blocks:  # regional compilation: one graph reused by every block
-                block.compile(mode=mode)
+        if "compile" in options:  # the trainer's train.compile path: each block, one graph reused by all
+            backbone.compile(module, mode=mode)
         if "compilemodel" in options:
             module.compile()
         engines[name] = build_engine(module, objective.optim_defaults(name), train, fused, "bf16params" in options,
@@ -265,6 +266,7 @@ def main() -> None:
     if a.small:
         a.shape, a.sizes, a.batch, a.precision, a.steps, a.warmup = [4, 8, 8], ["P/2"], [4], "fp32", 2, 1
     device = torch.device("cuda" if torch.cuda.is_available() and not a.small else "cpu")
+
     def peak_now() -> float:
         if a.small:
             return measured_peak(device, 512, torch.float32, 5)

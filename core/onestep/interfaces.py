@@ -163,11 +163,12 @@ class Backbone(Component):
     @abstractmethod
     def build(self, request: NetworkRequest, spec: DataSpec) -> nn.Module: ...
 
-    def compile(self, module: nn.Module) -> None:
-        """Compile a built network in place for ``train.compile``. The default compiles the whole
-        module; a backbone made of repeated blocks can compile each block instead (one graph
-        reused by every block: a fraction of the warm-up)."""
-        module.compile()
+    def compile(self, module: nn.Module, **options: Any) -> None:
+        """Compile a built network in place for ``train.compile`` (``options`` go to
+        ``torch.compile``, e.g. ``mode``). The default compiles the whole module; a backbone made
+        of repeated blocks can compile each block instead (one graph reused by every block: a
+        fraction of the warm-up)."""
+        module.compile(**options)
 
 
 class Coupler(Component):

@@ -160,10 +160,11 @@ class Trainer:
             if budget_s:  # schedules (info.progress) follow the share of the budget spent
                 expected = start_step + round((self.step - start_step) * budget_s / elapsed)
                 self.planned_steps = min(t.steps, max(self.step + 1, expected))
+            log_due = self.step % t.log_every == 0 or done
             checkpoint_due = bool(t.checkpoint_every) and self.step % t.checkpoint_every == 0
-            if self.step % t.log_every == 0 or done or checkpoint_due:
+            if log_due or checkpoint_due:
                 self._check_finite(logs)
-            if self.step % t.log_every == 0 or done:
+            if log_due:
                 now = time.perf_counter()
                 rate = (self.step - last_step) * t.batch_size / max(now - last_time, 1e-9)
                 last_time, last_step = now, self.step
@@ -196,8 +197,8 @@ class Trainer:
         """Stop before logging or checkpointing a diverged step. Checked every ``log_every``
         steps and before each checkpoint (one host synchronisation each), since DeepSpeed skips
         non-finite steps only when it computes the gradient norm (``train.grad_clip > 0``)."""
-        losses = {k: v for k, v in logs.items() if k.endswith("/loss")}
-        bad = [k for k, v in losses.items() if not torch.isfinite(torch.as_tensor(v, dtype=torch.float32)).all()]
+        bad = [k for k, v in logs.items()
+               if k.endswith("/loss") and not torch.isfinite(torch.as_tensor(v, dtype=torch.float32)).all()]
         if bad:
             last = ckpt.latest(self.out_dir / "checkpoints")
             raise DivergenceError(

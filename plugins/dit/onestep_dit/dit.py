@@ -299,12 +299,12 @@ class DiTBackbone(Backbone):
         if config.mlp_ratio <= 0:
             raise ConfigError(f"backbone.mlp_ratio: expected > 0, got {config.mlp_ratio}")
 
-    def compile(self, module: DiT) -> None:
+    def compile(self, module: DiT, **options) -> None:
         """Regional compilation: each block, not the whole network. Every block shares one graph,
         so the warm-up is about 60 s instead of about 285 s for DiT-XL/2 under AF, at about 2 MFU
         points less (tools/RESULTS.md)."""
         for block in module.blocks:
-            block.compile()
+            block.compile(**options)
 
     def repeats(self, request: NetworkRequest) -> int:
         """Passes through the block stack; 0 means a plain DiT (no repeat embedding)."""
