@@ -149,6 +149,14 @@ class Component(ABC):
         if state:
             raise ValueError(f"{type(self).__name__} has no state but the checkpoint carries {sorted(state)}")
 
+    def prepare(self, source: "DataSource", device: torch.device) -> None:
+        """Fit what must be fitted to the training data before training starts (e.g. a global
+        coupling's potentials, a frozen feature network), reading a cache where one exists.
+
+        The trainer calls it once per ``fit``, after a resumed checkpoint's state is loaded and
+        before the training clock (``train.max_minutes``) starts; never for sampling, evaluation
+        or export, so a generator can be used without it. The default does nothing."""
+
 
 class Backbone(Component):
     """Builds networks. The module returned by :meth:`build` is called as

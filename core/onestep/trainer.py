@@ -139,6 +139,8 @@ class Trainer:
         t = self.config.train
         if resume is not None:
             self.load(resume)
+        for component in self._components().values():
+            component.prepare(self.source, self.device)
         if self.rank == 0:
             (self.out_dir / "config.yaml").write_text(yaml.safe_dump(unstructure(self.config), sort_keys=False))
         self.log.info("run", out_dir=str(self.out_dir), objective=self.objective.name, backbone=self.backbone.name,
