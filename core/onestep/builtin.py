@@ -5,11 +5,12 @@ from .hookspecs import hookimpl
 
 @hookimpl
 def onestep_data_sources():
+    from .data.idx import IDX_SOURCES
     from .data.images import IMAGE_SOURCES
     from .data.latents import Latents
     from .data.toy import TOY_SOURCES
 
-    return [*TOY_SOURCES, *IMAGE_SOURCES, Latents]
+    return [*TOY_SOURCES, *IMAGE_SOURCES, *IDX_SOURCES, Latents]
 
 
 @hookimpl

@@ -84,7 +84,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     trainer = trainer_from_checkpoint(args.checkpoint, list(args.overrides) + weights)
     if args.nfe:
         trainer.config = attrs.evolve(trainer.config, sample=attrs.evolve(trainer.config.sample, nfe=args.nfe))
-    metrics = trainer.evaluate(args.metrics.split(",") if args.metrics else None, args.num)
+    from .metrics.evaluate import applicable_metrics
+
+    names = args.metrics.split(",") if args.metrics else applicable_metrics(trainer.registry, trainer.spec)
+    metrics = trainer.evaluate(names, args.num)
     print(json.dumps({"step": trainer.step, **metrics}))
     return 0
 
@@ -139,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a checkpoint against held-out data")
     p.add_argument("checkpoint", help="run folder or checkpoint folder")
-    p.add_argument("--metrics", help="comma-separated metric names (default: all that apply)")
+    p.add_argument("--metrics", help="comma-separated metric names (default: every installed metric that applies to the data)")
     p.add_argument("--num", type=int, default=None, help="number of samples")
     p.add_argument("--nfe", type=int, default=None)
     p.add_argument("--feature-weights", metavar="PATH",
@@ -162,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed, for records such as the board's
     try:
         return args.func(args)
     except OnestepError as exc:

@@ -65,7 +65,8 @@ class TrainConfig:
     num_workers: int = 0
     progress: bool = True
     compile: bool = False  # torch.compile the networks; the backbone picks the regions (DiT: each block)
-    max_minutes: float = 0.0  # wall-clock limit of the training loop; 0: none (train.steps alone decides)
+    max_minutes: float = 0.0  # training-clock limit in minutes (evaluations, samples and checkpoints pause the clock); 0: none
+    eval_every_minutes: float = 0.0  # evaluate each time the training clock passes a multiple of this; 0: never
 
     def __attrs_post_init__(self) -> None:
         _check(self.steps >= 1, "train.steps", f"expected >= 1, got {self.steps}")
@@ -76,6 +77,7 @@ class TrainConfig:
         _check(0.0 <= self.ema_decay < 1.0, "train.ema_decay", f"expected in [0, 1), got {self.ema_decay}")
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", f"expected >= 1, got {self.keep_checkpoints}")
         _check(self.max_minutes >= 0, "train.max_minutes", f"expected >= 0 (0: no limit), got {self.max_minutes}")
+        _check(self.eval_every_minutes >= 0, "train.eval_every_minutes", f"expected >= 0 (0: never), got {self.eval_every_minutes}")
 
 
 @attrs.define

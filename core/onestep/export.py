@@ -21,6 +21,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
 
+import attrs
 import torch
 from torch import nn
 
@@ -55,6 +56,36 @@ def build_generator(config: RunConfig, request: NetworkRequest, spec: DataSpec, 
     return module.float().eval().requires_grad_(False)
 
 
+@attrs.define
+class RunGenerator:
+    """A trained run's generator (the EMA copy where the objective keeps one), loaded without the
+    trainer: no DeepSpeed engines, optimizers or data streams."""
+
+    config: RunConfig
+    source: Any
+    spec: DataSpec
+    objective: Objective
+    weights: dict[str, torch.Tensor]
+    generator: nn.Module
+    step: int
+
+
+def load_run_generator(checkpoint: str | Path, overrides: Sequence[str] = (), registry: Registry | None = None) -> RunGenerator:
+    """The generator of checkpoint ``checkpoint`` (a run or step folder), rebuilt from its saved
+    config (amended by ``overrides``) through the registry."""
+    folder = ckpt.resolve(checkpoint)
+    reg = registry or Registry.discover()
+    config = build_config(assemble(base=read_file(folder / "config.yaml"), overrides=overrides), reg)
+    source = reg.build("data", config.data.name, config.data.config)
+    spec = source.spec()
+    objective = reg.build_objective(config, spec)
+    name = f"{GENERATOR}.ema.safetensors" if GENERATOR in objective.ema_networks else f"{GENERATOR}.safetensors"
+    weights = ckpt.load_tensors(folder / name)
+    generator = build_generator(config, generator_request(objective), spec, weights, reg, str(folder / name))
+    step = int(ckpt.load_state(folder / "trainer.pt")["step"])
+    return RunGenerator(config, source, spec, objective, weights, generator, step)
+
+
 def export_checkpoint(checkpoint: str | Path, out: str | Path, overrides: Sequence[str] = (), copy_vae: bool = True,
                       registry: Registry | None = None) -> Path:
     """Write the export folder ``out`` for checkpoint ``checkpoint`` (a run or step folder).
@@ -62,17 +93,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, overrides: Sequen
     False, latent exports reference the VAE where it is instead of copying it."""
     from .data.latents import Latents
 
-    folder = ckpt.resolve(checkpoint)
-    reg = registry or Registry.discover()
-    config = build_config(assemble(base=read_file(folder / "config.yaml"), overrides=overrides), reg)
-    source = reg.build("data", config.data.name, config.data.config)
-    spec = source.spec()
-    objective = reg.build_objective(config, spec)
+    run = load_run_generator(checkpoint, overrides, registry)
+    config, source, spec, objective, weights = run.config, run.source, run.spec, run.objective, run.weights
     request = generator_request(objective)
-    name = f"{GENERATOR}.ema.safetensors" if GENERATOR in objective.ema_networks else f"{GENERATOR}.safetensors"
-    weights = ckpt.load_tensors(folder / name)
-    build_generator(config, request, spec, weights, reg, str(folder / name))
-    state = ckpt.load_state(folder / "trainer.pt")
 
     out = Path(out)
     tmp = out.with_name(f".tmp-{out.name}")
@@ -89,7 +112,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, overrides: Sequen
     ckpt.save_tensors(weights, tmp / "model.safetensors")
     meta = {
         "format": FORMAT, "version": VERSION, "objective": config.objective.name, "backbone": config.backbone.name,
-        "default_nfe": int(config.sample.nfe or objective.default_nfe), "step": int(state["step"]),
+        "default_nfe": int(config.sample.nfe or objective.default_nfe), "step": run.step,
         "spec": {"shape": list(spec.shape), "num_classes": spec.num_classes, "kind": spec.kind},
         "network": {"role": request.role, "time_inputs": request.time_inputs,
                     "class_conditional": request.class_conditional},
@@ -135,6 +158,7 @@ class OneStepPipeline:
         self.objective, self.generator, self.spec = objective, generator, spec
         self.default_nfe, self.decoder, self.meta = default_nfe, decoder, meta or {}
         self.nets = Networks({GENERATOR: generator}, {GENERATOR: generator})
+        self.source = None  # the data source, for pipelines loaded from a training checkpoint
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
@@ -155,6 +179,18 @@ class OneStepPipeline:
             ref = str(folder / v["path"]) if v["path"] == "vae" else v["path"]
             decoder = LatentDecoder(ref, float(v["scaling_factor"]), float(v["shift_factor"]), v.get("config_dir"))
         return cls(objective, generator, spec, int(meta["default_nfe"]), decoder, meta).to(device)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", overrides: Sequence[str] = (),
+                        registry: Registry | None = None) -> "OneStepPipeline":
+        """A pipeline straight from a training checkpoint (a run or step folder), without exporting;
+        samples in model space decode through the data source (``output_type="pt"``)."""
+        run = load_run_generator(path, overrides, registry)
+        nfe = int(run.config.sample.nfe or run.objective.default_nfe)
+        meta = {"step": run.step, "objective": run.config.objective.name, "run": unstructure(run.config)}
+        pipe = cls(run.objective, run.generator, run.spec, nfe, None, meta).to(device)
+        pipe.source = run.source
+        return pipe
 
     @property
     def device(self) -> torch.device:
@@ -215,6 +251,8 @@ class OneStepPipeline:
         x = torch.cat(out)
         if output_type != "model" and self.decoder is not None:
             x = self.decoder(x)
+        elif output_type != "model" and self.source is not None:
+            x = self.source.decode(x)
         x = x.cpu()
         if output_type == "np":
             return x.numpy()

@@ -15,13 +15,14 @@ import torch
 import yaml
 
 from . import checkpoint as ckpt
-from .config import RunConfig, metric_config, unstructure
+from .config import RunConfig, unstructure
 from .data.loader import BatchStream
 from .distributed import barrier, init_process_group, resolve_device
 from .engine import EMA, full_state_dict, make_engine, resolve_optim
 from .errors import CheckpointError, ConfigError, DivergenceError
-from .interfaces import EvalContext, Networks, StepInfo
+from .interfaces import Networks, StepInfo
 from .logs import MetricsWriter, configure
+from .metrics.evaluate import held_out, score
 from .plotting import save_samples
 from .registry import Registry
 
@@ -49,6 +50,7 @@ class Trainer:
         self._build_streams()
         self.step = 0
         self.planned_steps = config.train.steps
+        self.train_seconds = 0.0  # the training clock of the current fit (chores excluded)
 
     # ----------------------------------------------------------------------------- building
     def _seed_everything(self, seed: int) -> None:
@@ -152,12 +154,16 @@ class Trainer:
         start_time, start_step = last_time, self.step
         budget_s = 60.0 * t.max_minutes
         saved_at = -1
+        paused = 0.0  # seconds of chores (logging, samples, evaluations, checkpoints): off the training clock
+        next_mark = 60.0 * t.eval_every_minutes
         done = self.step >= t.steps
         while not done:
             logs = self.train_step()
             self.step += 1
             bar.update(1)
-            elapsed = time.perf_counter() - start_time
+            elapsed = time.perf_counter() - start_time - paused
+            self.train_seconds = elapsed
+            chores_from = time.perf_counter()
             done = self.step >= t.steps or self._out_of_time(elapsed, budget_s)
             if budget_s:  # schedules (info.progress) follow the share of the budget spent
                 expected = start_step + round((self.step - start_step) * budget_s / elapsed)
@@ -176,13 +182,17 @@ class Trainer:
                                  for k, v in record.items() if k.endswith("/loss")} | {"samples/s": f"{rate:.0f}"})
             if t.sample_every and self.step % t.sample_every == 0:
                 self.save_sample_plot()
-            if t.eval_every and self.step % t.eval_every == 0 and not done:
+            mark_due = bool(next_mark) and elapsed >= next_mark
+            if mark_due:
+                next_mark += 60.0 * t.eval_every_minutes
+            if ((t.eval_every and self.step % t.eval_every == 0) or mark_due) and not done:
                 self.evaluate()
             if checkpoint_due:
                 self.save_checkpoint()
                 saved_at = self.step
+            paused += time.perf_counter() - chores_from
         bar.close()
-        train_seconds = time.perf_counter() - start_time
+        train_seconds = self.train_seconds
         path = self.out_dir / "checkpoints" / f"step-{self.step:07d}"
         if saved_at != self.step:
             path = self.save_checkpoint()
@@ -223,12 +233,16 @@ class Trainer:
     def _labels(self, n: int) -> torch.Tensor | None:
         return torch.arange(n) % self.spec.num_classes if self.spec.num_classes > 0 else None
 
+    def sample_nfe(self) -> int:
+        """Network evaluations per sample: ``sample.nfe``, else the objective's default."""
+        return self.config.sample.nfe or self.objective.default_nfe
+
     @torch.no_grad()
     def sample(self, n: int, nfe: int | None = None, y: torch.Tensor | None = None, seed: int | None = None,
                batch_size: int = 1000) -> torch.Tensor:
         """``n`` samples (model space, on CPU) with ``nfe`` evaluations, labels ``y`` (default:
         classes in turn). Uses its own RNG so training randomness is untouched."""
-        nfe = nfe or self.config.sample.nfe or self.objective.default_nfe
+        nfe = nfe or self.sample_nfe()
         if y is None:
             y = self._labels(n)
         devices = [self.device] if self.device.type == "cuda" else []
@@ -256,37 +270,30 @@ class Trainer:
         title = f"{self.objective.name} / {self.backbone.name} / step {self.step}"
         return save_samples(samples, self.out_dir / "samples" / f"step-{self.step:07d}.png", reference, title, nrow)
 
-    def reference(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        ds = self.source.dataset("test")
-        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n]
-        items = [ds[int(i)] for i in idx]
-        x = torch.stack([a for a, _ in items])
-        y = torch.as_tensor([int(b) for _, b in items], dtype=torch.long)
-        return x, (y if self.spec.num_classes > 0 else None)
+    def reference(self, n: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``n`` held-out items (None: all) and their labels, in a fixed order."""
+        return held_out(self.source, n)
 
     def evaluate(self, metrics: Iterable[str] | None = None, num_samples: int | None = None) -> dict[str, float]:
-        """Metrics of EMA samples against held-out data; logged to metrics.jsonl."""
+        """Metrics of EMA samples against held-out data; logged to metrics.jsonl. ``metrics`` None:
+        the run's ``eval.metrics``, and when that is unset every installed metric for the data."""
         if self.rank != 0:
             return {}
         n = num_samples or self.config.eval.num_samples
         ref, ref_y = self.reference(n)
         y = ref_y[torch.arange(n) % len(ref_y)] if ref_y is not None else None
         samples = self.sample(n, y=y)
-        if not any(r.class_conditional for r in self.objective.networks().values() if r.role == "generator"):
+        if not self.generator_conditional():
             y = None  # the samples ignored the labels
-        ctx = EvalContext(samples, y, ref, ref_y, self.source, self.spec, self.config.eval.feature_weights)
-        if metrics is None:
-            metrics = self.config.eval.metrics
-        if metrics is None:
-            metrics = [m.name for m in self.registry.components("metric") if self.spec.kind in m.cls.applies_to]
-        names = list(metrics)
-        out: dict[str, float] = {}
-        for name in names:
-            info = self.registry.get("metric", name)
-            out.update(info.cls(metric_config(self.config.eval, name, self.registry)).compute(ctx))
-        self.metrics.write({"step": self.step, "eval": out})
+        out = score(samples, y, ref, ref_y, self.source, metrics if metrics is not None else self.config.eval.metrics,
+                    self.config.eval, self.registry)
+        self.metrics.write({"step": self.step, "train_minutes": self.train_seconds / 60.0, "nfe": self.sample_nfe(),
+                            "eval": out})
         self.log.info("eval", step=self.step, **{k: round(v, 5) for k, v in out.items() if not k.startswith("mode_mass_")})
         return out
+
+    def generator_conditional(self) -> bool:
+        return any(r.class_conditional for r in self.objective.networks().values() if r.role == "generator")
 
     # ----------------------------------------------------------------------------- checkpoints
     def _components(self) -> dict[str, Any]:

@@ -21,9 +21,20 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def presets_folder(value: str | None) -> str | None:
+    """``--presets``: a folder, ``none``, or unset (``configs/`` where it exists)."""
+    from ..compare.presets import DEFAULT_FOLDER
+
+    if value == "none":
+        return None
+    if value is None:
+        return DEFAULT_FOLDER if os.path.isdir(DEFAULT_FOLDER) else None
+    return value
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ..metrics.comparison import run_comparison
-    from ..metrics.report import markdown_table, save_figure, write_table
+    from ..compare.comparison import run_comparison
+    from ..compare.report import markdown_table, save_figure, write_table
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("onestep compare runs in one process (start it without torchrun); "
@@ -34,7 +45,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         objectives, data=args.data, backbone=args.backbone, budget_minutes=args.budget_minutes, out_dir=out,
         files=args.config, overrides=args.overrides, peer=not args.no_peer, peer_nfes=args.peer_nfe,
         metrics=args.metrics.split(",") if args.metrics else None, num_samples=args.num_samples,
-        feature_weights=args.feature_weights, speed_samples=args.speed_samples,
+        feature_weights=args.feature_weights, speed_samples=args.speed_samples, presets=presets_folder(args.presets),
     )
     comparison.meta["command"] = "onestep " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     md, js = write_table(comparison, out)
@@ -44,6 +55,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_preset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", action="append", default=[], metavar="[NAME=]FILE",
+                   help="YAML/TOML config for every run, or NAME=FILE for method NAME instead of its preset (repeatable)")
+    p.add_argument("--presets", metavar="DIR", help="folder of method presets (default: ./configs where it exists; "
+                                                    "'none': the objectives' bare defaults)")
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("compare", help="train several objectives on the same budget; one table and one figure")
     p.add_argument("--objectives", required=True, metavar="A,B,...", help="objective names, comma-separated")
@@ -51,7 +69,7 @@ def register(subparsers) -> None:
     p.add_argument("--backbone", metavar="NAME", help="backbone for every objective (default: the config's)")
     p.add_argument("--budget-minutes", type=float, required=True, metavar="M",
                    help="wall-clock training time of each objective (train.max_minutes)")
-    p.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML/TOML config for every run (repeatable)")
+    add_preset_args(p)
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/compare-DATA-BACKBONE)")
     p.add_argument("--metrics", help="comma-separated metric names (default: all that apply to the data)")
     p.add_argument("--num-samples", type=int, default=None, help="samples per evaluation (default: eval.num_samples)")

@@ -1,4 +1,4 @@
-"""External reference for ``onestep compare``: torchcfm's OT-CFM (Tong et al. 2024, "Improving
+"""External reference for ``onestep compare`` and ``onestep board``: torchcfm's OT-CFM (Tong et al. 2024, "Improving
 and generalizing flow-based generative models with minibatch optimal transport", Alg. 3).
 
 The training pairs, times and target velocities come from torchcfm's
@@ -6,20 +6,16 @@ The training pairs, times and target velocities come from torchcfm's
 x1, pairs drawn from the plan, x_t = t x1 + (1 - t) x0 + sigma eps, u_t = x1 - x0); the network
 regresses u_t. Samples integrate dx/dt = v(x, t) from t = 0 (noise) to 1 with ``nfe`` Euler steps.
 It runs inside onestep's trainer as an objective, so it gets the same backbone, data stream,
-optimizer, EMA and wall-clock budget as the methods it is compared with. torchcfm is imported only
-when the peer is built: it is not a dependency of the core. Not registered through an entry
-point: ``onestep compare`` adds this module to its registry (:data:`PLUGIN_NAME`).
+optimizer, EMA and wall-clock budget as the methods it is compared with. A plugin like every
+method (entry point ``torchcfm-peer``), so the core does not depend on torchcfm.
 """
 from __future__ import annotations
 
 import attrs
 import torch
 
-from ..errors import ConfigError
-from ..hookspecs import hookimpl
-from ..interfaces import NetworkRequest, Objective, Phase
-
-PLUGIN_NAME = "torchcfm-peer"
+from onestep.errors import ConfigError
+from onestep.interfaces import NetworkRequest, Objective, Phase
 
 
 @attrs.define
@@ -77,8 +73,3 @@ class TorchCFMOTCFM(Objective):
         for i in range(nfe):
             x = x + (ts[i + 1] - ts[i]) * net(x, t=ts[i].expand(len(x)), y=y if self.conditional else None)
         return x
-
-
-@hookimpl
-def onestep_objectives():
-    return [TorchCFMOTCFM]

@@ -72,12 +72,3 @@ def test_train_max_minutes_stops_on_the_clock_and_drives_progress(registry, quie
 def test_train_max_minutes_must_not_be_negative(registry):
     with pytest.raises(ConfigError, match=r"^train.max_minutes: expected >= 0"):
         compose(data="gmm8", overrides=["train.max_minutes=-1"], registry=registry)
-
-
-def test_peer_without_torchcfm_is_a_clear_error(monkeypatch):
-    from onestep.interfaces import DataSpec
-    from onestep.metrics.peer_torchcfm import TorchCFMOTCFM
-
-    monkeypatch.setitem(sys.modules, "torchcfm.conditional_flow_matching", None)
-    with pytest.raises(ConfigError, match="needs the package torchcfm"):
-        TorchCFMOTCFM(TorchCFMOTCFM.Config(), spec=DataSpec((2,)))

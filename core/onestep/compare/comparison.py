@@ -1,10 +1,13 @@
-"""Side-by-side comparison (``onestep compare``): each objective trains with the same backbone,
-data and wall-clock budget (``train.max_minutes``), then is evaluated with the same metrics and
-timed at its own number of network evaluations. torchcfm's OT-CFM, trained the same way, is the
-external reference row (at several NFE). Writing the table and figure is :mod:`.report`'s job.
+"""Side-by-side comparison (``onestep compare``): each objective trains from its preset
+(:mod:`.presets`) with the same backbone, data and wall-clock budget (``train.max_minutes``),
+one after another in this process, then is evaluated with the same metrics and timed at its own
+number of network evaluations. torchcfm's OT-CFM (the ``torchcfm-peer`` plugin), trained the
+same way, is the external reference row (at several NFE). Writing the table and figure is
+:mod:`.report`'s job; the concurrent, curve-drawing version is :mod:`.board`.
 
-Overrides apply to every run, except ``NAME:key=value``, which applies to objective NAME only
-(e.g. ``wflow:objective.eta=0.5``).
+Config precedence for a run: its preset < ``--config FILE`` (every run) < ``--config NAME=FILE``
+< overrides for every run < ``NAME:key=value`` overrides for objective NAME only (e.g.
+``wflow:objective.eta=0.5``).
 """
 from __future__ import annotations
 
@@ -16,9 +19,12 @@ import torch
 
 from ..api import build_run, compose
 from ..errors import ConfigError
+from ..metrics.evaluate import applicable_metrics
 from ..registry import Registry
-from . import peer_torchcfm
+from .presets import find_preset
 from .speed import sampling_throughput
+
+PEER = "torchcfm-ot-cfm"  # the external reference objective (plugin torchcfm-peer)
 
 UNLIMITED_STEPS = 10**9  # the budget stops training; train.steps=N still caps it
 
@@ -50,6 +56,33 @@ def row_label(row: Row) -> str:
     return f"{row.method} ({row.nfe} NFE)"
 
 
+def split_files(files: Iterable[str], names: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """``--config`` values: plain files for every run, ``NAME=FILE`` for method NAME only."""
+    common: list[str] = []
+    scoped: dict[str, list[str]] = {n: [] for n in names}
+    for f in files:
+        name, sep, path = f.partition("=")
+        if not sep:
+            common.append(f)
+        elif name in scoped:
+            scoped[name].append(path)
+        else:
+            raise ConfigError(f"--config {f!r}: {name!r} is not one of the compared methods ({', '.join(names)})")
+    return common, scoped
+
+
+def method_files(names: Sequence[str], data: str | None, files: Sequence[str], presets: str | None,
+                 required: bool = False) -> dict[str, list[str]]:
+    """Config files of every method: its preset (unless ``NAME=FILE`` gives one), then the common
+    files. ``required``: a method without a preset is an error (the board's rule)."""
+    common, scoped = split_files(files, names)
+    out = {}
+    for n in names:
+        preset = None if scoped[n] else find_preset(n, data, presets, required)
+        out[n] = ([str(preset)] if preset else []) + common + scoped[n]
+    return out
+
+
 def split_overrides(overrides: Iterable[str], names: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
     """Common overrides and ``NAME:key=value`` ones per objective."""
     common: list[str] = []
@@ -70,21 +103,26 @@ def run_comparison(
     objectives: Sequence[str], *, data: str | None, backbone: str | None, budget_minutes: float,
     out_dir: str | Path, files: Sequence[str] = (), overrides: Sequence[str] = (), peer: bool = True,
     peer_nfes: Sequence[int] = (50, 100), metrics: Sequence[str] | None = None, num_samples: int | None = None,
-    feature_weights: str | None = None, speed_samples: int = 1000, log=print,
+    feature_weights: str | None = None, speed_samples: int = 1000, presets: str | None = None, log=print,
 ) -> Comparison:
     """Train and evaluate each objective (then the peer) under the same budget; see module doc."""
     if budget_minutes <= 0:
         raise ConfigError(f"--budget-minutes: expected > 0, got {budget_minutes}")
     if not objectives:
         raise ConfigError("--objectives: expected at least one objective name")
-    registry = Registry.discover(extra=[(peer_torchcfm.PLUGIN_NAME, peer_torchcfm)] if peer else [])
+    registry = Registry.discover()
     jobs = [(o, None) for o in objectives]
     if peer:
-        jobs.append((peer_torchcfm.TorchCFMOTCFM.name, list(peer_nfes)))
-    common, scoped = split_overrides(overrides, [n for n, _ in jobs])
+        if PEER not in registry.names("objective"):
+            raise ConfigError(f"the external reference row needs the plugin torchcfm-peer (objective {PEER!r}); "
+                              "install plugins/torchcfm-peer or pass --no-peer")
+        jobs.append((PEER, list(peer_nfes)))
+    names = [n for n, _ in jobs]
+    common, scoped = split_overrides(overrides, names)
+    configs_of = method_files(names, data, files, presets)
     out_dir = Path(out_dir)
     extra = [f"eval.feature_weights={feature_weights}"] if feature_weights else []
-    configs = [compose(objective=name, backbone=backbone, data=data, files=files, registry=registry,
+    configs = [compose(objective=name, backbone=backbone, data=data, files=configs_of[name], registry=registry,
                        overrides=[f"train.steps={UNLIMITED_STEPS}", *common, *scoped[name], *extra,
                                   f"train.max_minutes={budget_minutes}", "eval.metrics=[]",
                                   f"output_dir={out_dir / name}"])
@@ -99,11 +137,10 @@ def run_comparison(
         log(f"compare: training {name} for {budget_minutes} min")
         trainer = build_run(cfg, registry=registry, console=False)
         summary = trainer.fit()
-        names = list(metrics) if metrics is not None else [
-            c.name for c in registry.components("metric") if trainer.spec.kind in c.cls.applies_to]
+        metric_names = list(metrics) if metrics is not None else applicable_metrics(registry, trainer.spec)
         for nfe in nfes or [trainer.objective.default_nfe]:
             trainer.config = attrs.evolve(trainer.config, sample=attrs.evolve(trainer.config.sample, nfe=nfe))
-            values = trainer.evaluate(names, num_samples)
+            values = trainer.evaluate(metric_names, num_samples)
             row = Row(name, nfe, values, sampling_throughput(trainer, nfe, num=speed_samples),
                       summary["steps_run"] / max(summary["train_seconds"], 1e-9), summary["steps_run"],
                       summary["train_seconds"], summary["out_dir"], reference=nfes is not None)

@@ -23,3 +23,17 @@ def sampling_throughput(trainer, nfe: int | None = None, num: int = 1000, batch_
         trainer.sample(num, nfe=nfe, batch_size=batch_size, seed=r + 1)
         rates.append(num / max(time.perf_counter() - start, 1e-9))
     return statistics.median(rates)
+
+
+def pipeline_throughput(pipe, nfe: int, num: int = 1000, batch_size: int = 500, repeats: int = 3) -> float:
+    """The same timing for a generator loaded back without its trainer (:class:`OneStepPipeline`),
+    samples in model space."""
+    pipe(num_images=min(num, batch_size), nfe=nfe, seed=0, batch_size=batch_size, output_type="model")
+    rates = []
+    for r in range(repeats):
+        if pipe.device.type == "cuda":
+            torch.cuda.synchronize(pipe.device)
+        start = time.perf_counter()
+        pipe(num_images=num, nfe=nfe, seed=r + 1, batch_size=batch_size, output_type="model")
+        rates.append(num / max(time.perf_counter() - start, 1e-9))
+    return statistics.median(rates)

@@ -1,0 +1,274 @@
+"""The quality board (``onestep board``): every method trained at the same time on one device,
+each from its preset, for the same training time, scored at fixed marks of its training clock
+and at the end; one table, one figure of FID against minutes and one sample grid per row.
+
+How it runs:
+
+1. Every method's config is assembled and checked first (preset < ``--config`` < board settings <
+   overrides), so a bad one fails before anything trains; the data's feature network for the
+   image metrics is trained once (or read from its cache) before any method starts.
+2. One ``onestep run`` process per method, all started together (they share the device as users
+   share a GPU), each with ``train.max_minutes`` and ``train.eval_every_minutes``: evaluations,
+   samples and checkpoints pause a method's clock, so every row gets the same training minutes.
+   Each evaluation is a record of the run's metrics.jsonl with its ``train_minutes``.
+3. When all have stopped, each run's EMA generator is loaded back (no trainer), alone on the
+   device: multi-step rows are scored again at ``few_steps`` NFE, sampling speed is timed at every
+   row's NFE, and every row draws its grid from the same noise and labels.
+
+Every metric is computed against the held-out split (all of it by default; the table says how
+many images).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import attrs
+import torch
+
+from ..api import compose
+from ..errors import ConfigError
+from ..export import OneStepPipeline
+from ..metrics.evaluate import applicable_metrics, held_out, score
+from ..registry import Registry
+from .comparison import PEER, check_components, method_files, split_overrides
+from .presets import presets_by_objective
+from .speed import pipeline_throughput
+
+BASELINE = "flow-matching"
+UNLIMITED_STEPS = 10**9
+GRID_SEED = 0
+
+
+@attrs.define
+class BoardRow:
+    """One line of the table: a method at one NFE, with its marks (the curve) for its default NFE."""
+
+    method: str
+    nfe: int
+    metrics: dict[str, float]
+    samples_per_s: float
+    steps: int
+    train_minutes: float
+    out_dir: str
+    configs: list[str]  # the preset (first) and config files the run was assembled from
+    reference: bool = False
+    curve: list[dict] = attrs.Factory(list)  # [{"minutes", "step", "metrics"}] at the marks
+    error: str | None = None
+
+
+@attrs.define
+class BoardSettings:
+    data: str
+    minutes: float
+    marks: float
+    methods: list[str]
+    out_dir: Path = attrs.field(converter=Path)
+    backbone: str | None = None
+    files: list[str] = attrs.Factory(list)
+    overrides: list[str] = attrs.Factory(list)
+    presets: str | None = None
+    eval_samples: int | None = None  # None: every held-out image
+    metrics: list[str] | None = None  # None: every installed metric for the data
+    few_steps: list[int] = attrs.Factory(lambda: [1, 2, 4])
+    speed_samples: int = 1000
+    feature_weights: str | None = None
+    command: str | None = None  # as typed, for the record
+
+    def __attrs_post_init__(self) -> None:
+        if not self.minutes > 0:
+            raise ConfigError(f"--minutes: expected > 0, got {self.minutes}")
+        if self.marks < 0:
+            raise ConfigError(f"--marks: expected >= 0 minutes (0: only at the end), got {self.marks}")
+        if not self.methods:
+            raise ConfigError("--methods: expected at least one method")
+        if len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"--methods: a method is listed twice ({', '.join(self.methods)})")
+        if self.eval_samples is not None and self.eval_samples < 1:
+            raise ConfigError(f"--eval-samples: expected >= 1, got {self.eval_samples}")
+
+
+def default_methods(registry: Registry, data: str, presets: str | None) -> list[str]:
+    """The baseline, the external peer (when installed) and every installed objective with a preset
+    for exactly this data."""
+    found = presets_by_objective(presets) if presets else {}
+    with_preset = [o for o, files in found.items() if any(d == data for _, d in files)]
+    installed = set(registry.names("objective"))
+    chosen = [BASELINE] + ([PEER] if PEER in installed else []) + sorted(o for o in with_preset if o not in (BASELINE, PEER))
+    return [m for m in chosen if m in installed]
+
+
+def child_overrides(s: BoardSettings, n_eval: int, metrics: list[str]) -> list[str]:
+    """What the board sets in every run (before the user's overrides, which win)."""
+    return [f"train.steps={UNLIMITED_STEPS}", f"train.max_minutes={s.minutes}", f"train.eval_every_minutes={s.marks}",
+            "train.eval_every=0", "train.sample_every=0", "train.checkpoint_every=0", "train.progress=false",
+            f"eval.num_samples={n_eval}", f"eval.metrics=[{','.join(metrics)}]"] + (
+        [f"eval.feature_weights={s.feature_weights}"] if s.feature_weights else [])
+
+
+def run_board(s: BoardSettings, registry: Registry | None = None, log=print) -> list[BoardRow]:
+    """Train, score and draw every method of ``s``; writes the outputs into ``s.out_dir``."""
+    registry = registry or Registry.discover()
+    for m in s.methods:
+        registry.get("objective", m)  # unknown names fail here, with the valid ones listed
+    out = Path(s.out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"--out {str(out)!r}: folder exists and is not empty; give a new folder")
+    common, scoped = split_overrides(s.overrides, s.methods)
+    files_of = method_files(s.methods, s.data, s.files, s.presets, required=True)
+    source = registry.build("data", s.data, registry.get("data", s.data).cls.Config())
+    spec = source.spec()
+    metrics = applicable_metrics(registry, spec) if s.metrics is None else list(s.metrics)
+    for name in metrics:
+        kinds = registry.get("metric", name).cls.applies_to
+        if spec.kind not in kinds:
+            raise ConfigError(f"--metrics: {name!r} applies to {', '.join(kinds)} data; data {s.data!r} is {spec.kind}")
+    n_test = len(source.dataset("test"))
+    n_eval = min(s.eval_samples or n_test, n_test)
+    base = child_overrides(s, n_eval, metrics)
+    argv: dict[str, list[str]] = {}
+    for m in s.methods:
+        cfg = compose(objective=m, backbone=s.backbone, data=s.data, files=files_of[m], registry=registry,
+                      overrides=[*base, *common, *scoped[m], f"output_dir={out / 'runs' / m}"])
+        check_components(cfg, registry)
+        argv[m] = (["run", "--objective", m, "--data", s.data] + (["--backbone", s.backbone] if s.backbone else [])
+                   + [a for f in files_of[m] for a in ("--config", f)] + ["--out", str(out / "runs" / m)]
+                   + [*base, *common, *scoped[m]])
+    prepare_feature_network(source, cfg, registry, metrics)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    log(f"board: training {', '.join(s.methods)} for {s.minutes} min each, together")
+    codes = train_together(argv, out)
+    log(f"board: training done in {(time.perf_counter() - started) / 60:.1f} min (wall clock, with start-up and marks)")
+    reference, reference_labels = held_out(source, n_eval)
+    labels = reference_labels[torch.arange(n_eval) % len(reference_labels)] if reference_labels is not None else None
+    rows: list[BoardRow] = []
+    grids: dict[str, torch.Tensor] = {}
+    for m in s.methods:
+        run_dir = out / "runs" / m
+        if codes[m] != 0:
+            rows.append(BoardRow(m, 0, {}, 0.0, 0, 0.0, str(run_dir), files_of[m], m == PEER, error=last_line(out / f"{m}.log")))
+            log(f"board: {m} failed: {rows[-1].error}")
+            continue
+        pipe = OneStepPipeline.from_checkpoint(run_dir, device="cuda" if torch.cuda.is_available() else "cpu",
+                                               registry=registry)
+        records = eval_records(run_dir)
+        last = records[-1]
+        curve = [{"minutes": r["train_minutes"], "step": r["step"], "metrics": r["eval"]} for r in records]
+        nfes = [pipe.default_nfe] + ([k for k in s.few_steps if k != pipe.default_nfe] if pipe.default_nfe > 1 else [])
+        for nfe in nfes:
+            if nfe == pipe.default_nfe:
+                values = last["eval"]
+            else:
+                y = labels if pipe.spec.num_classes > 0 and generator_conditional(pipe) else None
+                samples = pipe(class_labels=labels, num_images=n_eval, seed=pipe_seed(pipe), nfe=nfe, output_type="model")
+                values = score(samples, y, reference, reference_labels, source, metrics, pipe_eval_config(pipe, registry),
+                               registry)
+            row = BoardRow(m, nfe, values, pipeline_throughput(pipe, nfe, s.speed_samples), last["step"],
+                           last["train_minutes"], str(run_dir), files_of[m], m == PEER, curve if nfe == pipe.default_nfe else [])
+            rows.append(row)
+            grids[row_label(row)] = grid_samples(pipe, nfe)
+            log(f"board: {row_label(row)} steps={row.steps} " + " ".join(
+                f"{k}={v:.4g}" for k, v in values.items() if not k.startswith("mode_mass_")))
+        del pipe
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    from .report import write_board
+
+    meta = board_meta(s, spec, n_eval, n_test)
+    write_board(rows, grids, meta, out, source)
+    return rows
+
+
+def prepare_feature_network(source, cfg, registry: Registry, metrics: Sequence[str]) -> None:
+    """Train (or read from its cache) the feature network of the image metrics once, before the
+    methods start, so no method pays for it and none trains it concurrently."""
+    from ..config import metric_config
+    from ..metrics.fidelity import FeatureConfig, resolve_extractor
+
+    for name in metrics:
+        config = metric_config(cfg.eval, name, registry)
+        if isinstance(config, FeatureConfig) and source.spec().kind == "images":
+            resolve_extractor(source, cfg.eval.feature_weights, config.classifier, config.cache_dir)
+
+
+def train_together(argv: dict[str, list[str]], out: Path) -> dict[str, int]:
+    """Start one ``onestep run`` per method at once, wait for all; return codes by method. Each
+    process's output goes to ``out/METHOD.log``."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    procs = {}
+    for m, args in argv.items():
+        logfile = open(out / f"{m}.log", "w")
+        (out / f"{m}.command").write_text(shlex.join([sys.executable, "-m", "onestep.cli", *args]) + "\n")
+        procs[m] = (subprocess.Popen([sys.executable, "-m", "onestep.cli", *args], stdout=logfile,
+                                     stderr=subprocess.STDOUT, env=env), logfile)
+    codes = {}
+    try:
+        for m, (proc, logfile) in procs.items():
+            codes[m] = proc.wait()
+            logfile.close()
+    except BaseException:
+        for proc, _ in procs.values():
+            proc.terminate()
+        raise
+    return codes
+
+
+def last_line(path: Path) -> str:
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()] if path.exists() else []
+    return lines[-1][:300] if lines else "no output"
+
+
+def eval_records(run_dir: Path) -> list[dict]:
+    """The run's evaluation records, in order (the last is the end of training)."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    found = [r for r in records if "eval" in r]
+    if not found:
+        raise ConfigError(f"run {str(run_dir)!r}: metrics.jsonl holds no evaluation")
+    return found
+
+
+def generator_conditional(pipe: OneStepPipeline) -> bool:
+    return any(r.class_conditional for r in pipe.objective.networks().values() if r.role == "generator")
+
+
+def pipe_seed(pipe: OneStepPipeline) -> int:
+    return int(pipe.meta["run"].get("seed", 0)) + 7919  # the trainer's evaluation noise
+
+
+def pipe_eval_config(pipe: OneStepPipeline, registry: Registry):
+    return compose(base=pipe.meta["run"], registry=registry).eval
+
+
+def row_label(row: BoardRow) -> str:
+    return f"{row.method} ({row.nfe} NFE)"
+
+
+def grid_samples(pipe: OneStepPipeline, nfe: int) -> torch.Tensor:
+    """The same noise and labels for every row: 10 per class in class columns, else 100."""
+    k = pipe.spec.num_classes
+    if len(pipe.spec.shape) != 3:
+        return pipe(num_images=2000, seed=GRID_SEED, nfe=nfe)
+    columns = k if 0 < k <= 16 else 10
+    labels = (torch.arange(columns * 10) % columns) if k > 0 else None
+    return pipe(class_labels=labels, num_images=columns * 10, seed=GRID_SEED, nfe=nfe)
+
+
+def board_meta(s: BoardSettings, spec, n_eval: int, n_test: int) -> dict:
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else (platform.processor() or "cpu")
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": f"{'cuda' if torch.cuda.is_available() else 'cpu'}: {name}", "torch": torch.__version__,
+        "command": s.command,
+        "data": s.data, "minutes": s.minutes, "marks_minutes": s.marks, "methods": s.methods,
+        "eval_samples": n_eval, "held_out": n_test, "shape": list(spec.shape), "num_classes": spec.num_classes,
+        "presets": s.presets, "overrides": s.overrides, "grid_columns": spec.num_classes if 0 < spec.num_classes <= 16 else 10,
+    }

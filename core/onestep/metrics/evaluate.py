@@ -1,0 +1,48 @@
+"""Scoring samples: the metrics a run asks for (or every installed one that applies to its data)
+against held-out data. Used by the trainer during and after training and by the quality board
+for runs it loads back, so both compute the same numbers the same way."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from ..config import EvalConfig, metric_config
+from ..errors import ConfigError
+from ..interfaces import DataSource, DataSpec, EvalContext
+
+
+def applicable_metrics(registry, spec: DataSpec) -> list[str]:
+    """Every installed metric that applies to data of ``spec.kind``."""
+    return [m.name for m in registry.components("metric") if spec.kind in m.cls.applies_to]
+
+
+def held_out(source: DataSource, n: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``n`` held-out items in a fixed random order (None or more than there are: all of them),
+    with labels for labelled data."""
+    ds = source.dataset("test")
+    count = len(ds) if n is None else min(n, len(ds))
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:count]
+    items = [ds[int(i)] for i in idx]
+    x = torch.stack([a for a, _ in items])
+    y = torch.as_tensor([int(b) for _, b in items], dtype=torch.long)
+    return x, (y if source.spec().num_classes > 0 else None)
+
+
+def score(samples: torch.Tensor, sample_labels: torch.Tensor | None, reference: torch.Tensor,
+          reference_labels: torch.Tensor | None, source: DataSource, names: Iterable[str] | None,
+          eval_config: EvalConfig, registry) -> dict[str, float]:
+    """Every metric of ``names`` (None: all that apply) on ``samples`` against ``reference``."""
+    spec = source.spec()
+    names = applicable_metrics(registry, spec) if names is None else list(names)
+    for name in names:
+        info = registry.get("metric", name)
+        if spec.kind not in info.cls.applies_to:
+            raise ConfigError(f"metric {name!r}: applies to {', '.join(info.cls.applies_to)} data, "
+                              f"but data {source.name!r} is {spec.kind}")
+    ctx = EvalContext(samples, sample_labels, reference, reference_labels, source, spec, eval_config.feature_weights)
+    out: dict[str, float] = {}
+    for name in names:
+        info = registry.get("metric", name)
+        out.update(info.cls(metric_config(eval_config, name, registry)).compute(ctx))
+    return out

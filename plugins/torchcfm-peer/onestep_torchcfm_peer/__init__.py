@@ -1,0 +1,1 @@
+"""onestep objective plugin: torchcfm's OT-CFM, the external peer of the comparisons."""

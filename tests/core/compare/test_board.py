@@ -1,0 +1,72 @@
+"""`onestep board`: methods trained together from their presets, scored at marks, one table, one
+figure of FID against minutes, one grid per row; and its one-line errors."""
+import json
+
+import matplotlib.image
+import pytest
+import yaml
+
+from onestep.cli import main
+
+PRESET_FM = {"objective": {"name": "flow-matching", "nfe": 4}, "backbone": {"name": "mlp", "width": 48, "depth": 1},
+             "data": {"name": "digits"}, "train": {"batch_size": 64, "optim": {"lr": 2.0e-3}}}
+PRESET_OTNFM = {"objective": {"name": "ot-nfm", "lr": 2.0e-3}, "backbone": {"name": "mlp", "width": 40, "depth": 1},
+                "coupler": {"name": "minibatch-ot"}, "data": {"name": "digits"}, "train": {"batch_size": 64}}
+
+
+def write_presets(folder, *presets):
+    folder.mkdir()
+    for i, p in enumerate(presets):
+        (folder / f"preset{i}.yaml").write_text(yaml.safe_dump(p))
+    return folder
+
+
+@pytest.mark.slow
+def test_board_trains_two_methods_together_from_presets(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ONESTEP_CACHE", str(tmp_path / "cache"))
+    presets = write_presets(tmp_path / "presets", PRESET_FM, PRESET_OTNFM)
+    out = tmp_path / "board"
+    rc = main(["board", "--data", "digits", "--minutes", "0.12", "--marks", "0.05", "--methods", "flow-matching,ot-nfm",
+               "--presets", str(presets), "--out", str(out), "--eval-samples", "100", "--speed-samples", "50",
+               "--few-steps", "1", "--metrics", "fid,precision-recall,class-accuracy", "ot-nfm:backbone.depth=2"])
+    assert rc == 0, capsys.readouterr().err
+    board = json.loads((out / "board.json").read_text())
+    rows = board["rows"]
+    assert [(r["method"], r["nfe"]) for r in rows] == [("flow-matching", 4), ("flow-matching", 1), ("ot-nfm", 1)]
+    for r in rows:
+        fid = next(v for k, v in r["metrics"].items() if k.startswith("fid["))
+        assert fid > 0 and r["samples_per_s"] > 0 and r["steps"] >= 1
+        assert r["train_minutes"] == pytest.approx(0.12, abs=0.05)
+    curve = rows[0]["curve"]
+    assert len(curve) >= 2 and curve[0]["minutes"] < curve[-1]["minutes"]  # a mark, then the end
+    assert board["meta"]["eval_samples"] == 100 and board["meta"]["held_out"] == 180
+    assert board["meta"]["command"].startswith("onestep board --data digits --minutes 0.12")
+    # each run kept its preset's values, and an explicit scoped override won
+    fm = yaml.safe_load((out / "runs" / "flow-matching" / "config.yaml").read_text())
+    ot = yaml.safe_load((out / "runs" / "ot-nfm" / "config.yaml").read_text())
+    assert fm["backbone"]["width"] == 48 and fm["objective"]["nfe"] == 4 and fm["train"]["max_minutes"] == 0.12
+    assert ot["backbone"]["width"] == 40 and ot["backbone"]["depth"] == 2 and ot["coupler"]["name"] == "minibatch-ot"
+    table = (out / "board.md").read_text()
+    assert "| flow-matching | 1 |" in table and "100 of 180 held-out images" in table
+    assert matplotlib.image.imread(out / "fid_vs_minutes.png").shape[0] > 100
+    assert (out / "grid-ot-nfm-1nfe.png").is_file() and (out / "grids.png").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "no-such-method"], r"unknown objective 'no-such-method'; valid: .*flow-matching"),
+    (["--methods", "flow-matching", "--minutes", "0"], r"--minutes: expected > 0, got 0"),
+    (["--methods", "wflow"], r"--methods: no preset of 'wflow' in .*--config wflow=FILE"),
+    (["--methods", "flow-matching", "--config", "flow-matching=missing.yaml"], r"config file 'missing.yaml': not found"),
+    (["--methods", "flow-matching", "--data", "gmm8", "--metrics", "fid"], r"--metrics: 'fid' applies to images data; data 'gmm8' is points"),
+])
+def test_board_bad_input_is_one_line_before_training(tmp_path, capsys, args, message):
+    import re
+
+    presets = write_presets(tmp_path / "presets", PRESET_FM)
+    base = {"--data": "digits", "--minutes": "1", "--presets": str(presets), "--out": str(tmp_path / "b")}
+    for i in range(0, len(args), 2):
+        base[args[i]] = args[i + 1]
+    rc = main(["board", *[a for kv in base.items() for a in kv]])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and re.search(message, err), err
+    assert not (tmp_path / "b" / "runs").exists()
