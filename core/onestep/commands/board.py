@@ -39,7 +39,8 @@ def register(subparsers) -> None:
     p.add_argument("--marks", type=float, default=2.0, metavar="M",
                    help="evaluate every M training minutes and at the end (default 2; 0: only at the end)")
     p.add_argument("--methods", metavar="A,B,...",
-                   help="objective names (default: flow-matching, torchcfm-ot-cfm and every objective with a preset for the data)")
+                   help="objective names, or variants NAME@LABEL (own row, same preset, NAME@LABEL:key=value overrides); default: "
+                        "flow-matching, torchcfm-ot-cfm and every objective with a preset for the data")
     p.add_argument("--backbone", metavar="NAME", help="backbone for every method (default: each preset's)")
     add_preset_args(p)
     p.add_argument("--out", metavar="DIR", help="output folder, new or empty (default: runs/board-DATA)")

@@ -39,7 +39,7 @@ from ..errors import ConfigError
 from ..export import OneStepPipeline
 from ..metrics.evaluate import applicable_metrics, held_out, score
 from ..registry import Registry
-from .comparison import PEER, check_components, method_files, split_overrides
+from .comparison import PEER, check_components, method_files, objective_of, split_overrides
 from .presets import presets_by_objective
 from .speed import pipeline_throughput
 
@@ -118,7 +118,7 @@ def run_board(s: BoardSettings, registry: Registry | None = None, log=print) -> 
     """Train, score and draw every method of ``s``; writes the outputs into ``s.out_dir``."""
     registry = registry or Registry.discover()
     for m in s.methods:
-        registry.get("objective", m)  # unknown names fail here, with the valid ones listed
+        registry.get("objective", objective_of(m))  # unknown names fail here, with the valid ones listed
     out = Path(s.out_dir)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {str(out)!r}: folder exists and is not empty; give a new folder")
@@ -136,10 +136,10 @@ def run_board(s: BoardSettings, registry: Registry | None = None, log=print) -> 
     base = child_overrides(s, n_eval, metrics)
     argv: dict[str, list[str]] = {}
     for m in s.methods:
-        cfg = compose(objective=m, backbone=s.backbone, data=s.data, files=files_of[m], registry=registry,
+        cfg = compose(objective=objective_of(m), backbone=s.backbone, data=s.data, files=files_of[m], registry=registry,
                       overrides=[*base, *common, *scoped[m], f"output_dir={out / 'runs' / m}"])
         check_components(cfg, registry)
-        argv[m] = (["run", "--objective", m, "--data", s.data] + (["--backbone", s.backbone] if s.backbone else [])
+        argv[m] = (["run", "--objective", objective_of(m), "--data", s.data] + (["--backbone", s.backbone] if s.backbone else [])
                    + [a for f in files_of[m] for a in ("--config", f)] + ["--out", str(out / "runs" / m)]
                    + [*base, *common, *scoped[m]])
     prepare_feature_network(source, cfg, registry, metrics)
@@ -155,7 +155,7 @@ def run_board(s: BoardSettings, registry: Registry | None = None, log=print) -> 
     for m in s.methods:
         run_dir = out / "runs" / m
         if codes[m] != 0:
-            rows.append(BoardRow(m, 0, {}, 0.0, 0, 0.0, str(run_dir), files_of[m], m == PEER, error=last_line(out / f"{m}.log")))
+            rows.append(BoardRow(m, 0, {}, 0.0, 0, 0.0, str(run_dir), files_of[m], objective_of(m) == PEER, error=last_line(out / f"{m}.log")))
             log(f"board: {m} failed: {rows[-1].error}")
             continue
         pipe = OneStepPipeline.from_checkpoint(run_dir, device="cuda" if torch.cuda.is_available() else "cpu",
@@ -173,7 +173,7 @@ def run_board(s: BoardSettings, registry: Registry | None = None, log=print) -> 
                 values = score(samples, y, reference, reference_labels, source, metrics, pipe_eval_config(pipe, registry),
                                registry)
             row = BoardRow(m, nfe, values, pipeline_throughput(pipe, nfe, s.speed_samples), last["step"],
-                           last["train_minutes"], str(run_dir), files_of[m], m == PEER, curve if nfe == pipe.default_nfe else [])
+                           last["train_minutes"], str(run_dir), files_of[m], objective_of(m) == PEER, curve if nfe == pipe.default_nfe else [])
             rows.append(row)
             grids[row_label(row)] = grid_samples(pipe, nfe)
             log(f"board: {row_label(row)} steps={row.steps} " + " ".join(

@@ -56,6 +56,12 @@ def row_label(row: Row) -> str:
     return f"{row.method} ({row.nfe} NFE)"
 
 
+def objective_of(method: str) -> str:
+    """The objective of a method label: ``wflow`` or a variant of it such as ``wflow@pixels``
+    (its own row, run folder and ``wflow@pixels:key=value`` overrides, same preset)."""
+    return method.split("@", 1)[0]
+
+
 def split_files(files: Iterable[str], names: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
     """``--config`` values: plain files for every run, ``NAME=FILE`` for method NAME only."""
     common: list[str] = []
@@ -78,7 +84,7 @@ def method_files(names: Sequence[str], data: str | None, files: Sequence[str], p
     common, scoped = split_files(files, names)
     out = {}
     for n in names:
-        preset = None if scoped[n] else find_preset(n, data, presets, required)
+        preset = None if scoped[n] else find_preset(objective_of(n), data, presets, required)
         out[n] = ([str(preset)] if preset else []) + common + scoped[n]
     return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import attrs
@@ -211,7 +212,7 @@ def write_board(rows, grids: dict, meta: dict, out_dir: Path, source) -> dict[st
     if grids:
         written["grids"] = save_grids(grids, meta["grid_columns"], out_dir / "grids.png")
     for label, x in grids.items():
-        name = label.replace(" (", "-").replace(" NFE)", "nfe").replace(" ", "_")
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", label.replace(" (", "-").replace(" NFE)", "nfe"))
         nrow = meta["grid_columns"] if x.dim() == 4 else None
         save_samples(x, out_dir / f"grid-{name}.png", nrow=nrow, title=label)
     return written

@@ -36,6 +36,13 @@ from onestep.errors import ConfigError
 from onestep.interfaces import Batch, NetworkRequest, Networks, Objective, Phase, StepInfo
 
 
+GP_PRECISIONS = ("fp32", "autocast")
+
+
+def cat2(v: torch.Tensor | None) -> torch.Tensor | None:
+    return torch.cat([v, v]) if v is not None else None
+
+
 def frozen(net):
     """The plain module behind a DeepSpeed engine. A network that is not trained in the current
     phase must be called this way when gradients flow through it (D in the generator loss):
@@ -113,11 +120,22 @@ class AdversarialFlowConfig:
     conditional: bool = True  # condition G and D on labels when the data has them
     lambda_ot: float = 0.2  # initial OT weight (Table 1)
     lambda_ot_end: float = 0.005  # floor of the cosine decay (Table 2, 11)
-    ot_decay: float = 1.0  # fraction of train.steps over which lambda_ot decays to the floor
+    ot_decay_steps: int = 500_000
+    """Training iterations (one critic and one generator update each) over which lambda_ot decays
+    to the floor: an absolute horizon, so a short run follows the first part of a long run's
+    schedule instead of compressing it. The paper's 1M alternating updates are 500k iterations."""
+    steps: int = 0
+    """Any-step models (time_inputs=2): 0 draws s ~ U(0, 1), t ~ U(0, s) (any-step); k > 0 trains
+    the fixed k-step grid s in {1, (k-1)/k, ..., 1/k}, t = s - 1/k (the few-step models)."""
     ot_delta: float = 0.001  # delta in w(s, t) = max(|s - t|, delta) (Eq. 21)
     lambda_gp: float = 0.25  # weight of R1 and R2
     gp_fraction: float = 0.25  # share of the batch the finite-difference R1/R2 use
     gp_eps: float = 0.01  # perturbation scale of the finite differences
+    gp_precision: str = "fp32"
+    """Precision of the finite-difference R1/R2 critic calls: ``fp32`` (the paper's; under bf16
+    autocast the difference of two bf16 logits at eps = 0.01 is mostly rounding and overestimates
+    ||grad D||^2 several-fold) or ``autocast`` (folded into the adversarial call: one critic call,
+    faster, biased under bf16)."""
     lambda_cp: float = 0.01  # logit-centring weight (Eq. 7)
     grad_norm: bool = True  # phi of Eq. 23 on D's input in the generator loss
     grad_norm_decay: float = 0.9  # EMA decay of phi (AdamW's beta2)
@@ -140,7 +158,9 @@ class AdversarialFlow(Objective):
         checks = [
             (c.time_inputs in (0, 2), "time_inputs", "expected 0 (one-step) or 2 (any-step)", c.time_inputs),
             (c.lambda_ot >= 0 and c.lambda_ot_end >= 0, "lambda_ot", "expected >= 0 (and lambda_ot_end >= 0)", c.lambda_ot),
-            (0 < c.ot_decay <= 1, "ot_decay", "expected in (0, 1]", c.ot_decay),
+            (c.ot_decay_steps >= 1, "ot_decay_steps", "expected >= 1", c.ot_decay_steps),
+            (c.steps >= 0, "steps", "expected >= 0 (0: any-step)", c.steps),
+            (c.gp_precision in GP_PRECISIONS, "gp_precision", f"expected one of {', '.join(GP_PRECISIONS)}", c.gp_precision),
             (c.ot_delta > 0, "ot_delta", "expected > 0", c.ot_delta),
             (c.lambda_gp >= 0, "lambda_gp", "expected >= 0", c.lambda_gp),
             (0 < c.gp_fraction <= 1, "gp_fraction", "expected in (0, 1]", c.gp_fraction),
@@ -182,15 +202,21 @@ class AdversarialFlow(Objective):
             self.normalizer.load_state_dict(state["grad_norm"])
 
     # ----------------------------------------------------------------------------- pieces
-    def lambda_ot(self, progress: float) -> float:
-        """Cosine decay from ``lambda_ot`` to ``lambda_ot_end`` over ``ot_decay`` of training."""
+    def lambda_ot(self, step: int) -> float:
+        """Cosine decay from ``lambda_ot`` to ``lambda_ot_end`` over ``ot_decay_steps`` iterations
+        (Table 2), then the floor."""
         c = self.config
-        p = min(1.0, progress / c.ot_decay)
+        p = min(1.0, step / c.ot_decay_steps)
         return c.lambda_ot_end + (c.lambda_ot - c.lambda_ot_end) * 0.5 * (1 + math.cos(math.pi * p))
 
     def times(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.config.time_inputs == 0:
+        """(s, t) per sample: (1, 0) one-step; the fixed k-step grid; or any-step s ~ U(0,1), t ~ U(0,s)."""
+        c = self.config
+        if c.time_inputs == 0:
             return torch.ones(n, device=device), torch.zeros(n, device=device)
+        if c.steps:
+            s = 1.0 - torch.randint(0, c.steps, (n,), device=device).float() / c.steps
+            return s, (s - 1.0 / c.steps).clamp_min(0.0)
         s = torch.rand(n, device=device)
         return s, torch.rand(n, device=device) * s
 
@@ -233,17 +259,26 @@ class AdversarialFlow(Objective):
         n = x_t.shape[0]
         k = max(1, round(n * c.gp_fraction))
         w = (s - t).abs().clamp_min(c.ot_delta)[:k]
-        # One critic call on [real, fake, real[:k] + eps n, fake[:k] + eps n]: R1 and R2 (Eq. 4, 6)
-        # share the forward and backward of the adversarial term (larger matmuls, fewer launches).
-        # Exact only for critics that treat samples independently (no batch statistics).
         moved = torch.cat([x_t[:k], fake[:k]])
-        inputs = torch.cat([x_t, fake, moved + c.gp_eps * torch.randn_like(moved)])
-        cond = self.critic_inputs(torch.cat([t, t, t[:k], t[:k]]),
-                                  torch.cat([y, y, y[:k], y[:k]]) if y is not None else None)
-        real, gen, moved_real, moved_gen = nets["critic"](inputs, **cond).float().split([n, n, k, k])
+        nudged = moved + c.gp_eps * torch.randn_like(moved)
+        tk, yk = torch.cat([t[:k], t[:k]]), (torch.cat([y[:k], y[:k]]) if y is not None else None)
+        if c.gp_precision == "fp32":
+            real, gen = nets["critic"](torch.cat([x_t, fake]), **self.critic_inputs(torch.cat([t, t]), cat2(y))).float().split([n, n])
+            # R1/R2 (Eq. 4, 6) from a second critic call on [v, v + eps n] with autocast off: the
+            # difference of two logits must not be bf16 rounding.
+            with torch.autocast(x_t.device.type, enabled=False):
+                both = nets["critic"](torch.cat([moved, nudged]).float(), **self.critic_inputs(cat2(tk), cat2(yk))).float()
+            base_real, base_gen, moved_real, moved_gen = both.split([k, k, k, k])
+        else:
+            # One critic call on [real, fake, real[:k] + eps n, fake[:k] + eps n]: R1 and R2 share the
+            # forward and backward of the adversarial term (larger matmuls, fewer launches). Exact
+            # only for critics that treat samples independently (no batch statistics).
+            cond = self.critic_inputs(torch.cat([t, t, tk]), torch.cat([y, y, yk]) if y is not None else None)
+            real, gen, moved_real, moved_gen = nets["critic"](torch.cat([x_t, fake, nudged]), **cond).float().split([n, n, k, k])
+            base_real, base_gen = real[:k], gen[:k]
         adv = relativistic(real, gen)
-        r1 = finite_difference_penalty(moved_real, real[:k], c.gp_eps, w)
-        r2 = finite_difference_penalty(moved_gen, gen[:k], c.gp_eps, w)
+        r1 = finite_difference_penalty(moved_real, base_real, c.gp_eps, w)
+        r2 = finite_difference_penalty(moved_gen, base_gen, c.gp_eps, w)
         centring = (real + gen).square().mean()
         loss = adv + c.lambda_gp * (r1 + r2) + c.lambda_cp * centring
         logs = {"adv": adv.detach(), "r1": r1.detach(), "r2": r2.detach(), "centring": centring.detach(),
@@ -262,7 +297,7 @@ class AdversarialFlow(Objective):
         adv = relativistic(gen, real)
         w = (s - t).abs().clamp_min(c.ot_delta)
         ot = ((fake.float() - x_s.float()).square().flatten(1).mean(1) / w).mean()
-        lam = self.lambda_ot(info.progress)
+        lam = self.lambda_ot(info.step)
         loss = adv + lam * ot
         logs: dict[str, Any] = {"adv": adv.detach(), "ot": ot.detach(), "lambda_ot": lam}
         if self.guidance is not None:

@@ -26,13 +26,13 @@ def test_board_trains_two_methods_together_from_presets(tmp_path, capsys, monkey
     monkeypatch.setenv("ONESTEP_CACHE", str(tmp_path / "cache"))
     presets = write_presets(tmp_path / "presets", PRESET_FM, PRESET_OTNFM)
     out = tmp_path / "board"
-    rc = main(["board", "--data", "digits", "--minutes", "0.12", "--marks", "0.05", "--methods", "flow-matching,ot-nfm",
+    rc = main(["board", "--data", "digits", "--minutes", "0.12", "--marks", "0.05", "--methods", "flow-matching,ot-nfm@deep",
                "--presets", str(presets), "--out", str(out), "--eval-samples", "100", "--speed-samples", "50",
-               "--few-steps", "1", "--metrics", "fid,precision-recall,class-accuracy", "ot-nfm:backbone.depth=2"])
+               "--few-steps", "1", "--metrics", "fid,precision-recall,class-accuracy", "ot-nfm@deep:backbone.depth=2"])
     assert rc == 0, capsys.readouterr().err
     board = json.loads((out / "board.json").read_text())
     rows = board["rows"]
-    assert [(r["method"], r["nfe"]) for r in rows] == [("flow-matching", 4), ("flow-matching", 1), ("ot-nfm", 1)]
+    assert [(r["method"], r["nfe"]) for r in rows] == [("flow-matching", 4), ("flow-matching", 1), ("ot-nfm@deep", 1)]
     for r in rows:
         fid = next(v for k, v in r["metrics"].items() if k.startswith("fid["))
         assert fid > 0 and r["samples_per_s"] > 0 and r["steps"] >= 1
@@ -41,15 +41,15 @@ def test_board_trains_two_methods_together_from_presets(tmp_path, capsys, monkey
     assert len(curve) >= 2 and curve[0]["minutes"] < curve[-1]["minutes"]  # a mark, then the end
     assert board["meta"]["eval_samples"] == 100 and board["meta"]["held_out"] == 180
     assert board["meta"]["command"].startswith("onestep board --data digits --minutes 0.12")
-    # each run kept its preset's values, and an explicit scoped override won
+    # each run kept its preset's values (a variant NAME@LABEL uses NAME's), and an explicit scoped override won
     fm = yaml.safe_load((out / "runs" / "flow-matching" / "config.yaml").read_text())
-    ot = yaml.safe_load((out / "runs" / "ot-nfm" / "config.yaml").read_text())
+    ot = yaml.safe_load((out / "runs" / "ot-nfm@deep" / "config.yaml").read_text())
     assert fm["backbone"]["width"] == 48 and fm["objective"]["nfe"] == 4 and fm["train"]["max_minutes"] == 0.12
     assert ot["backbone"]["width"] == 40 and ot["backbone"]["depth"] == 2 and ot["coupler"]["name"] == "minibatch-ot"
     table = (out / "board.md").read_text()
     assert "| flow-matching | 1 |" in table and "100 of 180 held-out images" in table
     assert matplotlib.image.imread(out / "fid_vs_minutes.png").shape[0] > 100
-    assert (out / "grid-ot-nfm-1nfe.png").is_file() and (out / "grids.png").is_file()
+    assert (out / "grid-ot-nfm_deep-1nfe.png").is_file() and (out / "grids.png").is_file()
 
 
 @pytest.mark.parametrize("args, message", [

@@ -119,18 +119,34 @@ def test_critic_loss_applies_r1_r2_to_the_configured_fraction():
             calls.append(x.shape[0])
             return super().forward(x)
 
-    obj = AdversarialFlow(AdversarialFlowConfig(gp_fraction=0.25), spec=POINTS)
+    obj = AdversarialFlow(AdversarialFlowConfig(gp_fraction=0.25, gp_precision="autocast"), spec=POINTS)
     nets = Networks({"generator": Shift(2), "critic": Recording(2, 1.0)})
     loss, logs = obj.loss("critic", nets, [Batch(torch.randn(40, 2))], StepInfo(0, 10))
     assert calls == [100]  # real, fake, and R1/R2's perturbed copies of 25% of each, in one call
     assert torch.isfinite(loss) and logs["r1"] > 0 and logs["r2"] > 0
 
 
-def test_lambda_ot_decays_to_its_floor():
-    obj = AdversarialFlow(AdversarialFlowConfig(lambda_ot=0.2, lambda_ot_end=0.01, ot_decay=0.5), spec=POINTS)
-    values = [obj.lambda_ot(p) for p in (0.0, 0.1, 0.25, 0.4, 0.5, 0.9, 1.0)]
-    assert values[0] == pytest.approx(0.2) and values[-1] == pytest.approx(0.01) == values[-2] == values[-3]
-    assert all(a > b for a, b in zip(values[:5], values[1:5]))
+def test_lambda_ot_decays_over_an_absolute_horizon_of_steps():
+    """A short run and a long run share the same lambda_ot at the same step: the schedule is a
+    function of the step and ``ot_decay_steps``, not of the run's length."""
+    obj = AdversarialFlow(AdversarialFlowConfig(lambda_ot=0.2, lambda_ot_end=0.01, ot_decay_steps=1000), spec=POINTS)
+    values = [obj.lambda_ot(step) for step in (0, 100, 250, 400, 500, 999, 1000, 5000)]
+    assert values[0] == pytest.approx(0.2) and values[-1] == pytest.approx(0.01) == values[-2]
+    assert all(a > b for a, b in zip(values[:6], values[1:6]))
+    gen, critic = Shift(2), ScaledCritic(2, 1.0)
+    lams = []
+    for total in (300, 30000):  # a short and a long run, both at step 250
+        _, logs = obj.loss("generator", Networks({"generator": gen, "critic": critic}), [Batch(torch.randn(8, 2))],
+                           StepInfo(250, total))
+        lams.append(logs["lambda_ot"])
+    assert lams[0] == lams[1] == pytest.approx(values[2])
+
+
+def test_fixed_step_grid_for_few_step_models():
+    obj = AdversarialFlow(AdversarialFlowConfig(time_inputs=2, steps=4), spec=POINTS)
+    s, t = obj.times(4000, "cpu")
+    assert sorted(set(s.tolist())) == [0.25, 0.5, 0.75, 1.0]
+    torch.testing.assert_close(s - t, torch.full_like(s, 0.25))
 
 
 def test_any_step_map_is_residual_and_the_critic_sees_only_x_t():
@@ -171,7 +187,8 @@ def test_ot_weight_is_one_over_the_time_gap():
 
 
 @pytest.mark.parametrize("field,value", [("time_inputs", 1), ("gp_fraction", 0.0), ("lambda_gp", -1.0),
-                                         ("ot_decay", 0.0), ("grad_norm_decay", 1.0)])
+                                         ("ot_decay_steps", 0), ("grad_norm_decay", 1.0),
+                                         ("gp_precision", "fp16"), ("steps", -1)])
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ConfigError, match=f"objective.{field}"):
         AdversarialFlow(AdversarialFlowConfig(**{field: value}), spec=POINTS)

@@ -28,7 +28,7 @@ def one_step_map(run, z):
         return run.objective.transport(run.nets.ema("generator"), z, torch.ones(n), torch.zeros(n), None)
 
 
-GMM8 = ["backbone=mlp", "backbone.width=64", "backbone.depth=2", "data.std=0.5", "train.steps=500",
+GMM8 = ["backbone=mlp", "backbone.width=64", "backbone.depth=2", "data.std=0.5", "train.steps=500", "objective.ot_decay_steps=500",
         "train.batch_size=512", "objective.lambda_gp=0.1", "objective.lr=3e-3", "train.networks.generator.lr=1e-3",
         "eval.num_samples=1000", "sample.num=500"]
 
@@ -67,7 +67,8 @@ def test_gmm8_without_the_ot_loss_the_map_is_neither_optimal_nor_unique(tmp_path
 def test_gmm1d_two_seeds_learn_the_same_monotone_ot_map(tmp_path):
     """In 1D the OT map is the quantile map F^-1(Phi(z)); AF's map is anchored to it, so two seeds
     (different initialisations, data order and noise) land on nearly the same map."""
-    base = ["backbone=mlp", "backbone.width=64", "backbone.depth=2", "train.steps=400", "train.batch_size=256",
+    base = ["backbone=mlp", "backbone.width=64", "backbone.depth=2", "train.steps=400", "objective.ot_decay_steps=400",
+            "train.batch_size=256",
             "objective.lambda_gp=0.1", "objective.lr=3e-3", "train.networks.generator.lr=1e-3",
             "eval.metrics=[sinkhorn]", "eval.num_samples=1000", "sample.num=500"]
     z = torch.linspace(-2.0, 2.0, 81).unsqueeze(1)
