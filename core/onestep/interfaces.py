@@ -300,6 +300,10 @@ class EvalContext:
     source: DataSource
     spec: DataSpec
     feature_weights: str | None = None
+    cache: dict = attrs.Factory(dict)
+    """Shared by the metrics of one evaluation (e.g. image features extracted once for FID, KID,
+    IS and precision/recall); entries keyed ``("reference", ...)`` may be carried over to the next
+    evaluation of the same run, whose reference set is the same."""
 
 
 class Metric(Component):

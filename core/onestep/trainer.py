@@ -51,6 +51,7 @@ class Trainer:
         self.step = 0
         self.planned_steps = config.train.steps
         self.train_seconds = 0.0  # the training clock of the current fit (chores excluded)
+        self._reference_features: dict[int, dict] = {}  # per evaluation size: metrics' reference features, kept
 
     # ----------------------------------------------------------------------------- building
     def _seed_everything(self, seed: int) -> None:
@@ -286,7 +287,7 @@ class Trainer:
         if not self.generator_conditional():
             y = None  # the samples ignored the labels
         out = score(samples, y, ref, ref_y, self.source, metrics if metrics is not None else self.config.eval.metrics,
-                    self.config.eval, self.registry)
+                    self.config.eval, self.registry, self._reference_features.setdefault(n, {}))
         self.metrics.write({"step": self.step, "train_minutes": self.train_seconds / 60.0, "nfe": self.sample_nfe(),
                             "eval": out})
         self.log.info("eval", step=self.step, **{k: round(v, 5) for k, v in out.items() if not k.startswith("mode_mass_")})

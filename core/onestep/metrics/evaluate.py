@@ -31,8 +31,10 @@ def held_out(source: DataSource, n: int | None) -> tuple[torch.Tensor, torch.Ten
 
 def score(samples: torch.Tensor, sample_labels: torch.Tensor | None, reference: torch.Tensor,
           reference_labels: torch.Tensor | None, source: DataSource, names: Iterable[str] | None,
-          eval_config: EvalConfig, registry) -> dict[str, float]:
-    """Every metric of ``names`` (None: all that apply) on ``samples`` against ``reference``."""
+          eval_config: EvalConfig, registry, reference_cache: dict | None = None) -> dict[str, float]:
+    """Every metric of ``names`` (None: all that apply) on ``samples`` against ``reference``.
+    ``reference_cache``: a dict kept by the caller across evaluations against the same reference
+    (its features are then computed once per run)."""
     spec = source.spec()
     names = applicable_metrics(registry, spec) if names is None else list(names)
     for name in names:
@@ -40,9 +42,15 @@ def score(samples: torch.Tensor, sample_labels: torch.Tensor | None, reference: 
         if spec.kind not in info.cls.applies_to:
             raise ConfigError(f"metric {name!r}: applies to {', '.join(info.cls.applies_to)} data, "
                               f"but data {source.name!r} is {spec.kind}")
-    ctx = EvalContext(samples, sample_labels, reference, reference_labels, source, spec, eval_config.feature_weights)
+    cache = reference_cache if reference_cache is not None else {}
+    ctx = EvalContext(samples, sample_labels, reference, reference_labels, source, spec, eval_config.feature_weights,
+                      cache)
     out: dict[str, float] = {}
-    for name in names:
-        info = registry.get("metric", name)
-        out.update(info.cls(metric_config(eval_config, name, registry)).compute(ctx))
+    try:
+        for name in names:
+            info = registry.get("metric", name)
+            out.update(info.cls(metric_config(eval_config, name, registry)).compute(ctx))
+    finally:
+        for key in [k for k in cache if not (isinstance(k, tuple) and k and k[0] == "reference")]:
+            del cache[key]
     return out

@@ -131,19 +131,25 @@ def resolve_extractor(source: DataSource, feature_weights: str | None, recipe: C
     return Extractor(CLASSIFIER, str(path), f"onestep-{source.name}-classifier", None)
 
 
-def fidelity_metrics(samples: torch.Tensor, reference: torch.Tensor | None, extractor: Extractor,
-                     which: dict[str, bool], **options: Any) -> dict[str, float]:
-    """torch-fidelity's ``calculate_metrics`` on two image tensors in [-1, 1] (``reference`` may be
-    None for the Inception Score alone); returns torch-fidelity's keys."""
-    tf = import_fidelity()
-    kwargs = dict(
-        input1=_Images(to_uint8(samples, extractor.channels)),
-        feature_extractor=extractor.fidelity_name, feature_extractor_weights_path=extractor.weights,
-        cuda=torch.cuda.is_available(), cache=False, verbose=False, save_cpu_ram=True, **which, **options,
-    )
-    if reference is not None:
-        kwargs["input2"] = _Images(to_uint8(reference, extractor.channels))
-    return tf.calculate_metrics(**kwargs)
+def cached_features(ctx: EvalContext, which: str, extractor: Extractor, batch_size: int) -> dict[str, torch.Tensor]:
+    """Every layer torch-fidelity's ``extractor`` provides, for the samples or the reference of
+    ``ctx``, extracted once per evaluation (the reference once per run: see ``EvalContext.cache``)."""
+    images = ctx.samples if which == "samples" else ctx.reference
+    key = (which, "fidelity-features", extractor.fidelity_name, extractor.weights, len(images))
+    if key not in ctx.cache:
+        import_fidelity()
+        from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+        from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
+
+        cuda = torch.cuda.is_available()
+        layers = list(FEATURE_EXTRACTORS_REGISTRY[extractor.fidelity_name].get_provided_features_list())
+        if extractor.fidelity_name == INCEPTION:
+            layers = ["2048", "logits_unbiased"]
+        net = create_feature_extractor(extractor.fidelity_name, layers, cuda=cuda, verbose=False,
+                                       feature_extractor_weights_path=extractor.weights)
+        data = _Images(to_uint8(ctx.source.decode(images), extractor.channels))
+        ctx.cache[key] = get_featuresdict_from_dataset(data, net, batch_size, cuda, True, False)
+    return ctx.cache[key]
 
 
 def check_inception_weights(path: str) -> None:
@@ -199,10 +205,21 @@ class FidelityMetric(Metric):
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         c = self.config
         extractor = resolve_extractor(ctx.source, ctx.feature_weights, c.classifier, c.cache_dir)
-        samples, reference = ctx.source.decode(ctx.samples), ctx.source.decode(ctx.reference)
-        raw = fidelity_metrics(samples, None if self.flag == "isc" else reference, extractor, {self.flag: True},
-                               batch_size=c.batch_size, **self.options(len(samples), len(reference)))
+        layer = self.feature_layer(extractor)
+        samples = cached_features(ctx, "samples", extractor, c.batch_size)[layer]
+        reference = None if self.flag == "isc" else cached_features(ctx, "reference", extractor, c.batch_size)[layer]
+        raw = self.from_features(samples, reference, **self.options(len(samples), len(ctx.reference)))
         return {f"{key}[{extractor.label}]": float(raw[src]) for key, src in self.keys.items()}
+
+    def feature_layer(self, extractor: "Extractor") -> str:
+        from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+        import_fidelity()
+        return FEATURE_EXTRACTORS_REGISTRY[extractor.fidelity_name].get_default_feature_layer_for_metric(self.flag)
+
+    def from_features(self, samples: torch.Tensor, reference: torch.Tensor | None, **options: Any) -> dict[str, float]:
+        """torch-fidelity's metric from already extracted features (its keys)."""
+        raise NotImplementedError
 
 
 class FID(FidelityMetric):
@@ -211,6 +228,12 @@ class FID(FidelityMetric):
     name = "fid"
     flag = "fid"
     keys = {"fid": "frechet_inception_distance"}
+
+    def from_features(self, samples, reference, **options):
+        from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+        stats = [fid_features_to_statistics(f.double()) for f in (samples, reference)]
+        return fid_statistics_to_metric(*stats, verbose=False)
 
 
 class KID(FidelityMetric):
@@ -225,6 +248,11 @@ class KID(FidelityMetric):
         return {"kid_subset_size": min(self.config.subset_size, num_samples, num_reference),
                 "kid_subsets": self.config.subsets}
 
+    def from_features(self, samples, reference, **options):
+        from torch_fidelity.metric_kid import kid_features_to_metric
+
+        return kid_features_to_metric(samples, reference, verbose=False, **options)
+
 
 class InceptionScore(FidelityMetric):
     """exp E KL(p(y|x) || p(y)) of the samples under the feature network's classes (higher is better)."""
@@ -236,6 +264,11 @@ class InceptionScore(FidelityMetric):
 
     def options(self, num_samples, num_reference):
         return {"isc_splits": min(self.config.splits, num_samples)}
+
+    def from_features(self, samples, reference, **options):
+        from torch_fidelity.metric_isc import isc_features_to_metric
+
+        return isc_features_to_metric(samples, options["isc_splits"], True, 2020)
 
 
 class PrecisionRecall(FidelityMetric):
@@ -249,6 +282,13 @@ class PrecisionRecall(FidelityMetric):
 
     def options(self, num_samples, num_reference):
         return {"prc_neighborhood": self.config.neighborhood}
+
+    def from_features(self, samples, reference, **options):
+        from torch_fidelity.metric_prc import prc_features_to_metric
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # the k-NN radii are an N x N distance matrix
+        return prc_features_to_metric(samples.to(device), reference.to(device), verbose=False, save_cpu_ram=True,
+                                      **options)
 
 
 FIDELITY_METRICS = [FID, KID, InceptionScore, PrecisionRecall]
