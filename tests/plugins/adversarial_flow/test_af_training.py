@@ -64,25 +64,38 @@ def test_gmm8_without_the_ot_loss_the_map_is_neither_optimal_nor_unique(tmp_path
     assert gap["no_ot"] > 3 * gap["ot"], gap
 
 
-def test_gmm1d_two_seeds_learn_the_same_monotone_ot_map(tmp_path):
-    """In 1D the OT map is the quantile map F^-1(Phi(z)); AF's map is anchored to it, so two seeds
-    (different initialisations, data order and noise) land on nearly the same map."""
+TARGETS_1D = {"three-modes": [], "two-modes": ["data.means=[-1.0,2.0]", "data.weights=[0.6,0.4]"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["residual", "direct"])
+def test_1d_two_seeds_learn_the_same_monotone_ot_map_on_two_targets(tmp_path, form):
+    """In 1D the OT map is the monotone quantile map F^-1(Phi(z)); AF's map is anchored to it, so
+    two seeds (different initialisations, data order and noise) land on nearly the same monotone map,
+    for the residual G(z) = z - g(z) and the direct G(z) = g(z) (the one-step form of the authors'
+    code) alike. The direct form needs the OT loss to start strong (lambda_ot 1.0, decaying): at the
+    paper's 0.2 one seed in two drops a mode for good on both targets (measured: Sinkhorn 2.6 and
+    1.5 against 0.005-0.02, maps starting at +0.7 instead of -2.4), the local minimum the paper
+    warns of for too small an OT weight (Sec. 3.2). A larger R1/R2 weight (1.0) does not help."""
     base = ["backbone=mlp", "backbone.width=64", "backbone.depth=2", "train.steps=400", "objective.ot_decay_steps=400",
-            "train.batch_size=256",
-            "objective.lambda_gp=0.1", "objective.lr=3e-3", "train.networks.generator.lr=1e-3",
-            "eval.metrics=[sinkhorn]", "eval.num_samples=1000", "sample.num=500"]
+            "train.batch_size=256", "objective.lambda_gp=0.1", "objective.lr=3e-3", "train.networks.generator.lr=1e-3",
+            "eval.metrics=[sinkhorn]", "eval.num_samples=1000", "sample.num=200"]
+    if form == "direct":
+        base += ["objective.residual=false", "objective.lambda_ot=1.0"]
     z = torch.linspace(-2.0, 2.0, 81).unsqueeze(1)
-    maps = []
-    for seed in (0, 1):
-        run, summary = train(tmp_path, f"seed{seed}", "gmm1d", base + [f"seed={seed}"])
-        assert summary["metrics"]["sinkhorn"] < 0.05
-        maps.append(one_step_map(run, z).squeeze(1))
-    data = torch.sort(run.source.dataset("train").tensors[0].squeeze(1))[0]
-    quantile = data[(Normal(0, 1).cdf(z.squeeze(1)) * (len(data) - 1)).long()]
-    for m in maps:
-        assert (m - quantile).abs().median() < 0.15
-    assert (maps[0] - maps[1]).abs().median() < 0.1
-    assert (maps[0] - maps[1]).abs().mean() < 0.25  # only the jumps between modes may sit apart
+    for target, data in TARGETS_1D.items():
+        maps = []
+        for seed in (0, 1):
+            run, summary = train(tmp_path, f"{target}{seed}", "gmm1d", base + data + [f"seed={seed}"])
+            assert summary["metrics"]["sinkhorn"] < 0.05, (target, seed, summary["metrics"])
+            maps.append(one_step_map(run, z).squeeze(1))
+        sorted_data = torch.sort(run.source.dataset("train").tensors[0].squeeze(1))[0]
+        quantile = sorted_data[(Normal(0, 1).cdf(z.squeeze(1)) * (len(sorted_data) - 1)).long()]
+        for m in maps:
+            assert (m - quantile).abs().median() < 0.15, (target, m)
+            assert (m[1:] - m[:-1]).min() > -0.4, (target, m)  # monotone up to wiggles inside a mode
+        assert (maps[0] - maps[1]).abs().median() < 0.1, target
+        assert (maps[0] - maps[1]).abs().mean() < 0.3, target  # only the jumps between modes may sit apart
 
 
 @pytest.mark.parametrize("guidance", [None, "classifier"])
