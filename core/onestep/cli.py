@@ -37,8 +37,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     choices = {s: getattr(args, s) for s in COMPONENT_SECTIONS}
     overrides = list(args.overrides) + ([f"output_dir={args.out}"] if args.out else [])
     config = build_config(assemble(args.config, choices, overrides), reg)
+    resume = args.resume_from or (str(config.resolved_output_dir()) if args.resume else None)
+    if resume is not None:  # continue the run as it was configured; files, names and overrides amend it
+        saved = read_file(ckpt.resolve(resume) / "config.yaml")
+        config = build_config(assemble(args.config, choices, overrides, base=saved), reg)
     trainer = Trainer(config, registry=reg)
-    resume = args.resume_from or (str(trainer.out_dir) if args.resume else None)
     summary = trainer.fit(resume=resume, overwrite=args.overwrite)
     print(f"outputs: {summary['out_dir']} (samples: {summary['samples_png']}, checkpoint: {summary['checkpoint']})")
     return 0
@@ -173,8 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML/TOML config (repeatable)")
     p.add_argument("--out", metavar="DIR", help="output folder (sets output_dir)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from the newest intact checkpoint in the output folder")
-    p.add_argument("--resume-from", metavar="CHECKPOINT", help="continue from this checkpoint (a step-N or run folder)")
+                   help="continue from the newest intact checkpoint in the output folder, with its saved config "
+                        "(amended by --config, names and overrides)")
+    p.add_argument("--resume-from", metavar="CHECKPOINT",
+                   help="continue from this checkpoint (a step-N or run folder), with its saved config")
     p.add_argument("--overwrite", action="store_true",
                    help="replace what an earlier run left in the output folder (its checkpoints, metrics, config)")
     add_override_args(p)
