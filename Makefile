@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml $(foreach p,$(PKGS),$(p)/pyproject.toml)
 install: $(STAMP)
 
 # One minute of training each; runs/demo is the demo's own folder, replaced on every call. One
-# torch thread: the toy's operations are too small to gain from a second one.
+# torch thread: the toy's operations are tiny, and on a busy 2-core machine a second thread
+# made W-Flow's steps over 100x slower (README).
 demo: install
 	rm -rf runs/demo
 	OMP_NUM_THREADS=1 $(BIN)/onestep compare --objectives wflow,flow-matching --data gmm8 --backbone mlp \
