@@ -1,5 +1,6 @@
-# Two commands for a newcomer:  `make demo` (install everything, train the default toy job)
-# and `make test` (install everything, run the test suite).
+# Two commands for a newcomer:  `make demo` (install everything, then train a one-step model next
+# to the multi-step baseline on the toy and draw both in runs/demo/compare.png) and `make test`
+# (install everything, run the test suite).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -22,8 +23,13 @@ $(STAMP): pyproject.toml $(foreach p,$(PKGS),$(p)/pyproject.toml)
 
 install: $(STAMP)
 
+# One minute of training each; runs/demo is the demo's own folder, replaced on every call. One
+# torch thread: the toy's operations are tiny, and on a busy 2-core machine a second thread
+# made W-Flow's steps over 100x slower (README).
 demo: install
-	$(BIN)/onestep run --config configs/demo.yaml
+	rm -rf runs/demo
+	OMP_NUM_THREADS=1 $(BIN)/onestep compare --objectives wflow,flow-matching --data gmm8 --backbone mlp \
+	  --budget-minutes 1 --no-peer --config configs/demo.yaml --out runs/demo
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -9,16 +9,21 @@ Layout of ``<run>/checkpoints/step-0000100/``::
     trainer.pt                       step, process count, network names, LR-scheduler states
     trainer.rank<r>.pt               rank r's data-stream, RNG and component states (e.g. an
                                      online coupling: each rank keeps its own)
+    checksums.json                   SHA-256 of every file above
 
 A checkpoint is written into a temporary folder and renamed into place once complete, then the
-oldest ones beyond ``keep`` are removed, so a crash never leaves a half-written checkpoint under
-a final name. Everything is read with ``weights_only=True`` or safetensors: loading never runs
-pickled code. Objects that a DeepSpeed optimizer keeps in its state (its loss scaler, slice
+oldest ones beyond ``keep`` are removed (never the one just written), so a crash never leaves a
+half-written checkpoint under a final name. The checksums catch damage that happens later (a
+flipped bit, a truncated copy): :func:`verify` checks them before anything is loaded, and
+:func:`newest_intact` steps back to the newest checkpoint that passes. Everything is read with
+``weights_only=True`` or safetensors: loading never runs pickled code. Objects that a DeepSpeed optimizer keeps in its state (its loss scaler, slice
 maps) are not saved; they are taken from the freshly built optimizer on load, which holds the
 same static values.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -31,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from .errors import CheckpointError
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
+CHECKSUMS = "checksums.json"
 _PLAIN = (int, float, bool, str, type(None))
 _OPAQUE = "__onestep_opaque__"
 
@@ -84,6 +90,53 @@ def resolve(path: str | Path) -> Path:
     raise CheckpointError(f"checkpoint {str(p)!r}: no complete checkpoint (a step-N folder with trainer.pt) found")
 
 
+def sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def verify(folder: Path) -> None:
+    """Raise :class:`CheckpointError` if a file of checkpoint ``folder`` is missing or differs
+    from the checksum written with it. Checkpoints from before checksums pass unchecked."""
+    listing = Path(folder) / CHECKSUMS
+    if not listing.is_file():
+        return
+    try:
+        expected = json.loads(listing.read_text())["sha256"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint file {str(listing)!r}: unreadable ({exc})") from None
+    for name, digest in expected.items():
+        f = Path(folder) / name
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint file {str(f)!r}: missing")
+        if sha256(f) != digest:
+            raise CheckpointError(f"checkpoint file {str(f)!r}: damaged (its SHA-256 differs from the one written with it)")
+
+
+def newest_intact(path: str | Path) -> tuple[Path, list[tuple[Path, str]]]:
+    """The checkpoint to resume from: ``path`` itself if it is one step folder (verified, no
+    fallback), else the newest checkpoint under the run folder ``path`` whose files verify.
+    Returns it with the newer checkpoints skipped as damaged, each with the reason."""
+    p = Path(path)
+    if (p / "trainer.pt").is_file() or STEP_DIR.match(p.name):
+        folder = resolve(p)
+        verify(folder)
+        return folder, []
+    root = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+    candidates = [d for _, d in reversed(step_dirs(root)) if (d / "trainer.pt").is_file()]
+    if not candidates:
+        resolve(p)  # raises the "no complete checkpoint" error
+    skipped = []
+    for folder in candidates:
+        try:
+            verify(folder)
+        except CheckpointError as exc:
+            skipped.append((folder, str(exc)))
+            continue
+        return folder, skipped
+    raise CheckpointError(f"checkpoint {str(p)!r}: every checkpoint is damaged; the newest: {skipped[0][1]}")
+
+
 class CheckpointWriter:
     """Writes checkpoint folders atomically under ``root`` and keeps the last ``keep``."""
 
@@ -107,9 +160,15 @@ class CheckpointWriter:
         if self.rank != 0:
             return final
         tmp = self.tmp_dir(step)
-        for f in tmp.iterdir():
+        digests = {}
+        for f in sorted(tmp.iterdir()):
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+            digests[f.name] = sha256(f)
+        with open(tmp / CHECKSUMS, "w") as fh:
+            json.dump({"sha256": digests}, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
         if final.exists():
             old = self.root / f".old-step-{step:07d}"
             shutil.rmtree(old, ignore_errors=True)
@@ -123,7 +182,8 @@ class CheckpointWriter:
             os.fsync(fd)
         finally:
             os.close(fd)
-        for _, p in step_dirs(self.root)[: -self.keep]:
+        older = [p for _, p in step_dirs(self.root) if p != final]
+        for p in older[: max(0, len(older) - (self.keep - 1))]:
             shutil.rmtree(p, ignore_errors=True)
         return final
 

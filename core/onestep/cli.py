@@ -1,5 +1,8 @@
-"""The ``onestep`` command: run, sample, eval, plugins, plus the subcommands that modules in
-:mod:`onestep.commands` add (each exposes ``register(subparsers)``)."""
+"""The ``onestep`` command: run, sample, eval, plugins, config, plus the subcommands that modules
+in :mod:`onestep.commands` add (each exposes ``register(subparsers)``).
+
+``key.path=value`` overrides may stand anywhere among the options. Errors the user can act on
+(:class:`OnestepError`) end the command with one line on stderr and exit code 2 (130 for Ctrl-C)."""
 from __future__ import annotations
 
 import argparse
@@ -12,9 +15,12 @@ from pathlib import Path
 import attrs
 import torch
 
+from . import __version__
 from . import checkpoint as ckpt
-from .config import COMPONENT_SECTIONS, assemble, build_config, read_file, unstructure
+from .config import COMPONENT_SECTIONS, RunConfig, assemble, build_config, read_file, unstructure
 from .errors import OnestepError
+from .fielddocs import describe, field_docs
+from .interfaces import KINDS
 from .registry import Registry
 
 
@@ -25,15 +31,18 @@ def add_override_args(p: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from .trainer import Trainer
 
+    if args.resume and args.resume_from:
+        raise OnestepError("--resume and --resume-from: give one (--resume continues the output folder's newest checkpoint)")
     reg = Registry.discover()
     choices = {s: getattr(args, s) for s in COMPONENT_SECTIONS}
     overrides = list(args.overrides) + ([f"output_dir={args.out}"] if args.out else [])
     config = build_config(assemble(args.config, choices, overrides), reg)
+    resume = args.resume_from or (str(config.resolved_output_dir()) if args.resume else None)
+    if resume is not None:  # continue the run as it was configured; files, names and overrides amend it
+        saved = read_file(ckpt.resolve(resume) / "config.yaml")
+        config = build_config(assemble(args.config, choices, overrides, base=saved), reg)
     trainer = Trainer(config, registry=reg)
-    resume = None
-    if args.resume is not None:
-        resume = args.resume if args.resume != "latest" else str(trainer.out_dir)
-    summary = trainer.fit(resume=resume)
+    summary = trainer.fit(resume=resume, overwrite=args.overwrite)
     print(f"outputs: {summary['out_dir']} (samples: {summary['samples_png']}, checkpoint: {summary['checkpoint']})")
     return 0
 
@@ -42,7 +51,9 @@ def trainer_from_checkpoint(path: str, overrides: list[str]):
     """Rebuild the run that wrote checkpoint ``path`` (with overrides) and load its weights."""
     from .trainer import Trainer
 
-    folder = ckpt.resolve(path)
+    folder, skipped = ckpt.newest_intact(path)
+    for _, reason in skipped:
+        print(f"onestep: warning: {reason}; using {folder}", file=sys.stderr)
     reg = Registry.discover()
     raw = read_file(folder / "config.yaml")
     raw["output_dir"] = str(folder.parent.parent)
@@ -53,6 +64,13 @@ def trainer_from_checkpoint(path: str, overrides: list[str]):
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    if args.num < 1:
+        raise OnestepError(f"--num: expected >= 1 samples, got {args.num}")
+    if args.nfe is not None and args.nfe < 1:
+        raise OnestepError(f"--nfe: expected >= 1 network evaluations, got {args.nfe}")
+    out = Path(args.out) if args.out else None
+    if out is not None and out.suffix not in (".png", ".npz"):
+        raise OnestepError(f"--out {str(out)!r}: expected a .png or .npz path")
     trainer = trainer_from_checkpoint(args.checkpoint, args.overrides)
     n = args.num
     y = None
@@ -63,23 +81,23 @@ def cmd_sample(args: argparse.Namespace) -> int:
             raise OnestepError(f"--label: expected 0..{trainer.spec.num_classes - 1}, got {args.label}")
         y = torch.full((n,), args.label, dtype=torch.long)
     x = trainer.sample(n, nfe=args.nfe, y=y, seed=args.seed)
-    out = Path(args.out or trainer.out_dir / "samples" / f"sample-step-{trainer.step:07d}.png")
+    out = out or trainer.out_dir / "samples" / f"sample-step-{trainer.step:07d}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npz":
         import numpy as np
 
         np.savez(out, x=x.numpy())
-    elif out.suffix == ".png":
+    else:
         from .plotting import save_samples
 
         save_samples(trainer.source.decode(x), out, title=f"{trainer.objective.name} step {trainer.step}")
-    else:
-        raise OnestepError(f"--out {str(out)!r}: expected a .png or .npz path")
     print(f"wrote {n} samples to {out}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.num is not None and args.num < 1:
+        raise OnestepError(f"--num: expected >= 1 samples, got {args.num}")
     weights = [f"eval.feature_weights={args.feature_weights}"] if args.feature_weights else []
     trainer = trainer_from_checkpoint(args.checkpoint, list(args.overrides) + weights)
     if args.nfe:
@@ -92,14 +110,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _field_rows(cls: type, prefix: str = "") -> list[dict]:
+    return [{"field": path, "default": default, "doc": doc} for path, default, doc in describe(cls, prefix)]
+
+
+def _print_fields(rows: list[dict], indent: str) -> None:
+    width = max((len(f"{r['field']} = {r['default']!r}") for r in rows), default=0)
+    for r in rows:
+        left = f"{r['field']} = {r['default']!r}"
+        print(f"{indent}{left:<{width}}  {r['doc']}".rstrip())
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     reg = Registry.discover()
-    kinds = [args.kind] if args.kind else ["objective", "backbone", "coupler", "guidance", "data", "metric"]
+    kinds = [args.kind] if args.kind else list(KINDS)
     listing = {}
     for kind in kinds:
         listing[kind] = [
-            {"name": c.name, "package": c.package, "summary": c.summary,
-             "config": unstructure(c.cls.Config())}
+            {"name": c.name, "package": c.package, "summary": c.summary, "config": unstructure(c.cls.Config()),
+             "docs": field_docs(c.cls.Config)}
             for c in reg.components(kind)
         ]
     if args.json:
@@ -109,15 +138,39 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(f"{kind}:")
         for c in comps:
             print(f"  {c['name']:<18} [{c['package']}] {c['summary']}")
-            for k, v in c["config"].items():
-                print(f"      {k} = {v!r}")
+            _print_fields([{"field": k, "default": v, "doc": c["docs"].get(k, "")} for k, v in c["config"].items()],
+                          "      ")
     for name, why in reg.broken.items():
         print(f"broken plugin {name}: {why}")
+    print("run settings (train.*, sample.*, eval.*, seed, output_dir, device): onestep config")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """The run's own settings (everything but the component sections) with defaults and docs."""
+    sections = {}
+    for f in attrs.fields(RunConfig):
+        if f.name in COMPONENT_SECTIONS:
+            continue
+        default = getattr(RunConfig(), f.name)
+        if attrs.has(type(default)):
+            sections[f.name] = _field_rows(type(default), f"{f.name}.")
+        else:
+            sections.setdefault("run", []).append(
+                {"field": f.name, "default": default, "doc": field_docs(RunConfig).get(f.name, "")})
+    if args.json:
+        print(json.dumps(sections, indent=1, default=str))
+        return 0
+    for name, rows in sections.items():
+        print(f"{name}:")
+        _print_fields(rows, "  ")
+    print("component sections (" + ", ".join(COMPONENT_SECTIONS) + "): {name: ..., <fields>}; see onestep plugins")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onestep", description="Train and use one-step generative models.")
+    parser.add_argument("--version", action="version", version=f"onestep {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="train a model")
@@ -125,8 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{s}", metavar="NAME", help=f"{s} plugin name (see `onestep plugins`)")
     p.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML/TOML config (repeatable)")
     p.add_argument("--out", metavar="DIR", help="output folder (sets output_dir)")
-    p.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
-                   help="continue from a checkpoint (default: the latest in the output folder)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest intact checkpoint in the output folder, with its saved config "
+                        "(amended by --config, names and overrides)")
+    p.add_argument("--resume-from", metavar="CHECKPOINT",
+                   help="continue from this checkpoint (a step-N or run folder), with its saved config")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what an earlier run left in the output folder (its checkpoints, metrics, config)")
     add_override_args(p)
     p.set_defaults(func=cmd_run)
 
@@ -152,9 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("plugins", help="list components, their packages and config fields")
-    p.add_argument("--kind", choices=["objective", "backbone", "coupler", "guidance", "data", "metric"])
+    p.add_argument("--kind", choices=list(KINDS))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("config", help="list the train.*, sample.*, eval.* and other run settings")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_config)
 
     from . import commands
 
@@ -163,14 +225,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``, letting ``key=value`` overrides stand anywhere among the options."""
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed, for records such as the board's
     try:
         return args.func(args)
     except OnestepError as exc:
         print(f"onestep: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
+    except KeyboardInterrupt:
+        print("onestep: interrupted; nothing was saved at the interruption", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

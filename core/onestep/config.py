@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import copy
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import attrs
 import cattrs
 import yaml
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.errors import (AttributeValidationNote, ClassValidationError, ForbiddenExtraKeysError,
+                           IterableValidationError, IterableValidationNote)
 
 from .errors import ConfigError
 from .interfaces import DataSpec  # noqa: F401  (re-exported for plugin authors' convenience)
@@ -38,32 +40,40 @@ class ComponentChoice:
 class OptimConfig:
     """AdamW settings; ``None`` means "the objective's default, else the built-in default"."""
 
-    lr: Optional[float] = None
-    betas: Optional[tuple[float, float]] = None
-    weight_decay: Optional[float] = None
-    eps: Optional[float] = None
+    lr: Optional[float] = None  # learning rate (None: the objective's, else 1e-3)
+    betas: Optional[tuple[float, float]] = None  # Adam's (beta1, beta2) (None: the objective's, else (0.9, 0.999))
+    weight_decay: Optional[float] = None  # decoupled weight decay (None: the objective's, else 0)
+    eps: Optional[float] = None  # Adam's epsilon (None: the objective's, else 1e-8)
+
+    def check(self, path: str) -> None:
+        _check(self.lr is None or self.lr > 0, f"{path}.lr", f"expected > 0, got {self.lr}")
+        _check(self.betas is None or all(0.0 <= b < 1.0 for b in self.betas), f"{path}.betas",
+               f"expected two values in [0, 1), got {self.betas}")
+        _check(self.weight_decay is None or self.weight_decay >= 0, f"{path}.weight_decay",
+               f"expected >= 0, got {self.weight_decay}")
+        _check(self.eps is None or self.eps > 0, f"{path}.eps", f"expected > 0, got {self.eps}")
 
 
 @attrs.define
 class TrainConfig:
-    steps: int = 2000
-    batch_size: int = 256
-    grad_accum: int = 1
-    optim: OptimConfig = attrs.Factory(OptimConfig)
-    networks: dict[str, OptimConfig] = attrs.Factory(dict)  # per-network overrides of ``optim``
-    warmup_steps: int = 0
-    grad_clip: float = 0.0  # 0 disables clipping
-    ema_decay: float = 0.999
+    steps: int = 2000  # training iterations (each runs every phase of the objective once)
+    batch_size: int = 256  # global batch per phase, summed over processes and grad_accum
+    grad_accum: int = 1  # micro-batches accumulated per optimizer step
+    optim: OptimConfig = attrs.Factory(OptimConfig)  # AdamW settings of every network
+    networks: dict[str, OptimConfig] = attrs.Factory(dict)  # per-network overrides of ``optim``, e.g. networks.critic.lr
+    warmup_steps: int = 0  # linear learning-rate warmup steps
+    grad_clip: float = 0.0  # clip the global gradient norm to this; 0 disables clipping
+    ema_decay: float = 0.999  # decay of the EMA weights used for sampling
     ema_start: int = 0  # steps before the EMA starts tracking (copies weights until then)
-    zero_stage: int = 0
-    precision: str = "fp32"  # fp32 | bf16
-    log_every: int = 50
-    sample_every: int = 0  # 0: only at the end
-    eval_every: int = 0  # 0: only at the end
-    checkpoint_every: int = 0  # 0: only at the end
-    keep_checkpoints: int = 2
-    num_workers: int = 0
-    progress: bool = True
+    zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3 (partitions optimizer state, gradients, weights)
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    log_every: int = 50  # steps between loss records in metrics.jsonl
+    sample_every: int = 0  # steps between sample pictures; 0: only at the end
+    eval_every: int = 0  # steps between evaluations; 0: only at the end
+    checkpoint_every: int = 0  # steps between checkpoints; 0: only at the end
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk
+    num_workers: int = 0  # data-loader worker processes
+    progress: bool = True  # show a progress bar
     compile: bool = False  # torch.compile the networks; the backbone picks the regions (DiT: each block)
     max_minutes: float = 0.0  # training-clock limit in minutes (evaluations, samples and checkpoints pause the clock); 0: none
     eval_every_minutes: float = 0.0  # evaluate each time the training clock passes a multiple of this; 0: never
@@ -78,23 +88,39 @@ class TrainConfig:
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", f"expected >= 1, got {self.keep_checkpoints}")
         _check(self.max_minutes >= 0, "train.max_minutes", f"expected >= 0 (0: no limit), got {self.max_minutes}")
         _check(self.eval_every_minutes >= 0, "train.eval_every_minutes", f"expected >= 0 (0: never), got {self.eval_every_minutes}")
+        _check(self.log_every >= 1, "train.log_every", f"expected >= 1, got {self.log_every}")
+        for name, zero in (("warmup_steps", "no warmup"), ("ema_start", "from the first step"),
+                           ("sample_every", "only at the end"), ("eval_every", "only at the end"),
+                           ("checkpoint_every", "only at the end"), ("num_workers", "load in the main process")):
+            value = getattr(self, name)
+            _check(value >= 0, f"train.{name}", f"expected >= 0 (0: {zero}), got {value}")
+        _check(self.grad_clip >= 0, "train.grad_clip", f"expected >= 0 (0: no clipping), got {self.grad_clip}")
+        self.optim.check("train.optim")
+        for name, optim in self.networks.items():
+            optim.check(f"train.networks.{name}")
 
 
 @attrs.define
 class SampleConfig:
-    num: int = 2000  # samples for plots and metrics
-    nfe: Optional[int] = None  # None: the objective's default
+    num: int = 2000  # points in a sample plot (2D/1D data)
+    nfe: Optional[int] = None  # network evaluations per sample; None: the objective's default
     grid: int = 64  # images in a sample grid
+
+    def __attrs_post_init__(self) -> None:
+        _check(self.num >= 1, "sample.num", f"expected >= 1, got {self.num}")
+        _check(self.nfe is None or self.nfe >= 1, "sample.nfe", f"expected >= 1 or null (the objective's), got {self.nfe}")
+        _check(self.grid >= 1, "sample.grid", f"expected >= 1, got {self.grid}")
 
 
 @attrs.define
 class EvalConfig:
     metrics: Optional[list[str]] = None  # None: every installed metric that applies to the data; []: none
-    num_samples: int = 2000
+    num_samples: int = 2000  # generated samples (and held-out ones) per evaluation
     feature_weights: Optional[str] = None  # local torch-fidelity Inception weights for image metrics; None: a classifier trained on the data
     options: dict[str, dict[str, Any]] = attrs.Factory(dict)  # per-metric settings by name, e.g. {sinkhorn: {blur: 0.1}}
 
     def __attrs_post_init__(self) -> None:
+        _check(self.num_samples >= 1, "eval.num_samples", f"expected >= 1, got {self.num_samples}")
         if self.feature_weights is not None and not Path(self.feature_weights).is_file():
             raise ConfigError(f"eval.feature_weights: file {self.feature_weights!r} not found (give a local copy of "
                               "torch-fidelity's inception-v3-compat weights, e.g. weights-inception-2015-12-05-6726825d.pth; "
@@ -111,13 +137,23 @@ class RunConfig:
     train: TrainConfig = attrs.Factory(TrainConfig)
     sample: SampleConfig = attrs.Factory(SampleConfig)
     eval: EvalConfig = attrs.Factory(EvalConfig)
-    seed: int = 0
-    output_dir: str = "runs/{objective}-{backbone}-{data}"
+    seed: int = 0  # seeds the networks, noise and data order
+    output_dir: str = "runs/{objective}-{backbone}-{data}"  # run folder; {section} is that component's name
     device: str = "auto"  # auto | cpu | cuda
+
+    def __attrs_post_init__(self) -> None:
+        self.resolved_output_dir()
 
     def resolved_output_dir(self) -> Path:
         names = {s: getattr(self, s).name if getattr(self, s) else "none" for s in COMPONENT_SECTIONS}
-        return Path(self.output_dir.format(**names))
+        try:
+            return Path(self.output_dir.format(**names))
+        except KeyError as exc:
+            raise ConfigError(f"output_dir: {self.output_dir!r} names {{{exc.args[0]}}}; valid: "
+                              + ", ".join(f"{{{s}}}" for s in COMPONENT_SECTIONS)) from None
+        except (ValueError, IndexError, AttributeError) as exc:
+            raise ConfigError(f"output_dir: {self.output_dir!r} is not a valid template ({exc}); write {{ and }} "
+                              "as {{ and }}, and name components as {objective}") from None
 
 
 def _check(ok: bool, path: str, what: str) -> None:
@@ -172,12 +208,25 @@ def _strict_str(v: Any, _t: Any) -> str:
     raise ValueError(f"expected str, got {v!r}")
 
 
+def _is_fixed_tuple(t: Any) -> bool:
+    args = typing.get_args(t)
+    return typing.get_origin(t) is tuple and bool(args) and Ellipsis not in args
+
+
 def make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True)
     conv.register_structure_hook(int, _strict_int)
     conv.register_structure_hook(float, _strict_float)
     conv.register_structure_hook(bool, _strict_bool)
     conv.register_structure_hook(str, _strict_str)
+
+    def fixed_tuple(v: Any, t: Any) -> tuple:
+        args = typing.get_args(t)
+        if not isinstance(v, (list, tuple)) or len(v) != len(args):
+            raise ValueError(f"expected a list of {len(args)} values ({', '.join(map(_type_name, args))}), got {v!r}")
+        return tuple(conv.structure(x, a) for x, a in zip(v, args))
+
+    conv.register_structure_hook_func(_is_fixed_tuple, fixed_tuple)
     return conv
 
 
@@ -194,11 +243,10 @@ def _leaf_messages(exc: BaseException, path: str) -> list[str]:
         for sub in exc.exceptions:
             sub_path = path
             for note in getattr(sub, "__notes__", []):
-                name = getattr(note, "name", None)
-                if name is None:
-                    name = getattr(note, "index", None)
-                if name is not None:
-                    sub_path = _join(path, str(name))
+                if isinstance(note, AttributeValidationNote):
+                    sub_path = _join(path, str(note.name))
+                elif isinstance(note, IterableValidationNote):
+                    sub_path = _join(path, str(note.index))
             out.extend(_leaf_messages(sub, sub_path))
         return out
     if isinstance(exc, ConfigError):

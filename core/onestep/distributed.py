@@ -1,20 +1,24 @@
 """Process-group and device setup: one code path for one CPU process, one GPU, or many GPUs
-launched by torchrun / the deepspeed launcher."""
+launched by torchrun / the deepspeed launcher.
+
+What listens on the network:
+
+- a single process (no ``RANK`` in the environment) joins a world of one through an in-memory
+  store (no TCP store); gloo's own listener is bound to the loopback interface;
+- processes started by a launcher rendezvous at ``MASTER_ADDR:MASTER_PORT`` (torchrun:
+  ``--master-addr``/``--master-port``, or a free local port with ``--standalone``). PyTorch's
+  TCPStore behind it is unauthenticated and its server (on the launcher or rank 0) listens on
+  every interface of that host, so multi-process runs belong on a trusted network.
+"""
 from __future__ import annotations
 
 import atexit
 import os
-import socket
+import sys
 
 import torch
 
 from .errors import ConfigError
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -31,16 +35,47 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device("cuda", local)
 
 
-def init_process_group() -> tuple[int, int]:
-    """Initialise torch.distributed through DeepSpeed if needed; returns (rank, world)."""
-    import deepspeed
+def launched() -> bool:
+    """Whether a launcher (torchrun, deepspeed) started this process as one rank of several."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def skip_shm_comm_op() -> None:
+    """Tell DeepSpeed that its CPU shared-memory all-reduce op is unavailable.
+
+    DeepSpeed's comm backend JIT-compiles that C++ op when it starts on the CPU accelerator
+    (about a minute, and a crash where no compiler is installed). The op serves only
+    ``inference_all_reduce`` (tensor-parallel inference), which training never calls; gloo
+    carries every collective of a multi-process CPU run."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def init_process_group(device: torch.device | None = None) -> tuple[int, int]:
+    """Join (or start) the process group; returns (rank, world).
+
+    A single process gets a world of one on an in-memory store (no TCP port); launched
+    processes initialise through DeepSpeed from the launcher's environment."""
     import torch.distributed as dist
 
+    if device is None:
+        device = torch.device("cpu" if os.environ.get("DS_ACCELERATOR") == "cpu" or not torch.cuda.is_available()
+                              else "cuda")
+    if device.type == "cpu":
+        skip_shm_comm_op()
     if not dist.is_initialized():
-        if "RANK" not in os.environ:  # a plain single process: make it a world of one
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        deepspeed.init_distributed(verbose=False)
+        if launched():
+            import deepspeed
+
+            deepspeed.init_distributed(verbose=False)
+        else:
+            os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine reads it
+            # gloo listens for peers on the interface of the host name unless told otherwise;
+            # a world of one has no peers (this also covers the groups DeepSpeed creates later)
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo0" if sys.platform == "darwin" else "lo")
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(),
+                                    rank=0, world_size=1)
         # at exit, not after each command: DeepSpeed caches its groups for the process's lifetime
         atexit.register(shutdown_process_group)
     return dist.get_rank(), dist.get_world_size()

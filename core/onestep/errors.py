@@ -20,3 +20,9 @@ class CheckpointError(OnestepError):
 
 class DivergenceError(OnestepError):
     """A training loss became NaN or infinite; nothing after the last finite step is saved."""
+
+
+class Interrupted(OnestepError):
+    """The user stopped training (Ctrl-C); the message says which checkpoint holds the last step."""
+
+    exit_code = 130  # the shell's code for a process ended by SIGINT

@@ -1,6 +1,8 @@
 """Export a trained generator as a self-contained folder and sample from it without the trainer.
 
-``onestep export CHECKPOINT --out DIR`` writes::
+``onestep export CHECKPOINT --out DIR`` writes (into a temporary folder beside DIR, renamed into
+place once complete; an existing DIR is replaced only with ``--overwrite`` and only if it is an
+earlier export, never a folder onestep did not write)::
 
     DIR/model.safetensors   the EMA generator's weights
     DIR/config.json         format/version, the run config, data spec, objective and backbone
@@ -72,8 +74,9 @@ class RunGenerator:
 
 def load_run_generator(checkpoint: str | Path, overrides: Sequence[str] = (), registry: Registry | None = None) -> RunGenerator:
     """The generator of checkpoint ``checkpoint`` (a run or step folder), rebuilt from its saved
-    config (amended by ``overrides``) through the registry."""
-    folder = ckpt.resolve(checkpoint)
+    config (amended by ``overrides``) through the registry; a run folder gives its newest intact
+    checkpoint."""
+    folder, _ = ckpt.newest_intact(checkpoint)
     reg = registry or Registry.discover()
     config = build_config(assemble(base=read_file(folder / "config.yaml"), overrides=overrides), reg)
     source = reg.build("data", config.data.name, config.data.config)
@@ -86,21 +89,71 @@ def load_run_generator(checkpoint: str | Path, overrides: Sequence[str] = (), re
     return RunGenerator(config, source, spec, objective, weights, generator, step)
 
 
+def check_target(out: Path, checkpoint: Path, overwrite: bool) -> None:
+    """Refuse an export folder that would destroy anything but an earlier export."""
+    target, source = out.resolve(), checkpoint.resolve()
+    if target == source or target in source.parents:
+        raise ConfigError(f"--out {str(out)!r}: holds the checkpoint being exported; choose another folder")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r}: is a file; choose a folder")
+    if not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise ConfigError(f"--out {str(out)!r}: exists and is not empty; choose a new folder, or pass --overwrite "
+                          "to replace an earlier export there")
+    try:
+        is_export = json.loads((out / "config.json").read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        is_export = False
+    if not is_export:
+        raise ConfigError(f"--out {str(out)!r}: is not an onestep export (no {FORMAT} config.json); refusing to "
+                          "replace a folder onestep did not write")
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    if out.exists():
+        old = out.with_name(f".old-{out.name}-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
 def export_checkpoint(checkpoint: str | Path, out: str | Path, overrides: Sequence[str] = (), copy_vae: bool = True,
-                      registry: Registry | None = None) -> Path:
-    """Write the export folder ``out`` for checkpoint ``checkpoint`` (a run or step folder).
-    ``overrides`` amend the saved run config (e.g. ``data.vae=/new/place``); with ``copy_vae``
-    False, latent exports reference the VAE where it is instead of copying it."""
+                      registry: Registry | None = None, overwrite: bool = False) -> Path:
+    """Write the export folder ``out`` for checkpoint ``checkpoint`` (a run or step folder: the
+    newest intact checkpoint). ``overrides`` amend the saved run config (e.g.
+    ``data.vae=/new/place``); with ``copy_vae`` False, latent exports reference the VAE where it
+    is instead of copying it. ``overwrite`` replaces an earlier export at ``out``."""
     from .data.latents import Latents
 
-    run = load_run_generator(checkpoint, overrides, registry)
+    folder, _ = ckpt.newest_intact(checkpoint)
+    out = Path(out)
+    check_target(out, folder, overwrite)
+    run = load_run_generator(folder, overrides, registry)
     config, source, spec, objective, weights = run.config, run.source, run.spec, run.objective, run.weights
     request = generator_request(objective)
-
-    out = Path(out)
-    tmp = out.with_name(f".tmp-{out.name}")
+    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {str(out)!r}: cannot create a folder beside it ({exc.strerror or exc})") from None
+    try:
+        _write_export(tmp, config, source, spec, objective, request, weights, run.step, copy_vae)
+        _move_into_place(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write_export(tmp: Path, config: RunConfig, source, spec: DataSpec, objective: Objective,
+                  request: NetworkRequest, weights: dict[str, torch.Tensor], step: int, copy_vae: bool) -> None:
+    from .data.latents import Latents
+
     vae = None
     if isinstance(source, Latents):
         decoder = source.decoder()
@@ -112,17 +165,13 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, overrides: Sequen
     ckpt.save_tensors(weights, tmp / "model.safetensors")
     meta = {
         "format": FORMAT, "version": VERSION, "objective": config.objective.name, "backbone": config.backbone.name,
-        "default_nfe": int(config.sample.nfe or objective.default_nfe), "step": run.step,
+        "default_nfe": int(config.sample.nfe or objective.default_nfe), "step": step,
         "spec": {"shape": list(spec.shape), "num_classes": spec.num_classes, "kind": spec.kind},
         "network": {"role": request.role, "time_inputs": request.time_inputs,
                     "class_conditional": request.class_conditional},
         "vae": vae, "run": unstructure(config),
     }
     (tmp / "config.json").write_text(json.dumps(meta, indent=1, default=list))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
 
 
 def _read_export_config(folder: Path) -> dict[str, Any]:

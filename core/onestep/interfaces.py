@@ -239,7 +239,8 @@ class Guidance(_TrainsNetworks):
 class Objective(_TrainsNetworks):
     """A training method. Constructed as ``cls(config, spec=..., coupler=..., guidance=...)``;
     ``coupler`` and ``guidance`` are None unless the user chose one. An objective that cannot use
-    a given coupler or guidance raises ``ValueError`` naming it.
+    a given coupler or guidance raises :class:`onestep.errors.ConfigError` (a ``ValueError``)
+    naming it.
 
     ``sample`` draws ``noise.shape[0]`` samples with ``nfe`` network evaluations using the EMA
     networks (``nets.ema(name)``); ``default_nfe`` is 1 for one-step methods.

@@ -53,3 +53,38 @@ def save_samples(samples: torch.Tensor, path: Path, reference: torch.Tensor | No
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def save_loss_curves(metrics_jsonl: Path, path: Path, title: str = "") -> Path | None:
+    """Plot every ``*/loss`` logged in ``metrics_jsonl`` against the step, one panel per loss
+    (losses of different phases live on different scales); None when nothing was logged."""
+    import json
+
+    curves: dict[str, tuple[list[int], list[float]]] = {}
+    metrics_jsonl = Path(metrics_jsonl)
+    lines = metrics_jsonl.read_text().splitlines() if metrics_jsonl.is_file() else []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        for key, value in record.items():
+            if key.endswith("/loss") and isinstance(value, (int, float)):
+                steps, values = curves.setdefault(key, ([], []))
+                steps.append(int(record["step"]))
+                values.append(float(value))
+    if not curves:
+        return None
+    path = Path(path)
+    fig, axes = plt.subplots(len(curves), 1, figsize=(6, 2.2 * len(curves) + 0.4), dpi=100, sharex=True, squeeze=False)
+    for ax, (key, (steps, values)) in zip(axes[:, 0], sorted(curves.items())):
+        ax.plot(steps, values, lw=1)
+        ax.set_ylabel(key, fontsize=8)
+        if min(values) > 0 and max(values) > 10 * min(values):
+            ax.set_yscale("log")
+    axes[-1, 0].set_xlabel("step")
+    axes[0, 0].set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

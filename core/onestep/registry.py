@@ -2,8 +2,10 @@
 
 Every component (the core's own data sources and metrics included) comes from a plugin found by
 its entry point, so a third-party package is a peer of the bundled ones. A plugin that fails to
-import is recorded, not fatal: the others stay usable and a lookup that may have needed it says
-which plugin broke and why.
+import, or a component that breaks the contract (no ``name``, a ``Config`` without defaults),
+is recorded in :attr:`Registry.broken`, not fatal: the others stay usable and a lookup that may
+have needed it says which plugin broke and why. Two components claiming one name are both
+disabled (and named), the rest stay usable.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import attrs
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from .errors import ConfigError, PluginError
 from .interfaces import KINDS, Component
 
 ENTRY_POINT_GROUP = "onestep"
@@ -41,6 +43,7 @@ class Registry:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self._by_kind: dict[str, dict[str, ComponentInfo]] = {k: {} for k in KINDS}
+        self._clashes: dict[tuple[str, str], list[ComponentInfo]] = {}
         self.broken: dict[str, str] = {}
 
     @classmethod
@@ -79,7 +82,10 @@ class Registry:
                 self.broken[name] = f"{package}: {impl_name}() raised {type(exc).__name__}: {exc}"
                 continue
             for c in classes:
-                self._add_component(kind, c, plugin=name, package=package)
+                try:
+                    self._add_component(kind, c, plugin=name, package=package)
+                except PluginError as exc:
+                    self.broken[f"{name}/{getattr(c, 'name', getattr(c, '__name__', c))}"] = str(exc)
 
     def _add_component(self, kind: str, cls: type, *, plugin: str, package: str) -> None:
         base = KINDS[kind]
@@ -92,12 +98,24 @@ class Registry:
             raise PluginError(f"plugin {plugin} ({package}): {cls.__name__} has no string attribute 'name'")
         if not attrs.has(getattr(cls, "Config", None)):
             raise PluginError(f"plugin {plugin} ({package}): {kind} {cname!r} has no attrs class 'Config'")
+        try:
+            cls.Config()
+        except Exception as exc:
+            raise PluginError(f"plugin {plugin} ({package}): {kind} {cname!r}: Config() fails without arguments "
+                              f"({type(exc).__name__}: {exc}); give every field a default") from None
+        info = ComponentInfo(kind, cname, cls, plugin, package)
+        clash = self._clashes.get((kind, cname))
         have = self._by_kind[kind].get(cname)
-        if have is not None and have.cls is not cls:
-            raise PluginError(
-                f"{kind} {cname!r} is provided by two plugins: {have.package} ({have.plugin}) and {package} ({plugin}); uninstall one"
-            )
-        self._by_kind[kind][cname] = ComponentInfo(kind, cname, cls, plugin, package)
+        if clash is not None or (have is not None and have.cls is not cls):
+            clash = clash if clash is not None else [have]
+            clash.append(info)
+            self._clashes[(kind, cname)] = clash
+            self._by_kind[kind].pop(cname, None)
+            self.broken[f"{kind} {cname}"] = (
+                f"{kind} {cname!r} is provided by two plugins: "
+                + " and ".join(f"{c.package} ({c.plugin})" for c in clash) + "; uninstall one")
+            return
+        self._by_kind[kind][cname] = info
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._by_kind[kind])
@@ -108,6 +126,8 @@ class Registry:
     def get(self, kind: str, name: str) -> ComponentInfo:
         if kind not in self._by_kind:
             raise PluginError(f"unknown component kind {kind!r}; valid: {', '.join(KINDS)}")
+        if (kind, name) in self._clashes:
+            raise PluginError(self.broken[f"{kind} {name}"])
         try:
             return self._by_kind[kind][name]
         except KeyError:
@@ -118,7 +138,15 @@ class Registry:
             raise PluginError(msg) from None
 
     def build(self, kind: str, name: str, config: Any, **context: Any) -> Component:
-        return self.get(kind, name).cls(config, **context)
+        """Construct component ``name``; a ValueError it raises over its settings (the contract
+        for "this config cannot work") becomes a one-line :class:`ConfigError` naming it."""
+        cls = self.get(kind, name).cls
+        try:
+            return cls(config, **context)
+        except ConfigError:
+            raise
+        except ValueError as exc:
+            raise ConfigError(f"{kind} {name!r}: {' '.join(str(exc).split())}") from None
 
     def build_objective(self, config: Any, spec: Any) -> Component:
         """A run's objective with the coupler and guidance its ``RunConfig`` names (reachable

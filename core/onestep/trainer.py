@@ -3,6 +3,7 @@ runs the phases the objective (and guidance) declare, and writes samples, metric
 checkpoints. It knows no method: every loss comes from a component."""
 from __future__ import annotations
 
+import os
 import random
 import time
 import zlib
@@ -10,25 +11,63 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterable
 
+import attrs
 import numpy as np
 import torch
 import yaml
 
 from . import checkpoint as ckpt
-from .config import RunConfig, unstructure
+from . import runfolder
+from .config import RunConfig, read_file, unstructure
 from .data.loader import BatchStream
 from .distributed import barrier, init_process_group, resolve_device
 from .engine import EMA, full_state_dict, make_engine, resolve_optim
-from .errors import CheckpointError, ConfigError, DivergenceError
+from .errors import CheckpointError, ConfigError, DivergenceError, Interrupted
 from .interfaces import Networks, StepInfo
+from .interrupt import DeferredSigint
 from .logs import MetricsWriter, configure
 from .metrics.evaluate import held_out, score
-from .plotting import save_samples
+from .plotting import save_loss_curves, save_samples
 from .registry import Registry
+
+
+# what a resumed run must share with the run that wrote its checkpoint (other settings, such as
+# learning rates, clipping or train.steps, may change on resume)
+RESUME_FIXED = ("objective.name", "coupler.name", "guidance.name", "data", "backbone", "seed",
+                "train.batch_size", "train.grad_accum", "train.zero_stage")
 
 
 def _scalar(v: Any) -> float:
     return float(v.detach().float().mean()) if isinstance(v, torch.Tensor) else float(v)
+
+
+def _at(tree: Any, path: str) -> Any:
+    for key in path.split("."):
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
+
+
+def _first_difference(saved: Any, now: Any, path: str) -> tuple[str, Any, Any] | None:
+    """The first leaf where two unstructured configs differ (keys missing on either side, e.g.
+    a field added to a plugin since, are not differences)."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        for k in saved.keys() & now.keys():
+            found = _first_difference(saved[k], now[k], f"{path}.{k}")
+            if found:
+                return found
+        return None
+    if isinstance(saved, (list, tuple)) and isinstance(now, (list, tuple)):
+        saved, now = list(saved), list(now)
+    return None if saved == now else (path, saved, now)
+
+
+def _make_output_dir(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"output_dir: cannot create {str(out_dir)!r} ({exc.strerror or exc})") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir: {str(out_dir)!r} is not writable")
 
 
 class Trainer:
@@ -37,11 +76,10 @@ class Trainer:
     def __init__(self, config: RunConfig, registry: Registry | None = None, console: bool = True) -> None:
         self.config = config
         self.registry = registry or Registry.discover()
-        self.device = resolve_device(config.device)
-        self.rank, self.world = init_process_group()
         self.out_dir = config.resolved_output_dir()
-        if self.rank == 0:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+        _make_output_dir(self.out_dir)
+        self.device = resolve_device(config.device)
+        self.rank, self.world = init_process_group(self.device)
         self.log = configure(self.out_dir / "log.jsonl" if self.rank == 0 else None, console=console and self.rank == 0)
         self.metrics = MetricsWriter(self.out_dir / "metrics.jsonl" if self.rank == 0 else None)
         self._seed_everything(config.seed)
@@ -52,6 +90,7 @@ class Trainer:
         self.planned_steps = config.train.steps
         self.train_seconds = 0.0  # the training clock of the current fit (chores excluded)
         self._reference_features: dict[int, dict] = {}  # per evaluation size: metrics' reference features, kept
+        self.damaged: list[Path] = []  # checkpoints skipped by the last load for failing their checksums
 
     # ----------------------------------------------------------------------------- building
     def _seed_everything(self, seed: int) -> None:
@@ -124,7 +163,13 @@ class Trainer:
             for _ in range(t.grad_accum):
                 batches = [self.streams[phase.stream].next() for _ in range(phase.repeats)]
                 with autocast:
-                    loss, extra = owner.loss(phase.name, self.nets, batches, info)
+                    try:
+                        loss, extra = owner.loss(phase.name, self.nets, batches, info)
+                    except Exception as exc:
+                        diverged = self._failed_on_nonfinite(phase, batches, exc)
+                        if diverged is None:
+                            raise
+                        raise diverged from exc
                 engine.backward(loss)
                 engine.step()
             logs[f"{phase.name}/loss"] = loss.detach()
@@ -135,13 +180,20 @@ class Trainer:
             ema.update(self.engines[name].module, self.step)
         return logs
 
-    def fit(self, resume: str | Path | None = None) -> dict[str, Any]:
-        """Train to ``train.steps`` (continuing from ``resume`` if given), then sample and evaluate."""
-        from tqdm.auto import tqdm
+    def fit(self, resume: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
+        """Train to ``train.steps`` (continuing from checkpoint ``resume`` if given: a step folder,
+        or a run folder for its newest intact checkpoint), then sample and evaluate.
 
-        t = self.config.train
-        if resume is not None:
-            self.load(resume)
+        Refuses an output folder that holds another run's outputs, or checkpoints after the
+        resumed step, unless ``overwrite`` (which discards them). Ctrl-C ends training after the
+        current step, writes a checkpoint and raises :class:`Interrupted`."""
+        resumed_from = self.load(resume) if resume is not None else None
+        discard = runfolder.check(self.out_dir, self.step, resumed_from, overwrite, damaged=self.damaged)
+        barrier()  # every rank has looked before rank 0 changes anything
+        if self.rank == 0:
+            runfolder.clean(self.out_dir, self.step, discard, replace=overwrite and not runfolder.same_run(
+                self.out_dir, resumed_from), damaged=self.damaged)
+        barrier()
         for component in self._components().values():
             component.prepare(self.source, self.device)
         if self.rank == 0:
@@ -149,6 +201,34 @@ class Trainer:
         self.log.info("run", out_dir=str(self.out_dir), objective=self.objective.name, backbone=self.backbone.name,
                       data=self.config.data.name, device=str(self.device), world=self.world, start_step=self.step,
                       parameters={n: sum(p.numel() for p in e.module.parameters()) for n, e in self.engines.items()})
+        start_step = self.step
+        with DeferredSigint() as sigint:
+            try:
+                train_seconds, path = self._train(sigint)
+            except KeyboardInterrupt:
+                last = ckpt.latest(self.out_dir / "checkpoints")
+                raise Interrupted(f"interrupted at step {self.step} before a checkpoint of it was written; "
+                                  + (f"the last checkpoint is {last} (continue from it with --resume)" if last
+                                     else "no checkpoint was written")) from None
+        self.save_loss_curves()
+        if sigint.requested:
+            raise Interrupted(f"interrupted: training stopped at step {self.step}, checkpoint {path} written; "
+                              "continue with --resume")
+        plot = self.save_sample_plot()
+        metrics = self.evaluate()
+        if self.rank == 0:
+            line = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not k.startswith("mode_mass_"))
+            print(f"metrics step={self.step} {line}", flush=True)
+        return {"step": self.step, "steps_run": self.step - start_step, "train_seconds": train_seconds,
+                "metrics": metrics, "out_dir": str(self.out_dir), "checkpoint": str(path),
+                "samples_png": str(plot) if plot else None}
+
+    def _train(self, sigint: DeferredSigint) -> tuple[float, Path]:
+        """The loop from ``self.step`` to ``train.steps`` (or the time budget, or a Ctrl-C);
+        returns the training seconds and the final checkpoint."""
+        from tqdm.auto import tqdm
+
+        t = self.config.train
         bar = tqdm(total=None if t.max_minutes else t.steps, initial=self.step,
                    disable=not t.progress or self.rank != 0, dynamic_ncols=True)
         last_time, last_step = time.perf_counter(), self.step
@@ -181,6 +261,9 @@ class Trainer:
                 self.metrics.write(record)
                 bar.set_postfix({k.split("/")[0] if k.endswith("/loss") else k: f"{v:.4g}"
                                  for k, v in record.items() if k.endswith("/loss")} | {"samples/s": f"{rate:.0f}"})
+            if self._stop_requested(sigint, log_due):
+                done = True
+                self._check_finite(logs)
             if t.sample_every and self.step % t.sample_every == 0:
                 self.save_sample_plot()
             mark_due = bool(next_mark) and elapsed >= next_mark
@@ -197,14 +280,18 @@ class Trainer:
         path = self.out_dir / "checkpoints" / f"step-{self.step:07d}"
         if saved_at != self.step:
             path = self.save_checkpoint()
-        plot = self.save_sample_plot()
-        metrics = self.evaluate()
-        if self.rank == 0:
-            line = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not k.startswith("mode_mass_"))
-            print(f"metrics step={self.step} {line}", flush=True)
-        return {"step": self.step, "steps_run": self.step - start_step, "train_seconds": train_seconds,
-                "metrics": metrics, "out_dir": str(self.out_dir), "checkpoint": str(path),
-                "samples_png": str(plot) if plot else None}
+        return train_seconds, path
+
+    def _stop_requested(self, sigint: DeferredSigint, log_due: bool) -> bool:
+        """Whether a Ctrl-C asks to stop after this step. One process checks every step; several
+        agree at logging steps (one small all-reduce), so they all stop at the same step."""
+        if self.world == 1:
+            return sigint.requested
+        if not log_due:
+            return False
+        flag = torch.tensor([float(sigint.requested)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
 
     def _check_finite(self, logs: dict[str, Any]) -> None:
         """Stop before logging or checkpointing a diverged step. Checked every ``log_every``
@@ -213,11 +300,52 @@ class Trainer:
         bad = [k for k, v in logs.items()
                if k.endswith("/loss") and not torch.isfinite(torch.as_tensor(v, dtype=torch.float32)).all()]
         if bad:
-            last = ckpt.latest(self.out_dir / "checkpoints")
-            raise DivergenceError(
-                f"training diverged at step {self.step}: {', '.join(bad)} is not finite; nothing after the last "
-                f"checkpoint{f' ({last})' if last else ''} was saved; lower objective.lr or set train.grad_clip > 0"
-            )
+            phases = {k.rsplit("/", 1)[0] for k in bad}
+            networks = [p.network for _, p in self.phases if p.name in phases]
+            raise self._diverged(f"training diverged at step {self.step}: {', '.join(bad)} is not finite", networks,
+                                 data_bad=self._training_data_nonfinite())
+
+    def _failed_on_nonfinite(self, phase, batches, exc: Exception) -> DivergenceError | None:
+        """A loss that raised on NaN inputs (e.g. a solver that cannot schedule a NaN cost) is a
+        divergence, reported as one; None when its inputs were finite (a genuine bug)."""
+        data_bad = any(not torch.isfinite(b.x).all() for b in batches)
+        weights_bad = [n for n, e in self.engines.items() if any(not torch.isfinite(p).all() for p in e.module.parameters())]
+        if not data_bad and not weights_bad:
+            return None
+        what = "the training batch holds NaN or inf" if data_bad else f"network {weights_bad[0]!r} has non-finite weights"
+        detail = " ".join(str(exc).split())[:120]
+        return self._diverged(f"training diverged at step {self.step + 1}: phase {phase.name!r} failed "
+                              f"({type(exc).__name__}: {detail}) because {what}", weights_bad or [phase.network],
+                              data_bad=data_bad or self._training_data_nonfinite())
+
+    def _training_data_nonfinite(self) -> bool:
+        """Whether the training set holds NaN or inf (checked where it is one tensor)."""
+        tensors = getattr(self.source.dataset("train"), "tensors", None)
+        return bool(tensors) and tensors[0].is_floating_point() and not bool(torch.isfinite(tensors[0]).all())
+
+    def _diverged(self, what: str, networks: list[str], data_bad: bool) -> DivergenceError:
+        last = ckpt.latest(self.out_dir / "checkpoints")
+        saved = f"nothing after the last checkpoint{f' ({last})' if last else ''} was saved"
+        if data_bad:
+            advice = f"the training data ({self.config.data.name}) holds NaN or inf values: fix or filter them"
+        else:
+            t = self.config.train
+            fields = dict.fromkeys(f"{self._lr_field(n)}={resolve_optim(n, self.owner_of[n].optim_defaults(n), t)['lr']:g}"
+                                   for n in networks)
+            advice = f"lower {' / '.join(fields)}" + (" or set train.grad_clip > 0" if not t.grad_clip else "")
+        return DivergenceError(f"{what}; {saved}; {advice}")
+
+    def _lr_field(self, network: str) -> str:
+        """The config field that sets ``network``'s learning rate now (the most specific set one)."""
+        t = self.config.train
+        per_network = t.networks.get(network)
+        if per_network is not None and per_network.lr is not None:
+            return f"train.networks.{network}.lr"
+        if t.optim.lr is not None:
+            return "train.optim.lr"
+        owner = self.owner_of[network]
+        section = "objective" if owner is self.objective else "guidance"
+        return f"{section}.lr" if "lr" in attrs.fields_dict(type(owner.config)) else "train.optim.lr"
 
     def _out_of_time(self, elapsed: float, budget_s: float) -> bool:
         """Whether ``train.max_minutes`` is spent; every rank follows rank 0's clock so all stop
@@ -256,6 +384,13 @@ class Trainer:
                 yy = y[i:i + m].to(self.device) if y is not None else None
                 out.append(self.objective.sample(self.nets, noise, yy, nfe).float().cpu())
         return torch.cat(out)
+
+    def save_loss_curves(self) -> Path | None:
+        """``losses.png`` beside ``metrics.jsonl``: every logged loss against the step."""
+        if self.rank != 0:
+            return None
+        return save_loss_curves(self.out_dir / "metrics.jsonl", self.out_dir / "losses.png",
+                                title=f"{self.objective.name} / {self.backbone.name} / {self.config.data.name}")
 
     def save_sample_plot(self) -> Path | None:
         if self.rank != 0:
@@ -332,9 +467,16 @@ class Trainer:
 
     def load(self, path: str | Path, weights_only: bool = False) -> Path:
         """Restore a checkpoint (a run folder or a step folder). ``weights_only`` restores the
-        networks and EMA but not the optimizer, data or RNG state (for sampling/evaluation)."""
-        folder = ckpt.resolve(path)
+        networks and EMA but not the optimizer, data or RNG state (for sampling/evaluation).
+        A run folder stands for its newest checkpoint whose checksums verify; a damaged newer
+        one is skipped with a warning. Returns the checkpoint folder loaded."""
+        folder, skipped = ckpt.newest_intact(path)
+        for damaged, reason in skipped:
+            self.log.warning("damaged checkpoint skipped", reason=reason, using=str(folder))
+        self.damaged = [damaged for damaged, _ in skipped]
         state = ckpt.load_state(folder / "trainer.pt")
+        if not weights_only:
+            self._check_resumable(folder, state)
         if sorted(self.engines) != state["networks"]:
             raise CheckpointError(f"checkpoint {str(folder)!r}: networks {state['networks']} do not match this run's {sorted(self.engines)}")
         stage = self.config.train.zero_stage
@@ -356,8 +498,6 @@ class Trainer:
         self.step = int(state["step"])
         if weights_only:
             return folder
-        if state["world"] != self.world:
-            raise CheckpointError(f"checkpoint {str(folder)!r}: written by {state['world']} processes, resumed with {self.world}")
         for name, e in self.engines.items():
             template = e.optimizer.state_dict()
             if stage == 0:
@@ -376,6 +516,18 @@ class Trainer:
         self._set_rng_state(local["rng"])
         self.log.info("resumed", step=self.step, path=str(folder))
         return folder
+
+    def _check_resumable(self, folder: Path, state: dict[str, Any]) -> None:
+        """Refuse to continue a run under settings that change what is being trained."""
+        if state["world"] != self.world:
+            raise CheckpointError(f"checkpoint {str(folder)!r}: written by {state['world']} processes, resumed with {self.world}")
+        saved, now = read_file(folder / "config.yaml"), unstructure(self.config)
+        for path in RESUME_FIXED:
+            found = _first_difference(_at(saved, path), _at(now, path), path)
+            if found:
+                field, old, new = found
+                raise ConfigError(f"{field}: {old!r} in checkpoint {str(folder)!r}, {new!r} now; a resumed run keeps it "
+                                  "(start a new run with another --out to change it)")
 
     def _rng_state(self) -> dict[str, Any]:
         np_state = np.random.get_state()

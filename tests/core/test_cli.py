@@ -19,6 +19,21 @@ def test_plugins_lists_components_packages_and_fields(capsys):
     assert mlp["config"]["width"] == 256 and mlp["package"] == "onestep-mlp"
 
 
+def test_every_setting_is_listed_with_its_description(capsys):
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    for field in ("train.log_every = 50", "train.optim.lr = None", "sample.num = 2000", "eval.num_samples = 2000",
+                  "output_dir = 'runs/{objective}-{backbone}-{data}'"):
+        assert field in out
+    assert "steps between loss records in metrics.jsonl" in out
+    assert main(["plugins", "--kind", "objective"]) == 0
+    out = capsys.readouterr().out
+    assert "Euler step of the particle flow in the target ``x + eta V``." in out  # wflow's field docstring
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("onestep 0.")
+
+
 def test_run_then_sample_and_eval_from_the_checkpoint(tmp_path, capsys):
     run_dir = tmp_path / "r"
     rc = main(["run", "--objective", "flow-matching", "--backbone", "mlp", "--data", "moons", "--out", str(run_dir),
@@ -41,8 +56,32 @@ def test_run_then_sample_and_eval_from_the_checkpoint(tmp_path, capsys):
     (["run", "--objective", "nope"], "onestep: error: unknown objective 'nope'; valid:"),
     (["run", "train.steps=abc"], "onestep: error: train.steps: expected int, got 'abc'"),
     (["sample", "/nonexistent/run"], "onestep: error: checkpoint '/nonexistent/run': no complete checkpoint"),
+    (["sample", "/nonexistent/run", "--num", "0"], "onestep: error: --num: expected >= 1 samples, got 0"),
+    (["sample", "/nonexistent/run", "--num", "-3"], "onestep: error: --num: expected >= 1 samples, got -3"),
+    (["run", "train.log_every=0"], "onestep: error: train.log_every: expected >= 1, got 0"),
+    (["run", "train.optim.betas=[0.9]"], "onestep: error: train.optim.betas: expected a list of 2 values"),
+    (["run", "--out", "/proc/onestep-here/run"], "onestep: error: output_dir: cannot create '/proc/onestep-here/run'"),
+    (["run", "--out", "/dev/null/run"], "onestep: error: output_dir: cannot create '/dev/null/run'"),
 ])
-def test_bad_input_is_one_line_on_stderr(args, message, capsys):
+def test_bad_input_is_one_line_on_stderr(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a run that wrongly starts writes under tmp_path, not the checkout
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(message) and "\n" not in err
+
+
+def test_overrides_may_stand_between_options_and_resume_takes_no_value(tmp_path, capsys):
+    out = tmp_path / "r"
+    small = ["train.progress=false", "backbone.width=16", "objective.nfe=2", "eval.metrics=[]", "sample.num=50"]
+    assert main(["run", "train.steps=4", "--data", "moons", "train.batch_size=32", "--out", str(out), *small]) == 0
+    saved = (out / "config.yaml").read_text()
+    assert "steps: 4" in saved and "batch_size: 32" in saved and "name: moons" in saved
+    capsys.readouterr()
+    assert main(["run", "--out", str(out), "--resume", "train.steps=6"]) == 0  # an override, not the checkpoint
+    assert "metrics step=6" in capsys.readouterr().out  # and the rest of the config came from the checkpoint
+
+
+def test_unknown_options_are_still_refused(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--bogus", "train.steps=1"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err

@@ -30,6 +30,19 @@ def test_defaults_and_overrides_reach_the_component_configs(registry):
     ("data.radius=[1, 2]", "data.radius: expected float, got [1, 2]"),
     ("eval.options.sinkhorn.blurr=0.1", "eval.options.sinkhorn.blurr: unknown field; valid: blur, scaling, max_points"),
     ("eval.options.sinkhorn.blur=wide", "eval.options.sinkhorn.blur: expected float, got 'wide'"),
+    ("train.log_every=0", "train.log_every: expected >= 1, got 0"),
+    ("sample.num=0", "sample.num: expected >= 1, got 0"),
+    ("eval.num_samples=0", "eval.num_samples: expected >= 1, got 0"),
+    ("data.size=0", "data.size: expected >= 1 points per split, got 0"),
+    ("train.optim.lr=0", "train.optim.lr: expected > 0, got 0.0"),
+    ("train.networks.generator.lr=-1e-3", "train.networks.generator.lr: expected > 0, got -0.001"),
+    ("train.warmup_steps=-5", "train.warmup_steps: expected >= 0 (0: no warmup), got -5"),
+    ("train.grad_clip=-1", "train.grad_clip: expected >= 0 (0: no clipping), got -1.0"),
+    ("train.checkpoint_every=-1", "train.checkpoint_every: expected >= 0 (0: only at the end), got -1"),
+    ("train.optim.betas=[0.9]", "train.optim.betas: expected a list of 2 values (float, float), got [0.9]"),
+    ("train.optim.betas=[0.9, 1.5]", "train.optim.betas: expected two values in [0, 1), got (0.9, 1.5)"),
+    ("output_dir=runs/{objectiv}", "output_dir: 'runs/{objectiv}' names {objectiv}; valid: {objective}, {backbone}"),
+    ("output_dir=runs/{objective", "output_dir: 'runs/{objective' is not a valid template"),
 ])
 def test_errors_name_the_field_path(registry, override, message):
     with pytest.raises(ConfigError) as err:
@@ -72,3 +85,50 @@ def test_bad_files_are_named(registry, tmp_path):
         build(registry, files=[bad])
     with pytest.raises(ConfigError, match="override 'train.steps': expected key.path=value"):
         parse_override("train.steps")
+
+
+def test_a_plugin_rejecting_its_settings_with_a_value_error_is_one_config_error(registry):
+    """The contract lets components raise ValueError for settings they cannot work with; the
+    user sees one line naming the component, as for the core's own errors."""
+    import types
+
+    import attrs
+
+    from onestep.hookspecs import hookimpl
+    from onestep.interfaces import Coupler
+    from onestep.registry import Registry
+
+    @attrs.define
+    class Cfg:
+        k: int = 0
+
+    class Picky(Coupler):
+        name = "picky"
+        Config = Cfg
+
+        def __init__(self, config):
+            super().__init__(config)
+            if config.k < 1:
+                raise ValueError(f"k must be at least 1,\n got {config.k}")
+
+        def pair(self, noise, data, y=None):
+            return noise, data, y
+
+    mod = types.ModuleType("picky")
+    mod.onestep_couplers = hookimpl(lambda: [Picky])
+    reg = Registry.discover(extra=[("picky", mod)])
+    cfg = build(reg, objective="flow-matching", coupler="picky")
+    with pytest.raises(ConfigError) as err:
+        reg.build_objective(cfg, None)
+    assert str(err.value) == "coupler 'picky': k must be at least 1, got 0"
+
+
+def test_the_demo_config_tunes_wflow_and_leaves_the_baseline_at_its_defaults(registry):
+    """`make demo` compares both objectives with configs/demo.yaml (see the Makefile)."""
+    from pathlib import Path
+
+    demo = Path(__file__).parents[2] / "configs" / "demo.yaml"
+    wflow = build(registry, files=[demo], objective="wflow")
+    baseline = build(registry, files=[demo], objective="flow-matching")
+    assert (wflow.objective.config.epsilon, wflow.objective.config.lr) == (0.01, 0.01)
+    assert baseline.objective.config.nfe == 50 and baseline.backbone == wflow.backbone

@@ -1,11 +1,32 @@
 """Two processes launched by torchrun train one run together on CPU (gloo), write one set of
-outputs, and resume from their checkpoint."""
+outputs, and resume from their checkpoint. A single process opens no network port and needs no
+C++ compiler (DeepSpeed's CPU op is never built)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
+import textwrap
 
 import pytest
+
+LISTENING_SOCKETS = textwrap.dedent("""
+    import os
+
+    def listening():
+        inodes = set()
+        for fd in os.listdir("/proc/self/fd"):
+            target = os.readlink(f"/proc/self/fd/{fd}") if os.path.islink(f"/proc/self/fd/{fd}") else ""
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+        found = []
+        for table in ("tcp", "tcp6"):
+            for line in open(f"/proc/self/net/{table}").read().splitlines()[1:]:
+                cols = line.split()
+                if cols[3] == "0A" and cols[9] in inodes:  # state LISTEN, owned by this process
+                    found.append(cols[1])
+        return found
+""")
 
 
 def torchrun(args, tmp_path):
@@ -31,3 +52,50 @@ def test_two_processes_train_resume_and_write_once(tmp_path):
     runs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"run"' in line]
     assert [r["world"] for r in runs] == [2, 2] and runs[1]["start_step"] == 4
     assert second.stdout.count("metrics step=8") == 1
+
+
+def test_a_single_process_listens_on_loopback_only():
+    code = LISTENING_SOCKETS + textwrap.dedent("""
+        import json
+        from onestep.distributed import init_process_group, resolve_device
+
+        print(json.dumps({"rank_world": init_process_group(resolve_device("cpu")), "listening": listening()}))
+    """)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GLOO_SOCKET_IFNAME")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["rank_world"] == [0, 1]
+    loopback = ("0100007F:", "00000000000000000000000001000000:")  # 127.0.0.1 and ::1 as /proc/net lists them
+    assert all(a.startswith(loopback) for a in result["listening"]), result  # nothing on 0.0.0.0, :: or a LAN address
+
+
+def _path_without_compilers(tmp_path):
+    """A PATH with every tool of this machine except C/C++ compilers."""
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    compiler = ("c++", "g++", "gcc", "cc", "cpp", "clang", "x86_64-linux-gnu-", "aarch64-linux-gnu-")
+    for folder in os.environ["PATH"].split(os.pathsep):
+        if not os.path.isdir(folder) or folder == os.path.dirname(sys.executable):
+            continue
+        for name in os.listdir(folder):
+            if name.startswith(compiler) or name.endswith(("-gcc", "-g++", "-c++")) or (shim / name).exists():
+                continue
+            (shim / name).symlink_to(os.path.join(folder, name))
+    return os.pathsep.join([os.path.dirname(sys.executable), str(shim)])
+
+
+@pytest.mark.slow
+def test_single_process_cpu_training_needs_no_compiler(tmp_path):
+    path = _path_without_compilers(tmp_path)
+    assert shutil.which("c++", path=path) is None and shutil.which("gcc", path=path) is None
+    env = {**os.environ, "PATH": path, "TORCH_EXTENSIONS_DIR": str(tmp_path / "no-cached-ops"), "OMP_NUM_THREADS": "1"}
+    env = {k: v for k, v in env.items() if k not in ("CC", "CXX", "RANK", "WORLD_SIZE", "DS_ACCELERATOR")}
+    cmd = [sys.executable, "-m", "onestep.cli", "run", "--data", "gmm8", "--out", str(tmp_path / "run"),
+           "train.steps=5", "train.batch_size=64", "train.progress=false", "train.zero_stage=2", "backbone.width=32",
+           "backbone.depth=1", "objective.nfe=2", "eval.metrics=[sinkhorn]", "eval.num_samples=200", "sample.num=200"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "metrics step=5 sinkhorn=" in done.stdout
+    assert "built successfully" not in done.stderr + done.stdout and not (tmp_path / "no-cached-ops").exists()

@@ -78,3 +78,43 @@ def test_export_command(trained, tmp_path, capsys):
     assert main(["export", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("onestep: error: checkpoint") and "\n" not in err and not (tmp_path / "x").exists()
+
+
+def test_export_never_deletes_a_folder_it_did_not_write(trained, tmp_path, capsys):
+    run, checkpoint, _ = trained
+    thesis = tmp_path / "mine"
+    thesis.mkdir()
+    (thesis / "thesis.tex").write_text("years of work")
+    for extra in ([], ["--overwrite"]):
+        assert main(["export", checkpoint, "--out", str(thesis), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"onestep: error: --out '{thesis}': ") and "\n" not in err
+    assert (thesis / "thesis.tex").read_text() == "years of work"
+    run_dir = run.out_dir
+    assert main(["export", str(run_dir), "--out", str(run_dir), "--overwrite"]) == 2  # the run folder itself
+    assert "holds the checkpoint being exported" in capsys.readouterr().err
+    assert (run_dir / "checkpoints").is_dir() and (run_dir / "metrics.jsonl").is_file()
+
+
+def test_an_earlier_export_is_replaced_only_when_asked_and_atomically(trained, tmp_path, monkeypatch):
+    import onestep.export as export_module
+
+    _, checkpoint, _ = trained
+    out = tmp_path / "export"
+    export_checkpoint(checkpoint, out)
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match="exists and is not empty; .*--overwrite"):
+        export_checkpoint(checkpoint, out)
+
+    def crash(tmp, *args):
+        (tmp / "model.safetensors").write_bytes(b"half written")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export_module, "_write_export", crash)
+    with pytest.raises(OSError, match="disk full"):
+        export_checkpoint(checkpoint, out, overwrite=True)
+    assert (out / "model.safetensors").read_bytes() == before  # the earlier export is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no temporary folder left beside it
+    monkeypatch.undo()
+    assert export_checkpoint(checkpoint, out, overwrite=True) == out
+    assert OneStepPipeline.from_pretrained(out)(num_images=2, seed=0).shape == (2, 2)

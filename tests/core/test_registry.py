@@ -48,10 +48,14 @@ def test_a_third_party_plugin_object_is_usable_without_core_changes():
     assert data[0].tolist() == [4.0, 5.0]
 
 
-def test_two_plugins_claiming_one_name_is_an_error_naming_both():
+def test_two_plugins_claiming_one_name_disable_that_name_only_and_are_both_named():
+    reg = Registry.discover(entry_points=False, extra=[("one", _coupler_plugin("one", "reverse")),
+                                                        ("two", _coupler_plugin("two", "reverse")),
+                                                        ("three", _coupler_plugin("three", "forward"))])
     with pytest.raises(PluginError, match=r"coupler 'reverse' is provided by two plugins: one \(one\) and two \(two\)"):
-        Registry.discover(entry_points=False, extra=[("one", _coupler_plugin("one", "reverse")),
-                                                      ("two", _coupler_plugin("two", "reverse"))])
+        reg.get("coupler", "reverse")
+    assert reg.names("coupler") == ["forward"]  # the rest stays usable
+    assert "coupler reverse" in reg.broken
 
 
 def test_a_plugin_that_fails_to_import_is_named_and_the_others_still_work(monkeypatch):
@@ -80,5 +84,33 @@ def test_a_component_without_config_is_rejected_with_its_plugin_named():
 
     mod = types.ModuleType("badplug")
     mod.onestep_couplers = hookimpl(lambda: [Bad])
-    with pytest.raises(PluginError, match="plugin badplug .*coupler 'bad' has no attrs class 'Config'"):
-        Registry.discover(entry_points=False, extra=[("badplug", mod)])
+    reg = Registry.discover(entry_points=False, extra=[("badplug", mod), ("good", _coupler_plugin("good", "reverse"))])
+    assert "coupler 'bad' has no attrs class 'Config'" in reg.broken["badplug/bad"]
+    assert reg.names("coupler") == ["reverse"]
+    with pytest.raises(PluginError, match="unknown coupler 'bad'.*badplug/bad .*has no attrs class 'Config'"):
+        reg.get("coupler", "bad")
+
+
+def test_a_config_without_defaults_is_reported_at_registration_and_the_listing_still_works(capsys, monkeypatch):
+    @attrs.define
+    class NeedsPath:
+        path: str  # no default: `onestep plugins` and the CLI could not build it
+
+    class Strict(Coupler):
+        name = "strict"
+        Config = NeedsPath
+
+        def pair(self, noise, data, y=None):
+            return noise, data, y
+
+    mod = types.ModuleType("strictplug")
+    mod.onestep_couplers = hookimpl(lambda: [Strict])
+    reg = Registry.discover(extra=[("strictplug", mod)])
+    assert "Config() fails without arguments" in reg.broken["strictplug/strict"]
+    assert "strict" not in reg.names("coupler") and "minibatch-ot" in reg.names("coupler")
+    from onestep import cli
+
+    monkeypatch.setattr(cli.Registry, "discover", classmethod(lambda cls, **kw: reg))
+    assert cli.main(["plugins", "--kind", "coupler"]) == 0
+    out = capsys.readouterr().out
+    assert "minibatch-ot" in out and "broken plugin strictplug/strict" in out and "give every field a default" in out

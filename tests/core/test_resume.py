@@ -38,3 +38,21 @@ def test_resume_is_bit_identical(registry, tmp_path, zero):
     init = _run(registry, tmp_path / "init", 1, zero)
     c = load_file(str(tmp_path / "init/checkpoints/step-0000001/generator.safetensors"))
     assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("change, message", [
+    (["train.batch_size=32"], r"train.batch_size: 64 in checkpoint '.*step-0000004', 32 now; a resumed run keeps it"),
+    (["objective=wflow"], r"objective.name: 'flow-matching' in checkpoint '.*', 'wflow' now"),
+    (["backbone.width=48"], r"backbone.width: 32 in checkpoint '.*', 48 now"),
+])
+def test_resuming_with_a_changed_batch_size_objective_or_network_is_refused(registry, tmp_path, change, message):
+    from onestep.errors import ConfigError
+
+    _run(registry, tmp_path, 4, 0)
+    cfg = compose(objective="flow-matching", backbone="mlp", data="gmm8", registry=registry, overrides=[
+        f"output_dir={tmp_path}", "train.progress=false", "train.steps=8", "train.batch_size=64",
+        "train.checkpoint_every=4", "backbone.width=32", "backbone.depth=1", "eval.metrics=[]", *change])
+    trainer = build_run(cfg, registry=registry, console=False)
+    with pytest.raises(ConfigError, match=message):
+        trainer.fit(resume=tmp_path)
+    assert trainer.step == 0  # refused before anything was loaded

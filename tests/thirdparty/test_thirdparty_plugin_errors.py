@@ -1,5 +1,5 @@
 """A plugin that fails to import is named and the others stay usable; two plugins claiming one
-name are both named. Plugins are installed as distributions (a .dist-info with an entry point)
+name are both named, that name is disabled and every other component stays usable. Plugins are installed as distributions (a .dist-info with an entry point)
 on a temporary sys.path entry."""
 import pytest
 
@@ -50,9 +50,12 @@ def test_plugin_that_fails_to_import_is_named_and_the_others_still_work(tmp_path
     assert cfg.objective.name == "flow-matching"
 
 
-def test_two_plugins_claiming_one_name_are_both_named(tmp_path, monkeypatch):
+def test_two_plugins_claiming_one_name_are_both_named_and_the_others_still_work(tmp_path, monkeypatch):
     install(tmp_path, "onestep-twin-a", "twin-a", "onestep_twin_a_t2", COUPLER)
     install(tmp_path, "onestep-twin-b", "twin-b", "onestep_twin_b_t2", COUPLER)
     monkeypatch.syspath_prepend(str(tmp_path))
+    reg = Registry.discover()
     with pytest.raises(PluginError, match=r"coupler 'twin' is provided by two plugins: onestep-twin-a \(twin-a\) and onestep-twin-b \(twin-b\)"):
-        Registry.discover()
+        compose(objective="flow-matching", backbone="mlp", data="gmm8", coupler="twin", registry=reg)
+    cfg = compose(objective="flow-matching", backbone="mlp", data="gmm8", coupler="minibatch-ot", registry=reg)
+    assert cfg.coupler.name == "minibatch-ot"

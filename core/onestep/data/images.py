@@ -98,16 +98,57 @@ class NpzArrays(_ArraySource):
             raise ConfigError("data.path: required for data 'npz' (a .npz or .npy file)")
         if not p.is_file():
             raise ConfigError(f"data.path: file {str(p)!r} not found")
-        if p.suffix == ".npy":
-            return np.load(p, allow_pickle=False) * self.config.scale, None
-        with np.load(p, allow_pickle=False) as z:
-            if self.config.key not in z:
-                raise ConfigError(f"data.key: {self.config.key!r} not in {str(p)!r}; arrays: {', '.join(z.files)}")
-            x = z[self.config.key] * self.config.scale
-            y = z[self.config.label_key] if self.config.label_key in z else None
-        if self.kind == "images" and x.ndim == 3:
-            x = x[:, None]
-        return x, y
+        with open(p, "rb") as fh:
+            magic = fh.read(6)
+        if magic[:2] != b"PK" and magic != b"\x93NUMPY":
+            raise ConfigError(f"data.path: {str(p)!r} is neither a .npz (zip) nor a .npy file (it starts with {magic!r})")
+        try:
+            if magic == b"\x93NUMPY":
+                x, y, where = np.load(p, allow_pickle=False), None, f"{str(p)!r}"
+            else:
+                with np.load(p, allow_pickle=False) as z:
+                    if self.config.key not in z:
+                        raise ConfigError(f"data.key: {self.config.key!r} not in {str(p)!r}; arrays: {', '.join(z.files) or '(none)'}")
+                    x = z[self.config.key]
+                    y = z[self.config.label_key] if self.config.label_key in z else None
+                where = f"array {self.config.key!r} in {str(p)!r}"
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise ConfigError(f"data.path: {str(p)!r} is not a readable .npz/.npy file of numeric arrays "
+                              f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
+        return check_samples(x, where, self.kind, self.config.scale), check_labels(y, len(x), self.config, p)
+
+
+def check_samples(x: np.ndarray, where: str, kind: str, scale: float) -> np.ndarray:
+    """Samples [N, *shape] as float32 scaled by ``scale``, or a one-line error naming ``where``."""
+    if x.dtype.kind not in "biuf":
+        raise ConfigError(f"data.path: {where} has dtype {x.dtype}; expected numbers")
+    if kind == "images" and x.ndim == 3:
+        x = x[:, None]
+    expected = "[N, C, H, W] or [N, H, W]" if kind == "images" else "[N, *sample shape], e.g. [N, 2] for 2D points"
+    if x.ndim < 2 or (kind == "images" and x.ndim != 4):
+        raise ConfigError(f"data.path: {where} has shape {list(x.shape)}; expected {expected}")
+    if len(x) < 2:
+        raise ConfigError(f"data.path: {where} holds {len(x)} samples; expected at least 2 (a train and a test split)")
+    x = x.astype(np.float32) * np.float32(scale)
+    bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+    if bad:
+        raise ConfigError(f"data.path: {where} holds {bad} NaN or infinite values; remove or replace them")
+    return x
+
+
+def check_labels(y: np.ndarray | None, n: int, config, path: Path) -> np.ndarray | None:
+    if y is None:
+        return None
+    where = f"data.label_key: array {config.label_key!r} in {str(path)!r}"
+    if y.ndim != 1 or len(y) != n:
+        raise ConfigError(f"{where} has shape {list(y.shape)}; expected [{n}] (one label per sample)")
+    if y.dtype.kind not in "iu" and not (y.dtype.kind in "bf" and np.all(np.mod(y, 1) == 0)):
+        raise ConfigError(f"{where} has dtype {y.dtype}; expected integer class labels")
+    if len(y) and y.min() < 0:
+        raise ConfigError(f"{where} holds negative labels (min {y.min()}); expected 0..K-1")
+    return y.astype(np.int64)
 
 
 @attrs.define

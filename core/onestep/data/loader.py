@@ -7,6 +7,7 @@ resumed run sees exactly the batches an uninterrupted run would have seen.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Iterator
 
 import torch
@@ -14,6 +15,10 @@ from torch.utils.data import Dataset, Sampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from ..interfaces import Batch
+
+# torchdata 0.11 calls torch.set_vital, which torch deprecates, at every loader iterator; the
+# warning is theirs and says nothing about the user's run
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 
 
 class EndlessShuffleSampler(Sampler[int]):

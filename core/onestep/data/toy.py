@@ -23,6 +23,11 @@ def _generator(seed: int, split: str) -> torch.Generator:
     return torch.Generator().manual_seed(1_000_003 * seed + SPLIT_SEED[split])
 
 
+def _check_size(config) -> None:
+    if config.size < 1:
+        raise ConfigError(f"data.size: expected >= 1 points per split, got {config.size}")
+
+
 class _PointSource(DataSource):
     """Shared plumbing: ``_draw(n, gen) -> (x, y)``; datasets are cached per split."""
 
@@ -79,6 +84,8 @@ class GMM8Config:
     seed: int = 0
     labelled: bool = False  # expose the mode index as a class label
 
+    __attrs_post_init__ = _check_size
+
 
 class GMM8(_Mixture):
     """Eight equal Gaussians on a circle."""
@@ -99,6 +106,8 @@ class GMMImbalancedConfig:
     size: int = 20000
     seed: int = 0
     labelled: bool = False
+
+    __attrs_post_init__ = _check_size
 
 
 class GMMImbalanced(_Mixture):
@@ -134,6 +143,8 @@ class GMM1DConfig:
     seed: int = 0
     labelled: bool = False
 
+    __attrs_post_init__ = _check_size
+
 
 class GMM1D(_Mixture):
     """A 1D Gaussian mixture (for checking that a learned map is the monotone OT map)."""
@@ -162,6 +173,8 @@ class ShapeConfig:
     noise: float = 0.05
     size: int = 20000
     seed: int = 0
+
+    __attrs_post_init__ = _check_size
 
 
 class Moons(_PointSource):
