@@ -46,6 +46,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         files=args.config, overrides=args.overrides, peer=not args.no_peer, peer_nfes=args.peer_nfe,
         metrics=args.metrics.split(",") if args.metrics else None, num_samples=args.num_samples,
         feature_weights=args.feature_weights, speed_samples=args.speed_samples, presets=presets_folder(args.presets),
+        overwrite=args.overwrite,
     )
     comparison.meta["command"] = "onestep " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     md, js = write_table(comparison, out)
@@ -76,6 +77,7 @@ def register(subparsers) -> None:
     p.add_argument("--feature-weights", metavar="PATH",
                    help="local Inception weights (torch-fidelity's inception-v3-compat .pth) for image metrics; "
                         "default: a classifier trained on the data")
+    p.add_argument("--overwrite", action="store_true", help="replace the runs of an earlier comparison in --out")
     p.add_argument("--no-peer", action="store_true", help="leave out the torchcfm OT-CFM reference row")
     p.add_argument("--peer-nfe", type=_ints, default=[50, 100], metavar="N,M", help="Euler steps of the peer rows (default 50,100)")
     p.add_argument("--speed-samples", type=int, default=1000, help="samples per throughput timing")

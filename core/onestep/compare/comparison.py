@@ -109,7 +109,8 @@ def run_comparison(
     objectives: Sequence[str], *, data: str | None, backbone: str | None, budget_minutes: float,
     out_dir: str | Path, files: Sequence[str] = (), overrides: Sequence[str] = (), peer: bool = True,
     peer_nfes: Sequence[int] = (50, 100), metrics: Sequence[str] | None = None, num_samples: int | None = None,
-    feature_weights: str | None = None, speed_samples: int = 1000, presets: str | None = None, log=print,
+    feature_weights: str | None = None, speed_samples: int = 1000, presets: str | None = None, overwrite: bool = False,
+    log=print,
 ) -> Comparison:
     """Train and evaluate each objective (then the peer) under the same budget; see module doc."""
     if budget_minutes <= 0:
@@ -142,7 +143,7 @@ def run_comparison(
     for (name, nfes), cfg in zip(jobs, configs):
         log(f"compare: training {name} for {budget_minutes} min")
         trainer = build_run(cfg, registry=registry, console=False)
-        summary = trainer.fit()
+        summary = trainer.fit(overwrite=overwrite)
         metric_names = list(metrics) if metrics is not None else applicable_metrics(registry, trainer.spec)
         for nfe in nfes or [trainer.objective.default_nfe]:
             trainer.config = attrs.evolve(trainer.config, sample=attrs.evolve(trainer.config.sample, nfe=nfe))
