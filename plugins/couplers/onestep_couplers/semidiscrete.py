@@ -16,9 +16,12 @@ where the dual potentials psi maximise the concave semi-dual (Merigot 2011; Gene
 
 At the optimum every Laguerre cell holds the mass 1/N of one training sample. We fit psi by
 stochastic gradient ascent on (2) with fresh noise (averaged SGD, Genevay et al. 2016, Alg. 2):
-each step draws ``fit_batch`` noises, assigns them by (1) and moves psi_j by the step size times
-the mass imbalance ``1 - N * share_j`` (gradient (2) in units of the target mass 1/N); the
-assignment uses the average of the iterates. Each assignment is one [B, N] matrix product plus an
+each step draws ``fit_batch`` noises, assigns them by (1) and moves psi_j by
+``lr * spread / sqrt(step)`` times the mass imbalance ``1 - N * share_j`` (gradient (2) in units of
+the target mass 1/N, clipped below at ``-max_excess`` so that the first steps do not overshoot);
+``spread = sqrt(tr Cov(x))`` of the group is the scale of the scores in (1), which makes ``lr``
+unit-free (measured: the same lr fits 8-dim clusters and MNIST digits). The assignment uses the
+average of the iterates weighted by their step number. Each assignment is one [B, N] matrix product plus an
 argmax, so fresh noise costs the same every training step whatever the batch size, and nothing
 memorises a fixed set of noises (the failure of the ``online`` coupler's kept noises).
 
@@ -54,7 +57,7 @@ class SemiDiscreteOTConfig:
     per_class: bool = True  # labelled data: one map per class (the objective must pass labels)
     fit_steps: int = 300  # averaged-SGD steps of the potentials in prepare (before the training clock)
     fit_batch: int = 4096  # fresh noises per fitting step (per class when per_class)
-    lr: float = 1.0  # step size of psi per unit of mass imbalance; decays as lr / sqrt(step)
+    lr: float = 0.25  # step of psi per unit of mass imbalance, in units of the group's data spread; decays as 1 / sqrt(step)
     max_excess: float = 10.0  # clip of a cell's excess mass (in units of 1/N) per step: no early overshoot
     refine: bool = True  # keep fitting the potentials with each training batch's assignments
     chunk: int = 16384  # training samples per block of the [B, N] score matrix (memory)
@@ -117,6 +120,7 @@ class SemiDiscreteOT(Coupler):
             self.group_of_label = {int(c): g for g, c in enumerate(labels.tolist())}
         self.points = flat[order].contiguous()
         self.half_sq = 0.5 * self.points.pow(2).sum(1)
+        self.spread = [float(self.points[a:b].var(0, unbiased=False).sum().sqrt()) for a, b in self.groups]
         self.shape = tuple(x.shape[1:])
         if not self._loaded:
             self.psi = torch.zeros(len(x), device=x.device)
@@ -139,23 +143,30 @@ class SemiDiscreteOT(Coupler):
             self._average()
 
     def _sgd_step(self, g: int, rows: torch.Tensor) -> None:
-        """psi_j += lr / sqrt(k) * (1 - N_g * share_j) for the cells of group g hit by ``rows``."""
+        """psi_j += lr * spread_g / sqrt(k) * max(1 - N_g * share_j, -max_excess), share_j the
+        fraction of ``rows`` (assigned noises of group g) in cell j."""
         start, end = self.groups[g]
         n = end - start
         share = torch.bincount(rows - start, minlength=n).float() / len(rows)
-        step = self.config.lr / math.sqrt(float(self.steps) + 1.0)
+        step = self.config.lr * self.spread[g] / math.sqrt(float(self.steps) + 1.0)
         self.psi[start:end] += step * (1.0 - n * share).clamp_min(-self.config.max_excess)
 
     def _average(self) -> None:
+        """Average of the iterates weighted by their step number (iterate k has weight ~ k), so
+        the poor early iterates fade (Lacoste-Julien et al. 2012)."""
         self.steps += 1
-        k = float(self.steps)
-        self.psi_avg += (self.psi - self.psi_avg) / k
+        self.psi_avg += (self.psi - self.psi_avg) * (2.0 / (float(self.steps) + 1.0))
 
     # ------------------------------------------------------------------------------- pairing
     @torch.no_grad()
     def assign(self, z: torch.Tensor, groups: torch.Tensor, potentials: torch.Tensor | None = None) -> torch.Tensor:
-        """Row index j(z) of (1) in ``points`` for each noise row, within the row's group."""
-        psi = self.psi_avg if potentials is None else potentials
+        """Row index j(z) of (1) in ``points`` for each noise row, within the row's group.
+        Scores in fp32 even under the trainer's bf16 autocast (bf16 would blur the argmax:
+        scores of hundreds with ~3 significant digits)."""
+        with torch.autocast(z.device.type, enabled=False):
+            return self._assign(z, groups, self.psi_avg if potentials is None else potentials)
+
+    def _assign(self, z: torch.Tensor, groups: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
         z = z.reshape(len(z), -1).float()
         out = torch.empty(len(z), dtype=torch.long, device=z.device)
         for g in torch.unique(groups).tolist():
