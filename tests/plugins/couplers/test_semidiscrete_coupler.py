@@ -53,7 +53,7 @@ def test_pairs_are_the_global_ot_map_and_stay_consistent():
 
 def test_labelled_data_pairs_within_classes():
     x, y = clusters(seed=3)
-    c = fitted(x, y, 6)
+    c = fitted(x, y, 6, fit_steps=30)
     g = torch.Generator().manual_seed(4)
     batch_y = torch.randint(0, 6, (200,), generator=g)
     noise = torch.randn(200, 8, generator=g)
