@@ -1,8 +1,13 @@
 """Coupling cost per batch: independent vs exact minibatch OT (scipy; the opt-in auction on CUDA)
-vs the online coupler, for batch sizes 256..8192, on every device available.
+vs the online coupler vs entropic OT (sinkhorn) vs semi-discrete OT (the global map onto a training
+set of --points samples), for batch sizes 256..8192, on every device available; then the quality
+of each coupler's pairs on one data set (W2 against exact minibatch OT and the global OT plan,
+consistency across batches).
 
     python tools/bench_couplers.py                      # CPU (and CUDA when present), up to 8192 (minutes)
-    python tools/bench_couplers.py --max-batch 1024     # a ~1 minute CPU run
+    python tools/bench_couplers.py --devices cpu --max-batch 512 --points 4096 --quality-points 1024  # ~2 min CPU
+    # GPU (the issue-15 table, ~2 minutes on one H200):
+    python tools/bench_couplers.py --devices cuda --max-batch 8192 --scipy-max-batch 4096 --auction-max-batch 0 --points 60000 --quality-points 4096
 
 Data: a 10-cluster Gaussian mixture in ``--dim`` dimensions (784 = MNIST's pixel count; cluster
 centres N(0, 0.5^2 I), spread 0.5) paired with N(0, I) noise, so the cost matrices look like a
@@ -17,6 +22,17 @@ reordering; for the online coupler also the table look-up), median of 3 (1 from 
 - ``kept_over_minibatch_w2``: the online coupler's kept-coupling mean squared distance after
   ``--epochs`` passes over a data set of 4 batches, over minibatch OT's mean pair cost on fresh
   noise (below 1: the kept coupling is cheaper, i.e. closer to the global OT coupling).
+- ``sinkhorn_ms``: the entropic coupler (plugins/sinkhorn, argmax assignment, epsilon 0.05) at this batch;
+- ``semidiscrete_ms``: one ``pair`` of ``semidiscrete-ot`` (B noises against all --points training
+  samples: a [B, N] matrix product and an argmax, plus its refinement step), fitted once before
+  (``fit_s`` in the header line); ``semidiscrete_over_minibatch``: its time over the baseline's.
+
+Second table (``--quality-points`` samples of the same mixture, the couplers' training set): per
+coupler the mean squared distance of its pairs over the exact global OT assignment of as many
+fresh noises to the whole set (``w2_over_global``, >= ~1) and over exact minibatch OT's at batch
+256 (``w2_over_minibatch256``), and ``consistency``: the share of the data variance that a fixed
+noise's partner keeps across batches (1: a deterministic coupling; the regression target of a flow
+map is then sharp; exact minibatch OT keeps ~0.2 on MNIST at batch 256).
 """
 from __future__ import annotations
 
@@ -28,7 +44,10 @@ import torch
 
 from onestep_couplers.assignment import pair_costs, squared_distances
 from onestep_couplers.couplers import Independent, MinibatchOT
+from onestep_couplers.diagnostics import consistency, global_ot_cost, mean_pair_cost
 from onestep_couplers.online import OnlineOT
+from onestep_couplers.semidiscrete import SemiDiscreteOT
+from onestep_sinkhorn.coupler import SinkhornCoupler
 
 SIZES = (256, 512, 1024, 2048, 4096, 8192)
 
@@ -62,8 +81,23 @@ def online_after_epochs(data: torch.Tensor, batch: int, epochs: int, g: torch.Ge
     return coupler
 
 
+def semidiscrete(points: torch.Tensor, g: torch.Generator, fit_steps: int) -> tuple[SemiDiscreteOT, float]:
+    """The coupler fitted to ``points`` (unlabelled) and the seconds the fit took."""
+    coupler = SemiDiscreteOT(SemiDiscreteOT.Config(per_class=False))
+    coupler.set_points(points, None)
+    start = time.perf_counter()
+    coupler.fit(fit_steps, g)
+    if points.device.type == "cuda":
+        torch.cuda.synchronize(points.device)
+    return coupler, time.perf_counter() - start
+
+
+def sinkhorn() -> SinkhornCoupler:
+    return SinkhornCoupler(SinkhornCoupler.Config(assignment="argmax"))
+
+
 def bench(device: torch.device, batch: int, dim: int, epochs: int, scipy_max: int, auction_max: int,
-          g: torch.Generator) -> dict:
+          g: torch.Generator, sd: SemiDiscreteOT, sinkhorn_max: int) -> dict:
     data = mixture(4 * batch, dim, g).to(device)
     x = data[:batch]
     z = torch.randn(batch, dim, generator=g).to(device)
@@ -71,6 +105,10 @@ def bench(device: torch.device, batch: int, dim: int, epochs: int, scipy_max: in
     row = {"device": device.type, "batch": batch, "dim": dim,
            "independent_ms": timed(lambda: Independent(Independent.Config()).pair(z, x), device, repeats),
            "cost_matrix_ms": timed(lambda: squared_distances(z, x), device, repeats)}
+    calls = iter([torch.randn(batch, dim, generator=g).to(device) for _ in range(repeats)])
+    row["semidiscrete_ms"] = timed(lambda: sd.pair(next(calls), x), device, repeats)
+    if batch <= sinkhorn_max:
+        row["sinkhorn_ms"] = timed(lambda: sinkhorn().pair(z, x), device, repeats)
     exact = None
     if batch <= scipy_max:
         paired = []
@@ -87,6 +125,7 @@ def bench(device: torch.device, batch: int, dim: int, epochs: int, scipy_max: in
         return row
     default = MinibatchOT(MinibatchOT.Config())
     row["minibatch_ot_ms"] = row["scipy_ms"]
+    row["semidiscrete_over_minibatch"] = row["semidiscrete_ms"] / row["minibatch_ot_ms"]
     online = online_after_epochs(data, batch, epochs, g)
     calls = iter([torch.randn(batch, dim, generator=g).to(device) for _ in range(repeats)])
     row["online_ms"] = timed(lambda: online.pair(next(calls), x), device, repeats)
@@ -101,7 +140,40 @@ def bench(device: torch.device, batch: int, dim: int, epochs: int, scipy_max: in
 COLUMNS = [("device", "{}"), ("batch", "{}"), ("dim", "{}"), ("independent_ms", "{:.2f}"),
            ("cost_matrix_ms", "{:.2f}"), ("scipy_ms", "{:.1f}"), ("auction_ms", "{:.1f}"),
            ("auction_gap", "{:.1e}"), ("minibatch_ot_ms", "{:.1f}"), ("online_ms", "{:.1f}"),
-           ("online_over_minibatch", "{:.2f}"), ("kept_over_minibatch_w2", "{:.3f}")]
+           ("online_over_minibatch", "{:.2f}"), ("kept_over_minibatch_w2", "{:.3f}"), ("sinkhorn_ms", "{:.1f}"),
+           ("semidiscrete_ms", "{:.2f}"), ("semidiscrete_over_minibatch", "{:.4f}")]
+QUALITY_COLUMNS = [("device", "{}"), ("coupler", "{}"), ("batch", "{}"), ("w2_over_global", "{:.4f}"),
+                   ("w2_over_minibatch256", "{:.4f}"), ("consistency", "{:.3f}")]
+
+
+def quality(device: torch.device, n: int, dim: int, fit_steps: int, scipy_max: int, sinkhorn_max: int,
+            g: torch.Generator) -> list[dict]:
+    """W2 of each coupler's pairs against the global OT plan and minibatch OT at 256, and their consistency."""
+    data = mixture(n, dim, g).to(device)
+    glob = global_ot_cost(data, g)
+    batches = max(2, min(8, n // 256))
+    reference = mean_pair_cost(MinibatchOT(MinibatchOT.Config()), data, 256, batches, g)
+    online = online_after_epochs(data, 256, 4, g)
+    sd, _ = semidiscrete(data, g, fit_steps)
+    candidates = [("minibatch-ot", MinibatchOT(MinibatchOT.Config()), b) for b in (256, 1024, 4096) if b <= min(n, scipy_max)]
+    candidates += [("sinkhorn (argmax)", sinkhorn(), b) for b in (1024, 4096) if b <= min(n, sinkhorn_max)]
+    candidates += [("online (4 epochs)", online, 256), ("semidiscrete-ot", sd, 256)]
+    rows = []
+    for name, coupler, batch in candidates:
+        cost = mean_pair_cost(coupler, data, batch, max(1, min(batches, n // batch)), g)
+        rows.append({"device": device.type, "coupler": name, "batch": batch, "w2_over_global": cost / glob,
+                     "w2_over_minibatch256": cost / reference,
+                     "consistency": consistency(coupler, data, batch, 32, 6 if batch < 4096 else 4, g)})
+    return rows
+
+
+def header(columns) -> None:
+    print("| " + " | ".join(c for c, _ in columns) + " |")
+    print("|" + "---|" * len(columns))
+
+
+def line(columns, row: dict) -> None:
+    print("| " + " | ".join(f.format(row[c]) if c in row else "-" for c, f in columns) + " |", flush=True)
 
 
 def main() -> None:
@@ -112,18 +184,30 @@ def main() -> None:
     p.add_argument("--scipy-max-batch", type=int, default=8192, help="largest batch solved by scipy (8192: ~1 min)")
     p.add_argument("--auction-max-batch", type=int, default=2048, help="largest batch for the CUDA auction (2048: ~5 s)")
     p.add_argument("--devices", default="auto", help="comma list of cpu,cuda; auto = cpu and cuda if present")
+    p.add_argument("--points", type=int, default=60000, help="training-set size of semidiscrete-ot in the timing table")
+    p.add_argument("--fit-steps", type=int, default=300, help="semidiscrete-ot fitting steps (its default)")
+    p.add_argument("--sinkhorn-max-batch", type=int, default=4096, help="largest batch for the sinkhorn coupler")
+    p.add_argument("--quality-points", type=int, default=4096,
+                   help="data-set size of the pair-quality table (its global OT is one exact assignment of this size)")
     args = p.parse_args()
     devices = ["cpu", "cuda"] if args.devices == "auto" else args.devices.split(",")
     devices = [torch.device(d) for d in devices if d != "cuda" or torch.cuda.is_available()]
     g = torch.Generator().manual_seed(0)
-    print("| " + " | ".join(c for c, _ in COLUMNS) + " |")
-    print("|" + "---|" * len(COLUMNS))
     for device in devices:
+        sd, fit_s = semidiscrete(mixture(args.points, args.dim, g).to(device), g, args.fit_steps)
+        print(f"{device.type}: semidiscrete-ot fitted to {args.points} points x {args.dim} dims in {fit_s:.1f} s "
+              f"({args.fit_steps} steps of {sd.config.fit_batch} noises)", flush=True)
+        header(COLUMNS)
         for batch in (b for b in SIZES if b <= args.max_batch):
             if device.type == "cuda":  # warm-up: kernels and allocator
-                bench(device, 256, args.dim, 1, 256, 256, g)
-            row = bench(device, batch, args.dim, args.epochs, args.scipy_max_batch, args.auction_max_batch, g)
-            print("| " + " | ".join(f.format(row[c]) if c in row else "-" for c, f in COLUMNS) + " |", flush=True)
+                bench(device, 256, args.dim, 1, 256, 256, g, sd, 256)
+            line(COLUMNS, bench(device, batch, args.dim, args.epochs, args.scipy_max_batch, args.auction_max_batch, g,
+                                sd, args.sinkhorn_max_batch))
+        print()
+        header(QUALITY_COLUMNS)
+        for row in quality(device, args.quality_points, args.dim, args.fit_steps, args.scipy_max_batch,
+                           args.sinkhorn_max_batch, g):
+            line(QUALITY_COLUMNS, row)
 
 
 if __name__ == "__main__":

@@ -184,8 +184,10 @@ class Coupler(Component):
 
     ``pair`` returns ``(noise, data, y)`` reordered so that row i of ``noise`` is coupled with row i
     of ``data``; implementations may permute either side and may keep state across calls
-    (online coupling). ``plan`` returns the coupling matrix ``[N, M]`` (rows sum to 1/N) where
-    the coupler has one."""
+    (online coupling). A coupler fitted to the whole training set in ``prepare`` (a global map
+    such as semi-discrete OT) may instead return, for each noise row, the training sample its map
+    assigns (of the row's class ``y``), so the batch's data rows only choose the labels.
+    ``plan`` returns the coupling matrix ``[N, M]`` (rows sum to 1/N) where the coupler has one."""
 
     @abstractmethod
     def pair(

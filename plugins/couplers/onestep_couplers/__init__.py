@@ -1,1 +1,1 @@
-"""onestep coupler plugin: noise/data pairings for flow-type objectives (independent, minibatch-ot, online)."""
+"""onestep coupler plugin: noise/data pairings for flow-type objectives (independent, minibatch-ot, online, semidiscrete-ot)."""

@@ -5,5 +5,6 @@ from onestep.hookspecs import hookimpl
 def onestep_couplers():
     from .couplers import Independent, MinibatchOT
     from .online import OnlineOT
+    from .semidiscrete import SemiDiscreteOT
 
-    return [Independent, MinibatchOT, OnlineOT]
+    return [Independent, MinibatchOT, OnlineOT, SemiDiscreteOT]

@@ -7,15 +7,26 @@ identity at t = 0 by construction (the ResNet-flow form of neural flows):
 
 It is regressed onto the straight interpolation between coupled noise and data at every t:
 
-    L(theta) = E_{t ~ U(0,1), (z, x) ~ pi} || F(z, t) - ((1 - t) z + t x) ||^2     (loss)
+    L(theta) = E_{t ~ p(t), (z, x) ~ pi} || F(z, t) - ((1 - t) z + t x) ||^2      (loss)
              = E t^2 || u_theta(z, t) - (x - z) ||^2
 
 so the minimiser is u*(z, t) = E_pi[x | z] - z for every t, and the one-step sample is
 F(z, 1) = E_pi[x | z]. With the independent coupling pi = p_z x p_data, E[x | z] is the data
 mean for every z: MEAN COLLAPSE (the paper's negative result). A consistent (deterministic)
 coupling such as optimal transport makes E[x | z] = T(z) a transport map, and F(., 1) pushes the
-noise onto the data. The coupling comes from the run's coupler (``minibatch-ot`` or ``online``;
-``independent`` reproduces the collapse); this objective requires one and says so.
+noise onto the data. The coupling comes from the run's coupler (``semidiscrete-ot``: the global
+OT map, consistent by construction; ``minibatch-ot`` or ``online``; ``independent`` reproduces
+the collapse); this objective requires one and says so.
+
+Time sampling p(t): the paper samples t ~ U(0, 1). Only F(., 1) is ever sampled, and the
+minimiser u* is the same at every t, so ``one_step_share`` of each batch is trained at t = 1
+exactly and the rest at t ~ U(0, 1) (which keeps the whole path a flow map).
+
+Parameterisation: ``predict: velocity`` is the ResNet-flow form above; ``predict: data`` writes
+the same family as F(z, t) = (1 - t) z + t * g_theta(z, t) (u = g - z), so the network outputs
+the endpoint T(z) itself instead of T(z) - z (it need not reproduce the noise exactly to cancel
+it; the form the authors of Adversarial Flow use for one-step generators). Both are identity at
+t = 0 by construction.
 
 Sampling is one evaluation, F(z, 1). The map is indexed from the source time 0 only, so it
 cannot be composed from an intermediate point (that needs the inverse or a two-time map): the
@@ -37,10 +48,15 @@ from onestep.errors import ConfigError
 from onestep.interfaces import Batch, NetworkRequest, Networks, Objective, Phase, StepInfo
 
 
+PREDICTIONS = ("velocity", "data")
+
+
 @attrs.define
 class OTNFMConfig:
     lr: float = 1e-3
     class_conditional: bool = True  # labelled data: one map per class (False: ignore labels)
+    one_step_share: float = 0.5  # share of each batch trained at t = 1 (the sampled end); the rest t ~ U(0, 1)
+    predict: str = "velocity"  # velocity: F = z + t u(z, t) | data: F = (1 - t) z + t g(z, t)
 
 
 class OTNFM(Objective):
@@ -61,6 +77,10 @@ class OTNFM(Objective):
             raise ConfigError(f"guidance {guidance.name!r}: objective ot-nfm takes no guidance")
         if not config.lr > 0:
             raise ConfigError(f"objective.lr: expected > 0, got {config.lr}")
+        if not 0.0 <= config.one_step_share <= 1.0:
+            raise ConfigError(f"objective.one_step_share: expected in [0, 1], got {config.one_step_share}")
+        if config.predict not in PREDICTIONS:
+            raise ConfigError(f"objective.predict: expected one of {', '.join(PREDICTIONS)}, got {config.predict!r}")
         self.conditional = spec.num_classes > 0 and config.class_conditional
 
     def networks(self):
@@ -72,15 +92,25 @@ class OTNFM(Objective):
     def optim_defaults(self, network):
         return {"lr": self.config.lr}
 
-    @staticmethod
-    def flow_map(net, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """F(z, t) = z + t * u(z, t): identity at t = 0 whatever the network."""
-        return z + t.view(-1, *([1] * (z.dim() - 1))) * net(z, t=t, y=y)
+    def flow_map(self, net, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """F(z, t) = z + t * u(z, t) (velocity) or (1 - t) z + t * g(z, t) (data): identity at t = 0
+        whatever the network."""
+        tb = t.view(-1, *([1] * (z.dim() - 1)))
+        out = net(z, t=t, y=y)
+        if self.config.predict == "data":
+            return z + tb * (out - z)
+        return z + tb * out
+
+    def times(self, n: int, device: torch.device) -> torch.Tensor:
+        """t ~ U(0, 1), with the first round(one_step_share * n) rows at t = 1."""
+        t = torch.rand(n, device=device)
+        t[: round(self.config.one_step_share * n)] = 1.0
+        return t
 
     def loss(self, phase: str, nets: Networks, batches: list[Batch], info: StepInfo):
         x, y = batches[0].x, (batches[0].y if self.conditional else None)
         z, x, y = self.coupler.pair(torch.randn_like(x), x, y)
-        t = torch.rand(len(x), device=x.device)
+        t = self.times(len(x), x.device)
         tb = t.view(-1, *([1] * (x.dim() - 1)))
         target = (1 - tb) * z + tb * x
         loss = (self.flow_map(nets["generator"], z, t, y).float() - target.float()).pow(2).mean()

@@ -18,20 +18,25 @@ def generator(registry, objective, spec):
     return mlp.cls(mlp.cls.Config(width=32, depth=1)).build(objective.networks()["generator"], spec)
 
 
-def test_flow_map_is_identity_at_time_zero(registry):
+@pytest.mark.parametrize("predict", ["velocity", "data"])
+def test_flow_map_is_identity_at_time_zero(registry, predict):
     spec = DataSpec((1, 4, 4), num_classes=3)
-    obj = build(registry, spec=spec)
+    obj = build(registry, spec=spec, predict=predict)
     net = generator(registry, obj, spec)
     z, y = torch.randn(6, 1, 4, 4), torch.arange(6) % 3
     torch.testing.assert_close(obj.flow_map(net, z, torch.zeros(6), y), z)
     assert not torch.allclose(obj.flow_map(net, z, torch.ones(6), y), z)
+    if predict == "data":  # the one-step sample is the network's output itself
+        torch.testing.assert_close(obj.flow_map(net, z, torch.ones(6), y), net(z, t=torch.ones(6), y=y))
     assert obj.networks()["generator"].time_inputs == 1 and obj.networks()["generator"].class_conditional
 
 
-def test_loss_is_the_straight_path_regression(registry):
-    """loss = E ||F(z,t) - ((1-t) z + t x)||^2 = E t^2 ||u(z,t) - (x - z)||^2 with the coupler's pairs."""
+@pytest.mark.parametrize("predict", ["velocity", "data"])
+def test_loss_is_the_straight_path_regression(registry, predict):
+    """loss = E ||F(z,t) - ((1-t) z + t x)||^2 = E t^2 ||u(z,t) - (x - z)||^2 with the coupler's pairs,
+    u = net (velocity) or net - z (data); a quarter of the batch at t = 1, the rest t ~ U(0, 1)."""
     spec = DataSpec((2,))
-    obj = build(registry, coupler="independent", spec=spec)
+    obj = build(registry, coupler="independent", spec=spec, one_step_share=0.25, predict=predict)
     net = generator(registry, obj, spec)
     x = torch.randn(64, 2) * 3
     torch.manual_seed(11)
@@ -39,10 +44,19 @@ def test_loss_is_the_straight_path_regression(registry):
     torch.manual_seed(11)
     z = torch.randn_like(x)
     t = torch.rand(64)
-    u = net(z, t=t)
+    t[:16] = 1.0
+    u = net(z, t=t) - (z if predict == "data" else 0.0)
     expected = (t[:, None] ** 2 * (u - (x - z)) ** 2).mean()
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(logs["pair_cost"], (x - z).pow(2).sum(1).mean())
+
+
+def test_time_sampling_weights_the_one_step_end(registry):
+    obj = build(registry, one_step_share=0.75)
+    t = obj.times(4000, torch.device("cpu"))
+    assert (t == 1.0).float().mean() == 0.75
+    rest = t[t < 1.0]
+    assert 0.45 < float(rest.mean()) < 0.55 and float(rest.min()) >= 0.0
 
 
 def test_one_step_sample_is_the_flow_map_at_time_one(registry):
@@ -60,6 +74,10 @@ def test_errors_name_what_is_wrong(registry):
         build(registry, coupler=None)
     with pytest.raises(ConfigError, match="objective.lr"):
         build(registry, lr=0.0)
+    with pytest.raises(ConfigError, match="objective.one_step_share"):
+        build(registry, one_step_share=1.5)
+    with pytest.raises(ConfigError, match="objective.predict: expected one of velocity, data"):
+        build(registry, predict="noise")
     obj = build(registry)
     net = generator(registry, obj, DataSpec((2,)))
     with pytest.raises(ConfigError, match=r"sample.nfe: .* got 4 \(valid: 1\)"):

@@ -1,0 +1,107 @@
+"""semidiscrete-ot: its pairs are the global OT map of the training set (W2 at the global optimum,
+below minibatch OT's), consistent across batches, within classes, and its fitted state survives
+a checkpoint."""
+import pytest
+import torch
+
+from onestep.checkpoint import load_state, save_state
+from onestep.errors import ConfigError
+from onestep.interfaces import DataSource, DataSpec
+from onestep_couplers.couplers import MinibatchOT
+from onestep_couplers.diagnostics import consistency, global_ot_cost, mean_pair_cost
+from onestep_couplers.semidiscrete import SemiDiscreteOT
+
+
+def clusters(n=512, dim=8, k=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    label = torch.randint(0, k, (n,), generator=g)
+    return torch.randn(k, dim, generator=g)[label] * 1.5 + 0.5 * torch.randn(n, dim, generator=g), label
+
+
+class Arrays(DataSource):
+    name, Config = "arrays", None
+
+    def __init__(self, x, y, num_classes):
+        self.x, self.y, self.k = x, y, num_classes
+
+    def spec(self):
+        return DataSpec(tuple(self.x.shape[1:]), self.k)
+
+    def dataset(self, split):
+        return torch.utils.data.TensorDataset(self.x, self.y)
+
+
+def fitted(x, y=None, k=0, **fields):
+    c = SemiDiscreteOT(SemiDiscreteOT.Config(**{"fit_steps": 150, "fit_batch": 1024, **fields}))
+    c.prepare(Arrays(x, torch.zeros(len(x), dtype=torch.long) if y is None else y, k), torch.device("cpu"))
+    return c
+
+
+def test_pairs_are_the_global_ot_map_and_stay_consistent():
+    x, _ = clusters()
+    c = fitted(x)
+    assert c.mass_imbalance(8, torch.Generator().manual_seed(1)) < 1.3  # every cell holds ~1/N of the noise
+    g = torch.Generator().manual_seed(2)
+    glob = global_ot_cost(x, g)
+    ours = mean_pair_cost(c, x, 128, 8, g)
+    minibatch = MinibatchOT(MinibatchOT.Config())
+    theirs = mean_pair_cost(minibatch, x, 128, 8, g)
+    assert ours < 1.02 * glob and ours < theirs, (ours, theirs, glob)
+    kept, kept_minibatch = consistency(c, x, 128, 16, 6, g), consistency(minibatch, x, 128, 16, 6, g)
+    assert kept > 0.99 and kept_minibatch < 0.9, (kept, kept_minibatch)
+
+
+def test_labelled_data_pairs_within_classes():
+    x, y = clusters(seed=3)
+    c = fitted(x, y, 6, fit_steps=30)
+    g = torch.Generator().manual_seed(4)
+    batch_y = torch.randint(0, 6, (200,), generator=g)
+    noise = torch.randn(200, 8, generator=g)
+    z, xx, yy = c.pair(noise, x[:200], batch_y)
+    assert torch.equal(z, noise) and torch.equal(yy, batch_y)  # the map picks the partner of each noise row
+    rows = torch.cdist(xx, x).argmin(1)  # the partner is a training sample of the batch row's class
+    assert torch.equal(y[rows], batch_y)
+    with pytest.raises(ConfigError, match="coupler.per_class=false"):
+        c.pair(torch.randn(4, 8), x[:4], None)
+    with pytest.raises(ConfigError, match="set coupler.per_class=true"):
+        fitted(x, y, 6, per_class=False, fit_steps=1).pair(torch.randn(4, 8), x[:4], y[:4])
+
+
+def test_state_round_trips_and_prepare_skips_the_fit(tmp_path):
+    x, y = clusters(seed=5)
+    a = fitted(x, y, 6, fit_steps=20)
+    save_state(a.state_dict(), tmp_path / "coupler.pt")
+    b = SemiDiscreteOT(SemiDiscreteOT.Config(fit_steps=20, fit_batch=1024, seed=99))  # another seed: a refit would differ
+    b.load_state_dict(load_state(tmp_path / "coupler.pt"))
+    b.prepare(Arrays(x, y, 6), torch.device("cpu"))
+    assert torch.equal(a.psi_avg, b.psi_avg) and int(a.steps) == int(b.steps) == 20
+    for seed in (7, 8):
+        z, yy = torch.randn(64, 8, generator=torch.Generator().manual_seed(seed)), y[:64]
+        assert torch.equal(a.pair(z, x[:64], yy)[1], b.pair(z, x[:64], yy)[1])
+    assert torch.equal(a.psi, b.psi) and int(a.steps) == 22  # refinement steps match too
+    c = SemiDiscreteOT(SemiDiscreteOT.Config())
+    c.load_state_dict(load_state(tmp_path / "coupler.pt"))
+    with pytest.raises(ConfigError, match="fitted to other training data"):
+        c.prepare(Arrays(x + 1.0, y, 6), torch.device("cpu"))
+
+
+def test_errors_name_the_field():
+    with pytest.raises(ConfigError, match="coupler.lr"):
+        SemiDiscreteOT(SemiDiscreteOT.Config(lr=0.0))
+    with pytest.raises(ConfigError, match="coupler.fit_batch"):
+        SemiDiscreteOT(SemiDiscreteOT.Config(fit_batch=0))
+    with pytest.raises(RuntimeError, match="not prepared"):
+        SemiDiscreteOT(SemiDiscreteOT.Config()).pair(torch.randn(2, 3), torch.randn(2, 3))
+    x, _ = clusters(n=64)
+    with pytest.raises(ConfigError, match="coupler.max_points"):
+        fitted(x, max_points=10)
+
+
+def test_pairs_under_bf16_autocast_equal_fp32_pairs():
+    """The trainer computes losses under bf16 autocast; the map's argmax must not see bf16 scores."""
+    x, _ = clusters(n=400, dim=64, seed=6)
+    c = fitted(x, fit_steps=30)
+    z = torch.randn(256, 64, generator=torch.Generator().manual_seed(9))
+    exact = c.assign(z, torch.zeros(256, dtype=torch.long))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(c.assign(z, torch.zeros(256, dtype=torch.long)), exact)
