@@ -29,7 +29,7 @@ install: $(STAMP)
 demo: install
 	rm -rf runs/demo
 	OMP_NUM_THREADS=1 $(BIN)/onestep compare --objectives wflow,flow-matching --data gmm8 --backbone mlp \
-	  --budget-minutes 1 --no-peer --presets none --config configs/demo.yaml --out runs/demo
+	  --budget-minutes 1 --no-peer --presets none --config configs/demo/demo.yaml --out runs/demo
 
 test: install
 	$(BIN)/python -m pytest -q

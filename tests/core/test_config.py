@@ -124,10 +124,10 @@ def test_a_plugin_rejecting_its_settings_with_a_value_error_is_one_config_error(
 
 
 def test_the_demo_config_tunes_wflow_and_leaves_the_baseline_at_its_defaults(registry):
-    """`make demo` compares both objectives with configs/demo.yaml (see the Makefile)."""
+    """`make demo` compares both objectives with configs/demo/demo.yaml (see the Makefile)."""
     from pathlib import Path
 
-    demo = Path(__file__).parents[2] / "configs" / "demo.yaml"
+    demo = Path(__file__).parents[2] / "configs" / "demo" / "demo.yaml"
     wflow = build(registry, files=[demo], objective="wflow")
     baseline = build(registry, files=[demo], objective="flow-matching")
     assert (wflow.objective.config.epsilon, wflow.objective.config.lr) == (0.01, 0.01)

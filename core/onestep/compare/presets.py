@@ -1,5 +1,5 @@
-"""Finding a method's preset: the config file in a presets folder (``configs/`` by default) that
-trains that objective. ``compare`` and ``board`` start every method from its preset, so a
+"""Finding a method's preset: the config file in a presets folder (``configs/`` by default, its
+top level only: sub-folders such as ``configs/demo/`` hold other jobs) that trains that objective. ``compare`` and ``board`` start every method from its preset, so a
 comparison measures each method as its authors' recipe sets it, not with the objective's bare
 defaults; explicit overrides still win.
 
