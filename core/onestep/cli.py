@@ -15,6 +15,7 @@ import torch
 from . import checkpoint as ckpt
 from .config import COMPONENT_SECTIONS, assemble, build_config, read_file, unstructure
 from .errors import OnestepError
+from .interfaces import KINDS
 from .registry import Registry
 
 
@@ -91,7 +92,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_plugins(args: argparse.Namespace) -> int:
     reg = Registry.discover()
-    kinds = [args.kind] if args.kind else ["objective", "backbone", "coupler", "guidance", "data", "metric"]
+    kinds = [args.kind] if args.kind else list(KINDS)
     listing = {}
     for kind in kinds:
         listing[kind] = [
@@ -149,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("plugins", help="list components, their packages and config fields")
-    p.add_argument("--kind", choices=["objective", "backbone", "coupler", "guidance", "data", "metric"])
+    p.add_argument("--kind", choices=list(KINDS))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plugins)
 

@@ -2,7 +2,10 @@
 (W-Flow, arXiv 2605.11755: ``T_{A,B}(a_i) = sum_j pi_ij b_j / sum_j pi_ij``)."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
+import torch.nn.functional as F
 
 from .solver import SinkhornSolver
 
@@ -24,3 +27,39 @@ class SinkhornBarycentricProjection:
             b = b_points.detach().unsqueeze(0) if squeeze else b_points.detach()
             t = result.barycentric_projection(b, self.chunk_rows)
         return t[0] if squeeze else t
+
+
+def project_stacked(solver: SinkhornSolver,
+                    problems: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]) -> list[torch.Tensor]:
+    """Barycentric projections ``T_{x,y}(x)`` of many independent problems, in one batched solve
+    per distinct point dimension instead of one per problem.
+
+    Each problem is ``(x [G_i, N, d_i], y [G_i, M_i, d_i], b [G_i, M_i] or None)``: ``G_i``
+    problems (e.g. one per class and feature location) of ``N`` points (N shared by all) onto
+    ``M_i`` weighted reference points (zero weights mask padding; None: uniform). Problems of
+    equal ``d`` are concatenated along the batch dimension, their references padded to the
+    largest ``M`` with zero-weight points, which change no plan. Returns the projections
+    ``[G_i, N, d_i]`` (float32) in the order given."""
+    by_dim: dict[int, list[int]] = {}
+    for i, (x, y, _) in enumerate(problems):
+        if x.dim() != 3 or y.dim() != 3 or x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
+            raise ValueError(f"project_stacked: problem {i}: expected x [G, N, d] and y [G, M, d], "
+                             f"got {tuple(x.shape)} and {tuple(y.shape)}")
+        by_dim.setdefault(x.shape[2], []).append(i)
+    out: list[torch.Tensor | None] = [None] * len(problems)
+    for idx in by_dim.values():
+        m = max(problems[i][1].shape[1] for i in idx)
+        xs, ys, bs = [], [], []
+        for i in idx:
+            x, y, b = problems[i]
+            b = torch.ones(y.shape[:2], device=y.device) if b is None else b.float()
+            xs.append(x.detach().float())
+            ys.append(F.pad(y.detach().float(), (0, 0, 0, m - y.shape[1])))
+            bs.append(F.pad(b, (0, m - y.shape[1])))
+        y_all = torch.cat(ys)
+        result = solver.solve(torch.cat(xs), y_all, None, torch.cat(bs))
+        with torch.no_grad(), torch.autocast(y_all.device.type, enabled=False):
+            t = result.barycentric_projection(y_all)
+        for i, part in zip(idx, t.split([problems[i][0].shape[0] for i in idx])):
+            out[i] = part
+    return out  # type: ignore[return-value]
