@@ -55,6 +55,8 @@ class ConvMAEConfig:
     batch_size: int = 256
     lr: float = 2e-3
     seed: int = 0
+    maps: list[int] = attrs.Factory(list)
+    """Stages whose maps are the features (0 = the finest); empty: all. Not part of the cache key."""
     cache_dir: str = ""
     """Folder of the cached weights; "": $ONESTEP_CACHE/feature-networks (else ~/.cache/onestep/...)."""
 
@@ -85,7 +87,7 @@ def cache_root() -> Path:
 
 def recipe(config: ConvMAEConfig) -> dict:
     """The fields that decide the trained network (all but where it is cached)."""
-    return {k: v for k, v in attrs.asdict(config).items() if k != "cache_dir"}
+    return {k: v for k, v in attrs.asdict(config).items() if k not in ("cache_dir", "maps")}
 
 
 def cache_path(source: DataSource, config: ConvMAEConfig) -> Path:
@@ -190,6 +192,8 @@ class ConvMAEFeatures(FeatureNetwork):
                 raise ConfigError(f"features.{field}: expected >= 1, got {getattr(config, field)}")
         if not 0.0 <= config.mask_ratio < 1.0:
             raise ConfigError(f"features.mask_ratio: expected in [0, 1), got {config.mask_ratio}")
+        if any(not 0 <= m < config.stages for m in config.maps) or len(set(config.maps)) != len(config.maps):
+            raise ConfigError(f"features.maps: expected distinct stage indices in 0..{config.stages - 1}, got {config.maps}")
         self.encoder: ConvEncoder | None = None
         self.meta: dict = {}
 
@@ -202,4 +206,5 @@ class ConvMAEFeatures(FeatureNetwork):
         if self.encoder is None:
             raise OnestepError("features 'conv-mae' used before prepare(): the objective must prepare its feature "
                                "network (the trainer does so in fit)")
-        return self.encoder.encode(x)
+        maps = self.encoder.encode(x)
+        return [maps[i] for i in sorted(self.config.maps)] if self.config.maps else maps

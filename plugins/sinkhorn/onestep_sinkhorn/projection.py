@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from .solver import SinkhornSolver
 
@@ -32,32 +31,30 @@ class SinkhornBarycentricProjection:
 def project_stacked(solver: SinkhornSolver,
                     problems: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]) -> list[torch.Tensor]:
     """Barycentric projections ``T_{x,y}(x)`` of many independent problems, in one batched solve
-    per distinct point dimension instead of one per problem.
+    per (point dimension, reference size) instead of one per problem.
 
     Each problem is ``(x [G_i, N, d_i], y [G_i, M_i, d_i], b [G_i, M_i] or None)``: ``G_i``
     problems (e.g. one per class and feature location) of ``N`` points (N shared by all) onto
-    ``M_i`` weighted reference points (zero weights mask padding; None: uniform). Problems of
-    equal ``d`` are concatenated along the batch dimension, their references padded to the
-    largest ``M`` with zero-weight points, which change no plan. Returns the projections
-    ``[G_i, N, d_i]`` (float32) in the order given."""
-    by_dim: dict[int, list[int]] = {}
+    ``M_i`` weighted reference points (zero weights mask missing points, e.g. empty memory-bank
+    slots; None: uniform). Problems of equal ``d`` and ``M`` are concatenated along the batch
+    dimension and solved together. Returns the projections ``[G_i, N, d_i]`` (float32) in the
+    order given."""
+    groups: dict[tuple[int, int], list[int]] = {}
     for i, (x, y, _) in enumerate(problems):
         if x.dim() != 3 or y.dim() != 3 or x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
             raise ValueError(f"project_stacked: problem {i}: expected x [G, N, d] and y [G, M, d], "
                              f"got {tuple(x.shape)} and {tuple(y.shape)}")
-        by_dim.setdefault(x.shape[2], []).append(i)
+        groups.setdefault((x.shape[2], y.shape[1]), []).append(i)
     out: list[torch.Tensor | None] = [None] * len(problems)
-    for idx in by_dim.values():
-        m = max(problems[i][1].shape[1] for i in idx)
-        xs, ys, bs = [], [], []
-        for i in idx:
-            x, y, b = problems[i]
-            b = torch.ones(y.shape[:2], device=y.device) if b is None else b.float()
-            xs.append(x.detach().float())
-            ys.append(F.pad(y.detach().float(), (0, 0, 0, m - y.shape[1])))
-            bs.append(F.pad(b, (0, m - y.shape[1])))
-        y_all = torch.cat(ys)
-        result = solver.solve(torch.cat(xs), y_all, None, torch.cat(bs))
+    for idx in groups.values():
+        x_all = torch.cat([problems[i][0].detach().float() for i in idx])
+        y_all = torch.cat([problems[i][1].detach().float() for i in idx])
+        weights = [problems[i][2] for i in idx]
+        b_all = None
+        if any(b is not None for b in weights):
+            b_all = torch.cat([torch.ones(problems[i][1].shape[:2], device=y_all.device) if b is None else b.float()
+                               for i, b in zip(idx, weights)])
+        result = solver.solve(x_all, y_all, None, b_all)
         with torch.no_grad(), torch.autocast(y_all.device.type, enabled=False):
             t = result.barycentric_projection(y_all)
         for i, part in zip(idx, t.split([problems[i][0].shape[0] for i in idx])):
