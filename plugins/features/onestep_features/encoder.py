@@ -126,7 +126,8 @@ def load_encoder(path: str | Path, field: str = "features.path") -> tuple[ConvEn
         raise ConfigError(f"{field}: file {str(path)!r} has version {metadata.get('version')!r}; this onestep reads {VERSION}")
     try:
         arch = EncoderArch(**json.loads(metadata["arch"]))
-        encoder = ConvEncoder(arch)
+        with torch.random.fork_rng(devices=[]):  # the initialisation is overwritten: leave the run's RNG alone
+            encoder = ConvEncoder(arch)
         encoder.load_state_dict(tensors)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ConfigError(f"{field}: file {str(path)!r} does not hold a valid encoder ({' '.join(str(exc).split())[:160]})") from None

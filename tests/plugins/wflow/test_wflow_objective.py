@@ -319,3 +319,36 @@ def test_cfg_scale_chosen_at_sampling_raises_class_accuracy_monotonically(regist
                                              registry=registry)
     a, b = plain(class_labels=[3] * 8, seed=0), guided(class_labels=[3] * 8, seed=0)
     assert a.shape == b.shape == (8, 1, 8, 8) and not torch.allclose(a, b)
+
+
+@pytest.mark.slow
+def test_feature_space_run_resumes_bit_identically(tmp_path):
+    """A class-conditional feature-space run stopped at step 4 and resumed to 8 equals an
+    uninterrupted one: the memory bank travels in the checkpoint, and the conv-mae features are
+    trained once (by the first run, outside the run's RNG streams) and reloaded from the cache."""
+    import onestep_features.plugin
+    from safetensors.torch import load_file
+
+    from onestep.registry import Registry
+
+    registry = Registry.discover(extra=[("features", onestep_features.plugin)])
+
+    def run(out, steps, resume=None):
+        cfg = compose(objective="wflow", backbone="mlp", data="digits", features="conv-mae", registry=registry,
+                      overrides=[f"output_dir={out}", "train.progress=false", f"train.steps={steps}", "train.batch_size=40",
+                                 "train.checkpoint_every=4", "backbone.width=32", "backbone.depth=1", "eval.metrics=[]",
+                                 "sample.grid=10", "objective.per_class=8", "objective.bank_per_class=16",
+                                 "features.width=4", "features.stages=2", "features.epochs=1",
+                                 f"features.cache_dir={tmp_path}/cache"])
+        trainer = build_run(cfg, registry=registry, console=False)
+        trainer.fit(resume=resume)
+        return trainer
+
+    run(tmp_path / "full", 8)
+    run(tmp_path / "half", 4)
+    resumed = run(tmp_path / "half", 8, resume=str(tmp_path / "half"))
+    assert resumed.step == 8 and len(list((tmp_path / "cache").iterdir())) == 1
+    a = load_file(str(tmp_path / "full/checkpoints/step-0000008/generator.safetensors"))
+    b = load_file(str(tmp_path / "half/checkpoints/step-0000008/generator.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert int(resumed.objective._count.sum()) > 0
