@@ -19,11 +19,12 @@ def compose(
     objective: str | None = None, backbone: str | None = None, data: str | None = None,
     coupler: str | None = None, guidance: str | None = None, files: Iterable[str | Path] = (),
     overrides: Iterable[str] = (), base: dict[str, Any] | None = None, registry: Registry | None = None,
+    features: str | None = None,
 ) -> RunConfig:
     """A :class:`RunConfig` from component names, config files and ``key.path=value`` overrides
     (in that order of precedence: base < files < names < overrides)."""
     raw = assemble(files, {"objective": objective, "backbone": backbone, "data": data, "coupler": coupler,
-                           "guidance": guidance}, overrides, base)
+                           "guidance": guidance, "features": features}, overrides, base)
     return build_config(raw, registry or Registry.discover())
 
 

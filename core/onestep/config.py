@@ -1,7 +1,7 @@
 """Run configuration: attrs classes, structured by cattrs from YAML/TOML files and CLI overrides.
 
 The raw form is a nested dict. Component sections (``objective``, ``backbone``, ``data``,
-``coupler``, ``guidance``) are ``{name: ..., <that component's Config fields>}``; the name picks
+``coupler``, ``guidance``, ``features``) are ``{name: ..., <that component's Config fields>}``; the name picks
 the plugin class whose ``Config`` structures the rest. Every error names the full field path::
 
     objective.sinkhorn.epsilon: expected float, got 'abc'
@@ -23,9 +23,9 @@ from cattrs.errors import (AttributeValidationNote, ClassValidationError, Forbid
 from .errors import ConfigError
 from .interfaces import DataSpec  # noqa: F401  (re-exported for plugin authors' convenience)
 
-COMPONENT_SECTIONS = ("objective", "backbone", "data", "coupler", "guidance")
+COMPONENT_SECTIONS = ("objective", "backbone", "data", "coupler", "guidance", "features")
 SECTION_KIND = {"objective": "objective", "backbone": "backbone", "data": "data",
-                "coupler": "coupler", "guidance": "guidance"}
+                "coupler": "coupler", "guidance": "guidance", "features": "features"}
 
 
 @attrs.define
@@ -134,6 +134,7 @@ class RunConfig:
     data: ComponentChoice = attrs.Factory(lambda: ComponentChoice("gmm8"))
     coupler: Optional[ComponentChoice] = None
     guidance: Optional[ComponentChoice] = None
+    features: Optional[ComponentChoice] = None  # a frozen feature network for the objective (e.g. W-Flow's phi)
     train: TrainConfig = attrs.Factory(TrainConfig)
     sample: SampleConfig = attrs.Factory(SampleConfig)
     eval: EvalConfig = attrs.Factory(EvalConfig)

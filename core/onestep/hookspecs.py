@@ -48,6 +48,12 @@ def onestep_metrics() -> list[type]:
     """Metric classes (subclasses of :class:`onestep.interfaces.Metric`)."""
 
 
+@hookspec
+def onestep_feature_networks() -> list[type]:
+    """Feature network classes (subclasses of :class:`onestep.interfaces.FeatureNetwork`): frozen
+    maps in which an objective measures distances, chosen by the run's ``features`` section."""
+
+
 HOOK_KIND = {
     "onestep_backbones": "backbone",
     "onestep_objectives": "objective",
@@ -55,4 +61,5 @@ HOOK_KIND = {
     "onestep_guidance": "guidance",
     "onestep_data_sources": "data",
     "onestep_metrics": "metric",
+    "onestep_feature_networks": "features",
 }

@@ -1,6 +1,6 @@
 """The contract between the core and its plugins.
 
-A plugin provides *components*: classes deriving from one of the six bases below. Each component
+A plugin provides *components*: classes deriving from one of the seven bases below. Each component
 class sets two class attributes:
 
 - ``name``: the user-facing name (``onestep run --objective NAME``), unique per kind;
@@ -238,11 +238,43 @@ class Guidance(_TrainsNetworks):
     ) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
+class FeatureNetwork(Component):
+    """A frozen feature map phi in which an objective measures distances (W-Flow computes its
+    velocity on phi(x) and back-propagates through phi's Jacobian). Never the network that
+    evaluation metrics use (FID's classifier): training and evaluation features stay separate.
+
+    Constructed as ``cls(config, spec=...)``. Construction must be cheap and read no file:
+    ``onestep sample``, ``onestep export`` and ``OneStepPipeline`` build the objective, and
+    with it this component, but sample with the generator alone. :meth:`prepare` (called by the
+    objective's own ``prepare``, i.e. once per ``fit``, before the training clock) trains the
+    network or loads its weights, from a cache keyed by the data and the recipe where it trains
+    one, and moves it to ``device``; a missing weights file is a one-line ``ConfigError`` there.
+
+    ``phi(x)`` (``__call__``) maps ``x`` [B, *spec.shape] to a list of feature tensors, each
+    ``[B, D]`` (one D-vector per sample) or ``[B, C, H, W]`` (a C-vector at each of H*W
+    locations). It is differentiable in ``x`` and has no trainable parameters (gradients reach
+    the generator, never phi); each row depends on its own sample only."""
+
+    def __init__(self, config: Any, *, spec: DataSpec) -> None:
+        super().__init__(config)
+        self.spec = spec
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]: ...
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.forward(x)
+
+
 class Objective(_TrainsNetworks):
     """A training method. Constructed as ``cls(config, spec=..., coupler=..., guidance=...)``;
     ``coupler`` and ``guidance`` are None unless the user chose one. An objective that cannot use
     a given coupler or guidance raises :class:`onestep.errors.ConfigError` (a ``ValueError``)
-    naming it.
+    naming it. An objective that measures distances in a learned space also takes the keyword
+    ``features`` (a :class:`FeatureNetwork`), passed only when the run configures one; the
+    registry refuses (``ConfigError``) a run that configures features for an objective whose
+    ``__init__`` does not take that keyword, so objectives that know nothing of feature networks
+    keep working unchanged.
 
     ``sample`` draws ``noise.shape[0]`` samples with ``nfe`` network evaluations using the EMA
     networks (``nets.ema(name)``); ``default_nfe`` is 1 for one-step methods.
@@ -326,4 +358,5 @@ KINDS: dict[str, type[Component]] = {
     "guidance": Guidance,
     "data": DataSource,
     "metric": Metric,
+    "features": FeatureNetwork,
 }

@@ -10,6 +10,7 @@ disabled (and named), the rest stay usable.
 from __future__ import annotations
 
 import importlib.metadata as md
+import inspect
 from typing import Any, Iterable
 
 import attrs
@@ -149,9 +150,20 @@ class Registry:
             raise ConfigError(f"{kind} {name!r}: {' '.join(str(exc).split())}") from None
 
     def build_objective(self, config: Any, spec: Any) -> Component:
-        """A run's objective with the coupler and guidance its ``RunConfig`` names (reachable
-        as ``objective.coupler`` / ``objective.guidance``)."""
+        """A run's objective with the coupler, guidance and feature network its ``RunConfig``
+        names (reachable as ``objective.coupler`` / ``objective.guidance``). The feature network
+        is passed as the keyword ``features`` only when the run configures one, and only to an
+        objective whose ``__init__`` takes it (else a ``ConfigError`` naming both)."""
         coupler = self.build("coupler", config.coupler.name, config.coupler.config) if config.coupler else None
         guidance = self.build("guidance", config.guidance.name, config.guidance.config, spec=spec) if config.guidance else None
+        extra: dict[str, Any] = {}
+        features = getattr(config, "features", None)
+        if features is not None:
+            objective = self.get("objective", config.objective.name)
+            params = inspect.signature(objective.cls.__init__).parameters
+            if "features" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                raise ConfigError(f"features {features.name!r}: objective {objective.name!r} ({objective.package}) "
+                                  "does not use a feature network; remove the features section (features=none)")
+            extra["features"] = self.build("features", features.name, features.config, spec=spec)
         return self.build("objective", config.objective.name, config.objective.config, spec=spec, coupler=coupler,
-                          guidance=guidance)
+                          guidance=guidance, **extra)

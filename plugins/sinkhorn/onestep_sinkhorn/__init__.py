@@ -2,8 +2,8 @@
 Sinkhorn divergence and the ``sinkhorn`` coupler."""
 from .divergence import debiased_potentials, sinkhorn_divergence
 from .groups import Groups
-from .projection import SinkhornBarycentricProjection
+from .projection import SinkhornBarycentricProjection, project_stacked
 from .solver import SinkhornResult, SinkhornSolver, squared_cost
 
 __all__ = ["Groups", "SinkhornBarycentricProjection", "SinkhornResult", "SinkhornSolver", "debiased_potentials",
-           "sinkhorn_divergence", "squared_cost"]
+           "project_stacked", "sinkhorn_divergence", "squared_cost"]

@@ -210,11 +210,15 @@ class SinkhornSolver:
     target temperature; ``tol``: stop when ``max |log(row marginal / a)| < tol``, checked
     every ``check_every`` iterations (each check is one device sync). ``compile``: run the
     inner loop through ``torch.compile`` (None: on CUDA only). ``precision``: the cost GEMM's
-    (see :func:`squared_cost`); the iterations are float32 in every case.
+    (see :func:`squared_cost`); the iterations are float32 in every case. ``anneal=False`` starts
+    at the target temperature from zero potentials (no schedule, no host sync for the cost's
+    maximum): with ``tol <= 0`` and ``check_every == max_iters`` a solve is exactly ``max_iters``
+    iterations, W-Flow's fixed budget (its authors run 10, or 1 at scale).
     """
 
     def __init__(self, epsilon: float, scaling: float = 0.9, max_iters: int = 1000, tol: float = 1e-3,
-                 check_every: int = 10, compile: bool | None = None, precision: str = "fp32") -> None:
+                 check_every: int = 10, compile: bool | None = None, precision: str = "fp32",
+                 anneal: bool = True) -> None:
         if epsilon <= 0:
             raise ValueError(f"sinkhorn epsilon: expected > 0, got {epsilon}")
         if not 0.0 < scaling < 1.0:
@@ -230,6 +234,7 @@ class SinkhornSolver:
         if precision not in PRECISIONS:
             raise ValueError(f"sinkhorn precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.precision = precision
+        self.anneal = bool(anneal)
         self._steps: dict[Callable, Callable] = {}
 
     def _compiled(self, fn: Callable, device: torch.device) -> Callable:
@@ -295,7 +300,7 @@ class SinkhornSolver:
         potentials always belong to ``epsilon``. ``tol <= 0`` runs exactly the chunks that
         fit ``max_iters`` with no device sync in between (for benchmarks and fixed budgets)."""
         k = self.check_every
-        anneal = self.schedule(float(c.amax()))
+        anneal = self.schedule(float(c.amax())) if self.anneal else []
         pad = k - len(anneal) % k
         eps_chunks = torch.tensor(anneal + [self.epsilon] * pad, device=c.device, dtype=torch.float32).view(-1, k)
         target = torch.full((k,), self.epsilon, device=c.device)

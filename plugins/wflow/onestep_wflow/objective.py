@@ -1,167 +1,368 @@
 """W-Flow: one-step generation by compressing a Sinkhorn-divergence Wasserstein gradient flow
 (Han, Li, Guo, Xu, Ermon, Candes; arXiv 2605.11755). The whole method is this module.
 
-The Wasserstein gradient flow of F(q) = S_eps(q, p) (the debiased Sinkhorn divergence) moves a
-particle x with velocity ``-grad (f_{q,p} - f_{q,q})(x)``. For the cost |x - y|^2 / 2 the
-gradient of an entropic potential is ``x - T(x)`` with T the barycentric projection through the
-entropic plan, ``T_{A,B}(a_i) = sum_j pi_ij b_j / sum_j pi_ij``, so the velocity is::
+**Velocity.** The Wasserstein gradient flow of F(q) = S_eps(q, p) (the debiased Sinkhorn
+divergence) moves a particle a with velocity ``-grad (f_{q,p} - f_{q,q})(a)``. For the cost
+|a - b|^2 / 2 the gradient of an entropic potential is ``a - T(a)`` with T the barycentric
+projection through the entropic plan, ``T_{A,B}(a_i) = sum_j pi_ij b_j / sum_j pi_ij``, so::
 
-    V(x_i) = T_{q,p}(x_i) - T_{q,q'}(x_i)                                   (pull - debias)
+    V(a_i) = T_{q,p}(a_i) - T_{q,q'}(a_i)                                   (pull - debias)
 
-The self term is estimated with a SECOND independent batch of particles ``x' = f(z')``
-(``self_term = "two-batch"``): projecting a batch onto itself (``"one-batch"``) couples every
-particle with itself at zero cost and biases V toward contraction; ``"none"`` drops the
-debiasing (V = T_{q,p}(x) - x, the raw entropic-OT flow). Both are kept for ablation.
+The self term uses a SECOND independent batch of particles ``q' = f(z')`` (``self_term =
+"two-batch"``); ``"one-batch"`` (q onto itself: each particle is coupled with itself at zero
+cost, a bias toward contraction) and ``"none"`` (V = T_{q,p}(a) - a) are kept for ablation.
 
-One training step takes one explicit Euler step of the flow and regresses the generator onto
-it: ``target_i = stopgrad(x_i + eta V(x_i))``, ``loss = mean_i ||f(z_i) - target_i||^2 / n``
-(n = elements per sample: the per-element mean, as torch's MSE, so eta and the learning rate
-transfer across data sizes; the gradient is then ``-2 eta V / (B n)`` per output).
+**Feature space.** As the authors train it, the flow runs on the features of a frozen network phi
+(``features`` section of the run; none: the samples themselves, pixel space). phi returns maps
+``[B, C, H, W]`` (or vectors ``[B, D]``); from every map the particles are read per location
+(a C-vector at each of H*W places), as mean and standard deviation over ``patch_stats`` x
+``patch_stats`` patches, and as mean and standard deviation over the whole map
+(``global_stats``). Each such *family* of C-vectors at L places gives one OT problem per
+(class x place); all of them are solved in one batched Sinkhorn call per vector size.
 
-Class-conditional data: the generator takes labels; particles are drawn with the labels of the
-data batch, and every projection is computed per class (one batched Sinkhorn call over
-classes: ``T_{q|c,p|c}``, ``T_{q|c,q'|c}``). Classifier-free guidance is baked into the
-target with scale w, using a small unconditional data batch ``p_u`` as extra reference::
+**Step rule** (per family f). Coordinates are rescaled so that the RMS distance per dimension
+between generated and real points is 1: ``u = phi_f / s_f`` with
+``s_f^2 = S_f / d_f``, ``S_f`` the mean squared gen-data distance (no gradient). The plan is
+``pi ~ exp(-|a - b|^2 / (R S_f))`` for each R in ``epsilon`` (R = 0.05 and 0.01 in the paper),
+i.e. the temperature is R times the mean squared distance, whatever the feature size. Each R
+gives V_R in u-coordinates; with ``normalize_velocity`` each is divided by its RMS (over all
+classes, places, points and dimensions), and they are summed::
+
+    V_f = sum_R V_R / rms(V_R),   target_f = stopgrad(u_f + eta V_f)
+    loss = mean_f mean (u_f(G(z)) - target_f)^2
+
+so the gradient reaches the generator through phi's Jacobian. Without normalisation the target
+is ``u + eta V`` (pixel space with one R and no normalisation is the pre-feature W-Flow).
+
+**Class-conditional data.** Each step generates ``per_class`` (>= 64 in the paper) particles for
+each of ``train.batch_size // per_class`` classes (at most all classes; each then gets
+``batch_size // classes``), and compares them with up to ``bank_per_class`` real samples of the
+same class from a memory bank (a per-class ring buffer filled from the data batches; it is
+checkpointed with the run), since a batch alone holds too few of each class.
+
+**CFG baked in** (the paper's V_w, with the unconditional data p_u from the current batch)::
 
     V_w = (T_{q|c,p|c} - T_{q|c,q'|c}) + w (T_{q|c,p|c} - T_{q|c,p_u})
 
-The generator is a pure one-step map (no time input), so w is fixed per run
-(``guidance_scale``); sampling is one evaluation ``x = f(z, y)``.
+When ``[guidance_min, guidance_max]`` is not [0, 0], the scale w is drawn per example, uniform in
+that range, the examples of one plan sharing it (a plan compares the particles of ONE
+distribution q_{w|c}); the generator is conditioned on w through its scalar time input,
+``t = (w - guidance_min) / (guidance_max - guidance_min)``, and the sampling scale
+``guidance_scale`` is chosen when sampling (``onestep sample RUN objective.guidance_scale=1.5``;
+``onestep export`` takes the same override). Sampling stays one evaluation ``x = f(z, y, t)``.
+Scales below 0 (down to -1) extend the paper's range toward the unconditional flow: at w = -1,
+``V_w = T_{q|c,p_u} - T_{q|c,q'|c}`` pulls every class to all the data.
 """
 from __future__ import annotations
 
+import math
+
 import attrs
 import torch
+import torch.nn.functional as F
 
 from onestep.errors import ConfigError
 from onestep.interfaces import Batch, NetworkRequest, Networks, Objective, Phase, StepInfo
-from onestep_sinkhorn import Groups, SinkhornSolver
+from onestep_sinkhorn import SinkhornSolver, project_stacked
+from onestep_sinkhorn.solver import PRECISIONS
 
 SELF_TERMS = ("two-batch", "one-batch", "none")
+STD_FLOOR = 1e-6  # added to variances before the square root (finite gradients of flat patches)
 
 
 @attrs.define
 class WFlowConfig:
+    epsilon: list[float] = attrs.Factory(lambda: [0.05])
+    """Relative temperatures R: plan ~ exp(-|a - b|^2 / (R S)), S the mean squared distance
+    between generated and real points of the feature. Several: one velocity each, summed."""
+    normalize_velocity: bool = True
+    """Divide each temperature's velocity by its RMS (the paper's rule); false keeps raw V."""
     eta: float = 1.0
-    """Euler step of the particle flow in the target ``x + eta V``. With eta = 1 the target of a
-    particle is its data projection corrected by the self term; on the 2D toys the particle flow
-    itself (no network) settles the 8 modes in ~100 such steps at eta = 1, and larger steps
-    overshoot between modes. (Adam normalises the gradient scale, so eta mostly sets how far
-    the target lies, not the update size.)"""
-    epsilon: float = 0.05
-    """Entropic temperature PER DATA ELEMENT: the solver uses ``epsilon * n`` in units of the
-    cost |x - y|^2 / 2, so the sharpness of the plan is comparable across data sizes
-    (2D toys: eps = 0.1, blur sqrt(0.1) ~ 0.32, about the mode width; MNIST: eps ~ 39)."""
+    """Step of the particle flow in the target u + eta V (1 with normalised velocities)."""
     self_term: str = "two-batch"
     """Estimator of the debiasing term T_{q,q}: two-batch (paper), one-batch or none (ablations)."""
-    guidance_scale: float = 0.0
-    """CFG scale w in V_w (class-conditional data only); 0 disables. The paper shows 0.15 and 2.0."""
     class_conditional: bool = True
-    """Use the labels of labelled data (per-class plans, a label-conditioned generator). False
-    trains one unconditional map with one plan per batch (more points per plan)."""
-    uncond_fraction: float = 0.25
-    """Size of the unconditional reference batch p_u as a fraction of the data batch."""
-    scaling: float = 0.8
-    """Sinkhorn epsilon-scaling ratio (blur shrinks by this per annealing iteration). 0.8 anneals
-    a 2D toy batch in ~15 iterations; 0.9 doubles that for projections that differ by < 5% of
-    the step (measured against converged plans), not worth it inside a training loop."""
-    max_iters: int = 20
-    """Sinkhorn iterations at the target temperature after annealing (a cap)."""
-    tol: float = 1e-2
-    """Sinkhorn stops when the max log row-marginal violation is below this. The projection only
-    needs g (it is row-normalised), and a stochastic target tolerates percent-level errors."""
+    """Use the labels of labelled data (per-class plans, a label-conditioned generator)."""
+    per_class: int = 64
+    """Generated particles per class and plan (class-conditional data)."""
+    bank_per_class: int = 128
+    """Real samples per class kept in the memory bank and used as each plan's data side."""
+    patch_stats: list[int] = attrs.Factory(lambda: [2, 4])
+    """Patch sizes of the mean/std statistics read from every feature map."""
+    global_stats: bool = True
+    """Also read each feature map's mean and std over all places."""
+    with_input: bool = False
+    """With a feature network, also flow the samples themselves (one flat vector each) as one
+    more family: pixel detail that the features do not see is then still pulled to the data."""
+    guidance_min: float = 0.0
+    """Smallest CFG scale w drawn in training (>= -1; -1 is the unconditional flow)."""
+    guidance_max: float = 0.0
+    """Largest CFG scale w drawn in training (class-conditional data); [0, 0] disables CFG."""
+    guidance_scale: float = 0.0
+    """CFG scale w used when sampling, in [guidance_min, guidance_max]."""
+    sinkhorn_iters: int = 10
+    """Sinkhorn iterations per plan, from zero potentials at the target temperature."""
+    precision: str = "fp32"
+    """Cost GEMM of the solver: fp32, tf32 or bf16 (see onestep_sinkhorn.squared_cost)."""
     lr: float = 1e-3
 
 
+def feature_families(maps: list[torch.Tensor], patch_stats: list[int], global_stats: bool) -> list[torch.Tensor]:
+    """Feature maps -> families of particles ``[B, L, d]`` (float32): a ``[B, D]`` vector is one
+    family of one place; a ``[B, C, H, W]`` map gives its per-location vectors (L = H W), the
+    mean and std over each p x p patch for p in ``patch_stats`` smaller than the map, and the
+    mean and std over the whole map (``global_stats``)."""
+    out = []
+    for m in maps:
+        m = m.float()
+        if m.dim() == 2:
+            out.append(m[:, None])
+            continue
+        if m.dim() != 4:
+            raise ValueError(f"feature network returned a tensor of shape {tuple(m.shape)}; expected [B, D] or [B, C, H, W]")
+        out.append(m.flatten(2).transpose(1, 2))
+        for p in patch_stats:
+            if p >= min(m.shape[-2:]):
+                continue
+            mean = F.avg_pool2d(m, p, ceil_mode=True)
+            var = (F.avg_pool2d(m * m, p, ceil_mode=True) - mean * mean).clamp_min(0.0)
+            out += [mean.flatten(2).transpose(1, 2), (var + STD_FLOOR).sqrt().flatten(2).transpose(1, 2)]
+        if global_stats:
+            mean, var = m.mean((2, 3)), m.var((2, 3), unbiased=False)
+            out += [mean[:, None], (var + STD_FLOOR).sqrt()[:, None]]
+    return out
+
+
+def _problems(a: torch.Tensor) -> torch.Tensor:
+    """[K, N, L, d] (classes, points, places) -> [K L, N, d]: one problem per class and place."""
+    k, n, l, d = a.shape
+    return a.permute(0, 2, 1, 3).reshape(k * l, n, d)
+
+
+def _unproblems(a: torch.Tensor, k: int) -> torch.Tensor:
+    kl, n, d = a.shape
+    return a.reshape(k, kl // k, n, d).permute(0, 2, 1, 3)
+
+
+def mean_squared_distance(q: torch.Tensor, p: torch.Tensor, p_w: torch.Tensor | None) -> torch.Tensor:
+    """Mean over classes and places of ``E_ij |q_i - p_j|^2`` for q [K, N, L, d] and p
+    [K, M, L, d] weighted by p_w [K, M] (None: uniform), without forming the pairs."""
+    w = torch.ones(p.shape[:2], device=p.device) if p_w is None else p_w.float()
+    w = w / w.sum(1, keepdim=True)
+    pm = torch.einsum("km,kmld->kld", w, p)
+    p2 = torch.einsum("km,kml->kl", w, p.pow(2).sum(-1))
+    q2 = q.pow(2).sum(-1).mean(1)
+    return (q2 + p2 - 2 * (q.mean(1) * pm).sum(-1)).mean()
+
+
 class WFlow(Objective):
-    """Regress a one-step generator onto one Euler step of the Sinkhorn-divergence gradient flow."""
+    """Regress a one-step generator onto one step of the Sinkhorn-divergence gradient flow,
+    in pixel space or in the features of a frozen network (the paper's recipe)."""
 
     name = "wflow"
     Config = WFlowConfig
     default_nfe = 1
 
-    def __init__(self, config: WFlowConfig, *, spec, coupler=None, guidance=None) -> None:
+    def __init__(self, config: WFlowConfig, *, spec, coupler=None, guidance=None, features=None) -> None:
         super().__init__(config, spec=spec, coupler=coupler, guidance=guidance)
         if coupler is not None:
             raise ConfigError(f"coupler {coupler.name!r}: wflow takes no coupler (its transport plans are its own)")
         if guidance is not None:
             raise ConfigError(f"guidance {guidance.name!r}: wflow takes no guidance plugin "
-                              "(classifier-free guidance is built in: objective.guidance_scale)")
-        if config.self_term not in SELF_TERMS:
-            raise ConfigError(f"objective.self_term: expected one of {', '.join(SELF_TERMS)}, got {config.self_term!r}")
-        if config.eta <= 0:
-            raise ConfigError(f"objective.eta: expected > 0, got {config.eta}")
-        if config.epsilon <= 0:
-            raise ConfigError(f"objective.epsilon: expected > 0, got {config.epsilon}")
-        if config.guidance_scale < 0:
-            raise ConfigError(f"objective.guidance_scale: expected >= 0, got {config.guidance_scale}")
-        if config.guidance_scale > 0 and (spec.num_classes == 0 or not config.class_conditional):
-            raise ConfigError("objective.guidance_scale: classifier-free guidance needs labelled data "
-                              "(num_classes > 0) and objective.class_conditional=true")
-        if not 0 < config.uncond_fraction <= 1:
-            raise ConfigError(f"objective.uncond_fraction: expected in (0, 1], got {config.uncond_fraction}")
+                              "(classifier-free guidance is built in: objective.guidance_min/max, guidance_scale)")
+        self._check(config, spec)
+        self.features = features
         self.conditional = spec.num_classes > 0 and config.class_conditional
-        self.solver = SinkhornSolver(config.epsilon * spec.numel, config.scaling, config.max_iters, config.tol)
+        self.guided = (config.guidance_min, config.guidance_max) != (0.0, 0.0)
+        # plans ~ exp(-|x - y|^2) on coordinates pre-divided by sqrt(R S): epsilon 1/2 for the cost |x - y|^2 / 2
+        self.solver = SinkhornSolver(0.5, max_iters=config.sinkhorn_iters, check_every=config.sinkhorn_iters,
+                                     tol=0.0, anneal=False, precision=config.precision)
+        self._bank: torch.Tensor | None = None  # [K, Q, *shape] real samples per class
+        self._count: torch.Tensor | None = None  # [K] filled slots (slots 0..count-1 are valid)
+        self._next: torch.Tensor | None = None  # [K] next slot to write
 
+    @staticmethod
+    def _check(c: WFlowConfig, spec) -> None:
+        def need(ok: bool, field: str, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"objective.{field}: {what}")
+
+        need(c.self_term in SELF_TERMS, "self_term", f"expected one of {', '.join(SELF_TERMS)}, got {c.self_term!r}")
+        need(c.eta > 0, "eta", f"expected > 0, got {c.eta}")
+        need(len(c.epsilon) > 0 and all(r > 0 for r in c.epsilon), "epsilon",
+             f"expected a non-empty list of relative temperatures > 0 (e.g. [0.05]), got {c.epsilon}")
+        need(c.per_class >= 1, "per_class", f"expected >= 1, got {c.per_class}")
+        need(c.bank_per_class >= 1, "bank_per_class", f"expected >= 1, got {c.bank_per_class}")
+        need(all(p >= 2 for p in c.patch_stats), "patch_stats", f"expected patch sizes >= 2, got {c.patch_stats}")
+        need(c.sinkhorn_iters >= 1, "sinkhorn_iters", f"expected >= 1, got {c.sinkhorn_iters}")
+        need(c.precision in PRECISIONS, "precision", f"expected one of {', '.join(PRECISIONS)}, got {c.precision!r}")
+        guided = (c.guidance_min, c.guidance_max) != (0.0, 0.0)
+        need(-1.0 <= c.guidance_min <= 0.0, "guidance_min", f"expected in [-1, 0], got {c.guidance_min}")
+        need(c.guidance_max >= 0, "guidance_max", f"expected >= 0, got {c.guidance_max}")
+        need(not guided or (spec.num_classes > 0 and c.class_conditional), "guidance_max",
+             "classifier-free guidance needs labelled data (num_classes > 0) and objective.class_conditional=true")
+        need(c.guidance_min <= c.guidance_scale <= c.guidance_max, "guidance_scale",
+             f"expected in [guidance_min, guidance_max] = [{c.guidance_min}, {c.guidance_max}] (the scales the "
+             f"generator was trained on), got {c.guidance_scale}")
+
+    # ------------------------------------------------------------------------- declarations
     def networks(self):
-        return {"generator": NetworkRequest("generator", time_inputs=0, class_conditional=self.conditional)}
+        return {"generator": NetworkRequest("generator", time_inputs=1 if self.guided else 0,
+                                            class_conditional=self.conditional)}
 
     def phases(self):
         return [Phase("generator", "generator")]
 
     def optim_defaults(self, network):
-        return {"lr": self.config.lr}
+        return {"lr": self.config.lr, "betas": (0.9, 0.95)}
 
-    def _project(self, a: torch.Tensor, refs: list[torch.Tensor], a_w: torch.Tensor, ref_w: torch.Tensor) -> list[torch.Tensor]:
-        """Barycentric projections T_{a, r} for several equally shaped references r [G, L, d],
-        solved in ONE batched Sinkhorn call (references stacked along the batch dimension)."""
-        k = len(refs)
-        res = self.solver.solve(a.repeat(k, 1, 1), torch.cat(refs), a_w.repeat(k, 1), ref_w.repeat(k, 1))
-        return list(res.barycentric_projection(torch.cat(refs)).chunk(k))
+    def prepare(self, source, device) -> None:
+        if self.features is not None:
+            self.features.prepare(source, device)
+
+    def state_dict(self):
+        if self._bank is None:
+            return {}
+        return {"bank": self._bank, "count": self._count, "next": self._next}
+
+    def load_state_dict(self, state) -> None:
+        if state:
+            self._bank, self._count, self._next = state["bank"], state["count"], state["next"]
+
+    # ------------------------------------------------------------------------- the flow
+    def phi(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Particle families of samples ``x`` (see :func:`feature_families`)."""
+        maps = [x.flatten(1)]
+        if self.features is not None:
+            maps = self.features(x) + (maps if self.config.with_input else [])
+        return feature_families(maps, self.config.patch_stats, self.config.global_stats)
 
     @torch.no_grad()
-    def velocity(self, x: torch.Tensor, x2: torch.Tensor | None, data: torch.Tensor, y: torch.Tensor | None,
-                 uncond: torch.Tensor | None = None) -> torch.Tensor:
-        """V (or V_w) at particles ``x`` [B, n] from the second batch ``x2`` [B, n] (same labels),
-        data [B, n] with labels ``y`` (None: one group) and, for CFG, unconditional data [U, n]."""
-        groups = Groups.by_label(y) if y is not None else Groups.single(len(x), x.device)
-        w = groups.weights
-        q, p = groups.gather(x.float()), groups.gather(data.float())
-        refs = [p]
-        if self.config.self_term == "two-batch":
-            refs.append(groups.gather(x2.float()))
-        elif self.config.self_term == "one-batch":
-            refs.append(q)
-        t = self._project(q, refs, w, w)
-        t_qp = t[0]
-        v = t_qp - (t[1] if len(t) > 1 else q)
-        if uncond is not None and self.config.guidance_scale > 0:
-            u = uncond.float().unsqueeze(0).expand(len(q), -1, -1)
-            t_qu = self.solver.solve(q, u, w, None).barycentric_projection(u)
-            v = v + self.config.guidance_scale * (t_qp - t_qu)
-        return groups.scatter(v, len(x))
+    def velocity(self, q: list[torch.Tensor], q2: list[torch.Tensor] | None, p: list[torch.Tensor],
+                 p_w: torch.Tensor | None = None, u: list[torch.Tensor] | None = None,
+                 w: torch.Tensor | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor], float]:
+        """Per family f: generated ``q[f]`` [K, N, L, d] (K classes of N particles at L places),
+        the second batch ``q2[f]`` (same shape; two-batch self term), real ``p[f]`` [K, M, L, d]
+        with weights ``p_w`` [K, M] (zeros: empty bank slots), unconditional data ``u[f]``
+        [U, L, d] and CFG scales ``w`` [K] (None: no CFG). Returns the velocities [K, N, L, d]
+        and the scales ``s_f`` (u = phi_f / s_f), both in the coordinates of the step rule, and the
+        mean raw RMS of the velocities (before normalisation) for logging. All plans in one
+        batched solve per vector size."""
+        c = self.config
+        k = q[0].shape[0]
+        problems, layout = [], []
+        scales = []
+        for f, qf in enumerate(q):
+            d = qf.shape[-1]
+            s2 = mean_squared_distance(qf, p[f], p_w).clamp_min(1e-12)
+            scales.append((s2 / d).sqrt())
+            for r in c.epsilon:
+                inv = (r * s2).rsqrt()
+                a = _problems(qf * inv)
+                refs = [(_problems(p[f] * inv), None if p_w is None else p_w.repeat_interleave(qf.shape[2], 0))]
+                if c.self_term == "two-batch":
+                    refs.append((_problems(q2[f] * inv), None))
+                elif c.self_term == "one-batch":
+                    refs.append((a, None))
+                if w is not None:
+                    uf = (u[f] * inv).permute(1, 0, 2)  # [L, U, d]: the same reference for every class
+                    refs.append((uf.repeat(k, 1, 1), None))
+                layout.append((f, r, len(refs), a))
+                problems += [(a, y, b) for y, b in refs]
+        projections = iter(project_stacked(self.solver, problems))
+        velocities = [torch.zeros_like(qf) for qf in q]
+        raw = []
+        for f, r, n_refs, a in layout:
+            t = [next(projections) for _ in range(n_refs)]
+            t_data = t[0]
+            v = t_data - (t[1] if c.self_term != "none" else a)
+            if w is not None:
+                v = v + w.repeat_interleave(q[f].shape[2]).view(-1, 1, 1) * (t_data - t[-1])
+            v = _unproblems(v, k) * math.sqrt(r * q[f].shape[-1])  # from sqrt(R S) units to u = phi / s_f
+            rms = v.pow(2).mean().sqrt()
+            raw.append(rms)
+            velocities[f] += v / rms.clamp_min(1e-12) if c.normalize_velocity else v
+        return [c.eta * v for v in velocities], scales, float(torch.stack(raw).mean())
 
+    # ------------------------------------------------------------------------- memory bank
+    def _push(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Write a labelled batch into the per-class ring buffers (the last ``bank_per_class``
+        of each class when a batch holds more)."""
+        q = self.config.bank_per_class
+        if self._bank is None:
+            k = self.spec.num_classes
+            self._bank = x.new_zeros(k, q, *x.shape[1:], dtype=torch.float32)
+            self._count = torch.zeros(k, dtype=torch.long, device=x.device)
+            self._next = torch.zeros(k, dtype=torch.long, device=x.device)
+        if self._bank.device != x.device:
+            self._bank, self._count, self._next = (t.to(x.device) for t in (self._bank, self._count, self._next))
+        y = y.long()
+        order = torch.argsort(y, stable=True)
+        y_sorted = y[order]
+        counts = torch.bincount(y, minlength=self.spec.num_classes)
+        start = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(len(y), device=y.device) - start[y_sorted]
+        keep = rank >= counts[y_sorted] - q
+        cls, rank, rows = y_sorted[keep], rank[keep], order[keep]
+        self._bank[cls, (self._next[cls] + rank) % q] = x[rows].float()
+        self._next = (self._next + counts) % q
+        self._count = (self._count + counts).clamp_max(q)
+
+    def _pick_classes(self, batch: int) -> torch.Tensor:
+        """``batch // per_class`` distinct classes (at most those present in the bank), uniform."""
+        available = (self._count > 0).float()
+        n = min(max(1, batch // self.config.per_class), int(available.sum()))
+        return torch.multinomial(available, n)
+
+    # ------------------------------------------------------------------------- training
     def loss(self, phase: str, nets: Networks, batches: list[Batch], info: StepInfo):
-        data, y = batches[0].x, batches[0].y
+        c = self.config
+        data, labels = batches[0].x, batches[0].y
         gen = nets["generator"]
-        y_in = y if self.conditional else None
-        x = gen(torch.randn_like(data), y=y_in)
-        x2 = None
-        if self.config.self_term == "two-batch":
-            with torch.no_grad():
-                x2 = gen(torch.randn_like(data), y=y_in)
-        uncond = None
-        if self.conditional and self.config.guidance_scale > 0:
-            count = max(1, round(self.config.uncond_fraction * len(data)))
-            uncond = data[torch.randperm(len(data), device=data.device)[:count]].flatten(1)
-        flat = x.detach().flatten(1)
-        v = self.velocity(flat, x2.flatten(1) if x2 is not None else None, data.flatten(1), y_in, uncond)
-        target = (flat.float() + self.config.eta * v).view_as(x)
-        loss = (x.float() - target).pow(2).mean()
-        return loss, {"velocity_rms": float(v.pow(2).mean().sqrt())}
+        if self.conditional:
+            self._push(data, labels)
+            classes = self._pick_classes(len(data))
+            k, n = len(classes), len(data) // len(classes)
+            y = classes.repeat_interleave(n)
+            real = self._bank[classes]
+            slots = torch.arange(c.bank_per_class, device=data.device)
+            real_w = (slots[None] < self._count[classes, None]).float()
+        else:
+            k, n, y = 1, len(data), None
+            real, real_w = data[None].float(), None
+        cond: dict[str, torch.Tensor] = {}
+        w = None
+        if self.guided:
+            t = torch.rand(k, device=data.device)
+            w = c.guidance_min + t * (c.guidance_max - c.guidance_min)
+            cond["t"] = t.repeat_interleave(n)
+        shape = data.shape[1:]
+        x = gen(torch.randn(k * n, *shape, device=data.device), y=y, **cond)
+        fam_x = self.phi(x)
+        with torch.no_grad():
+            fam_x2 = None
+            if c.self_term == "two-batch":
+                fam_x2 = [f.view(k, n, *f.shape[1:]) for f in self.phi(gen(torch.randn_like(x), y=y, **cond))]
+            fam_p = [f.view(k, -1, *f.shape[1:]) for f in self.phi(real.flatten(0, 1).view(-1, *shape))]
+            fam_u = None
+            if w is not None:
+                fam_u = self.phi(data[:c.bank_per_class].float())
+            fam_q = [f.detach().view(k, n, *f.shape[1:]) for f in fam_x]
+            v, scales, raw_rms = self.velocity(fam_q, fam_x2, fam_p, real_w, fam_u, w)
+        losses = []
+        for f, (xf, vf, sf) in enumerate(zip(fam_x, v, scales)):
+            uf = xf.view(k, n, *xf.shape[1:]) / sf
+            losses.append((uf - (uf.detach() + vf)).pow(2).mean())
+        return torch.stack(losses).mean(), {"velocity_rms": raw_rms}
 
+    # ------------------------------------------------------------------------- sampling
     @torch.no_grad()
     def sample(self, nets, noise, y, nfe):
         if self.conditional and y is None:
             y = torch.randint(0, self.spec.num_classes, (len(noise),), device=noise.device)
-        return nets.ema("generator")(noise, y=y if self.conditional else None)
+        cond = {}
+        if self.guided:
+            c = self.config
+            t = (c.guidance_scale - c.guidance_min) / (c.guidance_max - c.guidance_min)
+            cond["t"] = torch.full((len(noise),), t, device=noise.device)
+        return nets.ema("generator")(noise, y=y if self.conditional else None, **cond)

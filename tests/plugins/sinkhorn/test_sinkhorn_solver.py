@@ -168,3 +168,33 @@ def test_bad_settings_raise_one_line_errors():
         assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="expected x"):
         SinkhornSolver(1.0).solve(torch.zeros(3, 2), torch.zeros(4, 3))
+
+
+def test_stacked_per_location_problems_equal_separate_solves():
+    """W-Flow's layout: many (class x feature location) problems of several vector sizes and
+    reference sizes (some references with empty bank slots, weight 0) solved by project_stacked in
+    one batched call per (vector size, reference size), each equal to the same problem solved on
+    its own without the empty slots."""
+    from onestep_sinkhorn import project_stacked
+
+    g = torch.Generator().manual_seed(11)
+    problems = []
+    for groups, m, d in ((6, 12, 4), (3, 20, 4), (5, 12, 7), (2, 12, 4)):  # (class x place) problems, refs, dim
+        x = torch.randn(groups, 10, d, generator=g)
+        y = torch.randn(groups, m, d, generator=g) * 0.7 + 0.5
+        b = (torch.rand(groups, m, generator=g) < 0.8).float()
+        b[:, 0] = 1.0  # every problem keeps at least one reference point
+        problems.append((x, y, b))
+    for iters in (3, 200):  # W-Flow's fixed budget and a converged solve
+        solver = SinkhornSolver(0.3, max_iters=iters, check_every=iters, tol=0.0, anneal=False)
+        calls = []
+        original = solver.solve
+        solver.solve = lambda *a, **k: calls.append(1) or original(*a, **k)
+        stacked = project_stacked(solver, problems)
+        assert len(calls) == 3  # one call per (vector size, reference size): (4, 12), (4, 20), (7, 12)
+        solver.solve = original
+        for (x, y, b), t in zip(problems, stacked):
+            for i in range(len(x)):
+                keep = b[i] > 0
+                alone = solver.solve(x[i], y[i][keep]).barycentric_projection(y[i][keep][None])[0]
+                torch.testing.assert_close(t[i], alone, atol=2e-5, rtol=0)

@@ -1,0 +1,224 @@
+"""Benchmark: one feature-space W-Flow training step with our batched Sinkhorn solver against the
+same step with geomloss computing the plans, measured in the same run.
+
+    python tools/bench_wflow_step.py                 # MNIST-sized step (GPU): 10 classes x 64
+    python tools/bench_wflow_step.py --small         # a quick check, CPU ok
+
+The step is the objective's own ``loss`` + backward + AdamW: generator forward (with gradients)
+and a second forward (self term), the feature network on generated, second-batch and memory-bank
+samples, every (class x feature place x temperature x reference) plan, barycentric projections,
+the loss and its backward through the frozen features into the generator. Only the plans differ:
+
+- ours: ``project_stacked`` (one batched log-domain solve per vector size, ``sinkhorn_iters``
+  fixed iterations from zero potentials, compiled on CUDA);
+- geomloss: ``SamplesLoss("sinkhorn", potentials=True, backend="tensorized")`` on the same
+  problems, batched the same way (one call per vector size and reference size, so no padding is
+  needed), its own epsilon-scaling schedule (``--scaling``; its iteration count is printed and
+  our solver is also timed at that count), then the same softmax projection from its potential.
+
+The feature network is the conv-mae encoder's architecture with random weights (speed does not
+depend on them); data are random. Times are medians after warm-up; ratios are geomloss / ours.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import onestep_wflow.objective as wflow_objective
+from onestep.interfaces import Batch, DataSpec, Networks, StepInfo
+from onestep.registry import Registry
+from onestep_features import ConvEncoder, EncoderArch, save_encoder
+from onestep_features.latent_mae import LatentMAEConfig, LatentMAEFeatures
+from onestep_sinkhorn import project_stacked
+from onestep_wflow.objective import WFlow, WFlowConfig
+
+
+def timeit(fn, repeats: int, device: torch.device, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def geomloss_iterations(x: torch.Tensor, y: torch.Tensor, blur: float, scaling: float) -> int:
+    """Iterations geomloss runs on this batch of problems: its epsilon schedule from the clouds'
+    diameter down to ``blur``, plus the final extrapolation."""
+    try:
+        from geomloss.sinkhorn_divergence import epsilon_schedule, max_diameter
+    except ImportError:  # geomloss >= 0.3.1 keeps SamplesLoss's helpers here
+        from geomloss._legacy.sinkhorn_divergence import epsilon_schedule, max_diameter
+
+    diameter = max_diameter(x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1]))
+    return len(epsilon_schedule(2, diameter, blur, scaling)) + 1
+
+
+class GeomlossPlans:
+    """``project_stacked``'s contract with geomloss computing the potentials; counts its calls."""
+
+    def __init__(self, blur: float, scaling: float) -> None:
+        from geomloss import SamplesLoss
+
+        self.eps = blur ** 2
+        self.loss = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=scaling, debias=False, potentials=True,
+                                backend="tensorized")
+        self.blur, self.scaling = blur, scaling
+        self.calls = 0
+        self.iterations = 0
+
+    def __call__(self, solver, problems):
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (x, y, _) in enumerate(problems):
+            groups.setdefault((x.shape[2], y.shape[1]), []).append(i)
+        out = [None] * len(problems)
+        for idx in groups.values():
+            x = torch.cat([problems[i][0] for i in idx]).detach().float().contiguous()
+            y = torch.cat([problems[i][1] for i in idx]).detach().float().contiguous()
+            b = torch.cat([problems[i][2] if problems[i][2] is not None else torch.ones(y.shape[1], device=y.device)
+                           .expand(problems[i][1].shape[0], -1) for i in idx]).float()
+            b = b / b.sum(1, keepdim=True)
+            a = torch.full(x.shape[:2], 1.0 / x.shape[1], device=x.device)
+            self.calls += 1
+            self.iterations = max(self.iterations, geomloss_iterations(x, y, self.blur, self.scaling))
+            _, g = self.loss(a, x, b, y)
+            with torch.no_grad():
+                cost = 0.5 * torch.cdist(x, y).pow(2)
+                w = torch.softmax(b.log()[:, None] + (g[:, None] - cost) / self.eps, dim=2)
+                t = torch.bmm(w, y)
+            for i, part in zip(idx, t.split([problems[i][0].shape[0] for i in idx])):
+                out[i] = part
+        return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--small", action="store_true", help="4 classes x 16, bank 32, width-8 encoder, MLP: CPU ok")
+    ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--per-class", type=int, default=64)
+    ap.add_argument("--bank", type=int, default=128)
+    ap.add_argument("--width", type=int, default=32, help="feature encoder width (conv-mae default 32)")
+    ap.add_argument("--epsilon", type=float, nargs="+", default=[0.05], help="relative temperatures R")
+    ap.add_argument("--iters", type=int, default=10, help="our Sinkhorn iterations (the paper's 10)")
+    ap.add_argument("--scaling", type=float, default=0.5, help="geomloss epsilon-scaling ratio")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
+    ap.add_argument("--backbone", default="dit", help="generator backbone (registry name)")
+    ap.add_argument("--size", default="S/4", help="DiT size when --backbone is dit or dit-recursive")
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    if args.small:
+        args.classes, args.per_class, args.bank, args.width, args.backbone, args.repeats = 4, 16, 32, 8, "mlp", 3
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    spec = DataSpec(shape=(1, 28, 28), num_classes=args.classes, kind="images")
+    batch = args.classes * args.per_class
+
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        weights = save_encoder(ConvEncoder(EncoderArch(in_channels=2, width=args.width, stages=3)),
+                               Path(tmp) / "encoder.safetensors")
+        features = LatentMAEFeatures(LatentMAEConfig(path=str(weights)), spec=spec)
+        features.prepare(None, device)
+    config = WFlowConfig(epsilon=args.epsilon, per_class=args.per_class, bank_per_class=args.bank,
+                         sinkhorn_iters=args.iters, precision=args.precision)
+    objective = WFlow(config, spec=spec, features=features)
+    registry = Registry.discover()
+    info = registry.get("backbone", args.backbone)
+    bb_config = info.cls.Config(size=args.size) if "dit" in args.backbone else info.cls.Config()
+    generator = registry.build("backbone", args.backbone, bb_config).build(objective.networks()["generator"], spec).to(device)
+    opt = torch.optim.AdamW(generator.parameters(), lr=1e-4, betas=(0.9, 0.95))
+    nets = Networks({"generator": generator})
+    g = torch.Generator().manual_seed(1)
+    data = Batch(torch.rand(batch, *spec.shape, generator=g).mul(2).sub(1).to(device),
+                 torch.arange(batch).remainder(args.classes).to(device))
+    for _ in range(max(1, -(-args.bank // args.per_class))):  # fill the memory bank
+        objective._push(data.x, data.y)
+    info_step = StepInfo(0, 1)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss, _ = objective.loss("generator", nets, [data], info_step)
+        loss.backward()
+        opt.step()
+
+    plans = {"n": 0, "ms": 0.0}
+
+    def timed(fn):
+        def run(*a, **k):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            out = fn(*a, **k)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            plans["n"] += 1
+            plans["ms"] += (time.perf_counter() - t) * 1e3
+            return out
+        return run
+
+    def measure(project) -> tuple[float, float]:
+        wflow_objective.project_stacked = timed(project)
+        plans.update(n=0, ms=0.0)
+        ms = timeit(step, args.repeats, device)
+        per_step = plans["ms"] / max(1, plans["n"])
+        wflow_objective.project_stacked = project_stacked
+        return ms, per_step
+
+    blur = math.sqrt(0.5)  # the objective's plans are exp(-|x - y|^2) on pre-scaled points: eps = 1/2
+    rows = []
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device={name} torch={torch.__version__} generator={args.backbone}"
+          f"{' ' + args.size if 'dit' in args.backbone else ''} batch={batch} ({args.classes} classes x "
+          f"{args.per_class}) bank={args.bank}/class encoder width={args.width} R={args.epsilon} "
+          f"precision={args.precision}")
+    families = objective.phi(data.x[:2])
+    n_places = sum(f.shape[1] for f in families)
+    print(f"families={len(families)} places={n_places} plans per step="
+          f"{args.classes * n_places * len(args.epsilon) * 2} (class x place x R x reference)")
+
+    ours_ms, ours_plans = measure(project_stacked)
+    rows.append((f"ours: W-Flow step ({args.iters} Sinkhorn it)", ours_ms, f"plans {ours_plans:.2f} ms/call"))
+    geo = GeomlossPlans(blur, args.scaling)
+    geo_ms, geo_plans = measure(geo)
+    geo_iters = geo.iterations
+    rows.append((f"geomloss: W-Flow step (scaling {args.scaling}, ~{geo_iters} it)", geo_ms,
+                 f"plans {geo_plans:.2f} ms/call"))
+    objective.solver.max_iters = objective.solver.check_every = geo_iters
+    same_ms, same_plans = measure(project_stacked)
+    objective.solver.max_iters = objective.solver.check_every = args.iters
+    rows.append((f"ours: W-Flow step at geomloss's iteration count ({geo_iters} it)", same_ms,
+                 f"plans {same_plans:.2f} ms/call"))
+
+    def no_plans(solver, problems):  # the step's floor without any OT: projections = references' means
+        return [y.float().mean(1, keepdim=True).expand(x.shape[0], x.shape[1], -1) for x, y, _ in problems]
+
+    floor_ms, _ = measure(no_plans)
+    rows.append(("step without plans (generator, features, loss, AdamW)", floor_ms, ""))
+    rows.append(("speed-up: geomloss step / ours (default iterations)", geo_ms / ours_ms, ""))
+    rows.append(("speed-up: geomloss step / ours (same iterations)", geo_ms / same_ms, ""))
+    rows.append(("speed-up of the plans alone: geomloss / ours (default iterations)",
+                 (geo_ms - floor_ms) / max(1e-9, ours_ms - floor_ms), ""))
+    print()
+    print("| what | ms (or ratio) | notes |")
+    print("|---|---|---|")
+    for what, value, note in rows:
+        print(f"| {what} | {f'{value:.2f}x' if what.startswith('speed-up') else f'{value:.2f}'} | {note} |")
+
+
+if __name__ == "__main__":
+    main()
