@@ -118,6 +118,7 @@ class EvalConfig:
     num_samples: int = 2000  # generated samples (and held-out ones) per evaluation
     feature_weights: Optional[str] = None  # local torch-fidelity Inception weights for image metrics; None: a classifier trained on the data
     options: dict[str, dict[str, Any]] = attrs.Factory(dict)  # per-metric settings by name, e.g. {sinkhorn: {blur: 0.1}}
+    at_end: bool = True  # evaluate once more when training ends (the board scores its runs itself)
 
     def __attrs_post_init__(self) -> None:
         _check(self.num_samples >= 1, "eval.num_samples", f"expected >= 1, got {self.num_samples}")

@@ -215,8 +215,8 @@ class Trainer:
             raise Interrupted(f"interrupted: training stopped at step {self.step}, checkpoint {path} written; "
                               "continue with --resume")
         plot = self.save_sample_plot()
-        metrics = self.evaluate()
-        if self.rank == 0:
+        metrics = self.evaluate() if self.config.eval.at_end else {}
+        if self.rank == 0 and metrics:
             line = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not k.startswith("mode_mass_"))
             print(f"metrics step={self.step} {line}", flush=True)
         return {"step": self.step, "steps_run": self.step - start_step, "train_seconds": train_seconds,
@@ -257,7 +257,8 @@ class Trainer:
                 now = time.perf_counter()
                 rate = (self.step - last_step) * t.batch_size / max(now - last_time, 1e-9)
                 last_time, last_step = now, self.step
-                record = {"step": self.step, **{k: _scalar(v) for k, v in logs.items()}, "samples_per_s": rate}
+                record = {"step": self.step, **{k: _scalar(v) for k, v in logs.items()}, "samples_per_s": rate,
+                          "train_minutes": elapsed / 60.0}
                 self.metrics.write(record)
                 bar.set_postfix({k.split("/")[0] if k.endswith("/loss") else k: f"{v:.4g}"
                                  for k, v in record.items() if k.endswith("/loss")} | {"samples/s": f"{rate:.0f}"})

@@ -24,7 +24,7 @@ def cmd_board(args: argparse.Namespace) -> int:
         data=args.data, minutes=args.minutes, marks=args.marks, methods=methods, out_dir=args.out or f"runs/board-{args.data}",
         backbone=args.backbone, files=args.config, overrides=args.overrides, presets=presets,
         eval_samples=args.eval_samples, metrics=args.metrics.split(",") if args.metrics else None,
-        few_steps=args.few_steps, speed_samples=args.speed_samples, feature_weights=args.feature_weights,
+        few_steps=args.few_steps, deadline=args.deadline, speed_samples=args.speed_samples, feature_weights=args.feature_weights,
         command="onestep " + shlex.join(args.argv))
     rows = run_board(settings, registry)
     print((settings.out_dir / "board.md").read_text())
@@ -49,6 +49,8 @@ def register(subparsers) -> None:
     p.add_argument("--metrics", help="comma-separated metric names (default: every installed metric for the data)")
     p.add_argument("--few-steps", type=_ints, default=[1, 2, 4], metavar="N,M",
                    help="extra NFE rows of multi-step methods (default 1,2,4)")
+    p.add_argument("--deadline", type=float, default=None, metavar="M",
+                   help="wall-clock minutes after which runs still training are stopped (they checkpoint; rows say so)")
     p.add_argument("--speed-samples", type=int, default=1000, help="samples per throughput timing")
     p.add_argument("--feature-weights", metavar="PATH",
                    help="local Inception weights for the image metrics (default: a classifier trained on the data)")

@@ -8,12 +8,16 @@ How it runs:
    overrides), so a bad one fails before anything trains; the data's feature network for the
    image metrics is trained once (or read from its cache) before any method starts.
 2. One ``onestep run`` process per method, all started together (they share the device as users
-   share a GPU), each with ``train.max_minutes`` and ``train.eval_every_minutes``: evaluations,
-   samples and checkpoints pause a method's clock, so every row gets the same training minutes.
-   Each evaluation is a record of the run's metrics.jsonl with its ``train_minutes``.
+   share a GPU, and the CPU cores evenly), each with ``train.max_minutes`` and
+   ``train.eval_every_minutes``: evaluations, samples and checkpoints pause a method's clock, so
+   every row gets the same training minutes. Each evaluation at a mark is a record of the run's
+   metrics.jsonl with its ``train_minutes``. With ``deadline`` (wall-clock minutes from the start
+   of the board), runs still training then are interrupted (they checkpoint and stop), so a board
+   always ends in time and says which runs were cut short.
 3. When all have stopped, each run's EMA generator is loaded back (no trainer), alone on the
-   device: multi-step rows are scored again at ``few_steps`` NFE, sampling speed is timed at every
-   row's NFE, and every row draws its grid from the same noise and labels.
+   device, and scored there: at its own NFE (the end point of its curve) and, for multi-step rows,
+   at ``few_steps`` NFE; sampling speed is timed at every row's NFE, and every row draws its grid
+   from the same noise and labels. The reference features are extracted once for all rows.
 
 Every metric is computed against the held-out split (all of it by default; the table says how
 many images).
@@ -25,6 +29,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -45,6 +50,7 @@ from .speed import pipeline_throughput
 
 BASELINE = "flow-matching"
 UNLIMITED_STEPS = 10**9
+INTERRUPTED = 130  # exit code of a run stopped by Ctrl-C after writing its checkpoint
 GRID_SEED = 0
 
 
@@ -61,8 +67,9 @@ class BoardRow:
     out_dir: str
     configs: list[str]  # the preset (first) and config files the run was assembled from
     reference: bool = False
-    curve: list[dict] = attrs.Factory(list)  # [{"minutes", "step", "metrics"}] at the marks
-    error: str | None = None
+    curve: list[dict] = attrs.Factory(list)  # [{"minutes", "step", "metrics"}] at the marks and the end
+    error: str | None = None  # the run failed: no numbers
+    cut: bool = False  # the run was stopped at the board's deadline, before its minutes were up
 
 
 @attrs.define
@@ -79,6 +86,7 @@ class BoardSettings:
     eval_samples: int | None = None  # None: every held-out image
     metrics: list[str] | None = None  # None: every installed metric for the data
     few_steps: list[int] = attrs.Factory(lambda: [1, 2, 4])
+    deadline: float | None = None  # wall-clock minutes after which training runs are interrupted
     speed_samples: int = 1000
     feature_weights: str | None = None
     command: str | None = None  # as typed, for the record
@@ -92,6 +100,8 @@ class BoardSettings:
             raise ConfigError("--methods: expected at least one method")
         if len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"--methods: a method is listed twice ({', '.join(self.methods)})")
+        if self.deadline is not None and self.deadline <= self.minutes:
+            raise ConfigError(f"--deadline: expected more than --minutes ({self.minutes}), got {self.deadline}")
         if self.eval_samples is not None and self.eval_samples < 1:
             raise ConfigError(f"--eval-samples: expected >= 1, got {self.eval_samples}")
 
@@ -110,7 +120,7 @@ def child_overrides(s: BoardSettings, n_eval: int, metrics: list[str]) -> list[s
     """What the board sets in every run (before the user's overrides, which win)."""
     return [f"train.steps={UNLIMITED_STEPS}", f"train.max_minutes={s.minutes}", f"train.eval_every_minutes={s.marks}",
             "train.eval_every=0", "train.sample_every=0", "train.checkpoint_every=0", "train.progress=false",
-            f"eval.num_samples={n_eval}", f"eval.metrics=[{','.join(metrics)}]"] + (
+            f"eval.num_samples={n_eval}", f"eval.metrics=[{','.join(metrics)}]", "eval.at_end=false"] + (
         [f"eval.feature_weights={s.feature_weights}"] if s.feature_weights else [])
 
 
@@ -146,34 +156,36 @@ def run_board(s: BoardSettings, registry: Registry | None = None, log=print) -> 
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     log(f"board: training {', '.join(s.methods)} for {s.minutes} min each, together")
-    codes = train_together(argv, out)
+    deadline = started + 60.0 * s.deadline if s.deadline else None
+    codes = train_together(argv, out, deadline)
     log(f"board: training done in {(time.perf_counter() - started) / 60:.1f} min (wall clock, with start-up and marks)")
     reference, reference_labels = held_out(source, n_eval)
     labels = reference_labels[torch.arange(n_eval) % len(reference_labels)] if reference_labels is not None else None
     rows: list[BoardRow] = []
     grids: dict[str, torch.Tensor] = {}
+    reference_cache: dict = {}
     for m in s.methods:
         run_dir = out / "runs" / m
-        if codes[m] != 0:
+        if codes[m] not in (0, INTERRUPTED) or not (run_dir / "checkpoints").is_dir():
             rows.append(BoardRow(m, 0, {}, 0.0, 0, 0.0, str(run_dir), files_of[m], objective_of(m) == PEER, error=last_line(out / f"{m}.log")))
             log(f"board: {m} failed: {rows[-1].error}")
             continue
         pipe = OneStepPipeline.from_checkpoint(run_dir, device="cuda" if torch.cuda.is_available() else "cpu",
                                                registry=registry)
-        records = eval_records(run_dir)
-        last = records[-1]
-        curve = [{"minutes": r["train_minutes"], "step": r["step"], "metrics": r["eval"]} for r in records]
+        marks, end = run_records(run_dir)
+        curve = [{"minutes": r["train_minutes"], "step": r["step"], "metrics": r["eval"]} for r in marks]
         nfes = [pipe.default_nfe] + ([k for k in s.few_steps if k != pipe.default_nfe] if pipe.default_nfe > 1 else [])
         for nfe in nfes:
+            y = labels if pipe.spec.num_classes > 0 and generator_conditional(pipe) else None
+            samples = pipe(class_labels=labels, num_images=n_eval, seed=pipe_seed(pipe), nfe=nfe, output_type="model")
+            values = score(samples, y, reference, reference_labels, source, metrics, pipe_eval_config(pipe, registry),
+                           registry, reference_cache)
             if nfe == pipe.default_nfe:
-                values = last["eval"]
-            else:
-                y = labels if pipe.spec.num_classes > 0 and generator_conditional(pipe) else None
-                samples = pipe(class_labels=labels, num_images=n_eval, seed=pipe_seed(pipe), nfe=nfe, output_type="model")
-                values = score(samples, y, reference, reference_labels, source, metrics, pipe_eval_config(pipe, registry),
-                               registry)
-            row = BoardRow(m, nfe, values, pipeline_throughput(pipe, nfe, s.speed_samples), last["step"],
-                           last["train_minutes"], str(run_dir), files_of[m], objective_of(m) == PEER, curve if nfe == pipe.default_nfe else [])
+                curve.append({"minutes": end["train_minutes"], "step": end["step"], "metrics": values})
+            row = BoardRow(m, nfe, values, pipeline_throughput(pipe, nfe, s.speed_samples), end["step"],
+                           end["train_minutes"], str(run_dir), files_of[m], objective_of(m) == PEER,
+                           curve if nfe == pipe.default_nfe else [],
+                           cut=codes[m] == INTERRUPTED)
             rows.append(row)
             grids[row_label(row)] = grid_samples(pipe, nfe)
             log(f"board: {row_label(row)} steps={row.steps} " + " ".join(
@@ -200,10 +212,13 @@ def prepare_feature_network(source, cfg, registry: Registry, metrics: Sequence[s
             resolve_extractor(source, cfg.eval.feature_weights, config.classifier, config.cache_dir)
 
 
-def train_together(argv: dict[str, list[str]], out: Path) -> dict[str, int]:
+def train_together(argv: dict[str, list[str]], out: Path, deadline: float | None = None) -> dict[str, int]:
     """Start one ``onestep run`` per method at once, wait for all; return codes by method. Each
-    process's output goes to ``out/METHOD.log``."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process's output goes to ``out/METHOD.log``; each gets an equal share of the CPU threads. At
+    ``deadline`` (a ``time.perf_counter`` value) the runs still going get a Ctrl-C (they write a
+    checkpoint and stop: code :data:`INTERRUPTED`), and a termination a minute later."""
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, len(argv))))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     procs = {}
     for m, args in argv.items():
         logfile = open(out / f"{m}.log", "w")
@@ -212,9 +227,19 @@ def train_together(argv: dict[str, list[str]], out: Path) -> dict[str, int]:
                                      stderr=subprocess.STDOUT, env=env), logfile)
     codes = {}
     try:
-        for m, (proc, logfile) in procs.items():
-            codes[m] = proc.wait()
-            logfile.close()
+        stage = 0  # 1: interrupted, 2: terminated
+        while len(codes) < len(procs):
+            for m, (proc, logfile) in procs.items():
+                if m not in codes and proc.poll() is not None:
+                    codes[m] = proc.returncode
+                    logfile.close()
+            now = time.perf_counter()
+            if deadline is not None and stage < 2 and now > deadline + 60.0 * stage:
+                for m, (proc, _) in procs.items():
+                    if m not in codes:
+                        proc.send_signal(signal.SIGINT if stage == 0 else signal.SIGTERM)
+                stage += 1
+            time.sleep(0.5)
     except BaseException:
         for proc, _ in procs.values():
             proc.terminate()
@@ -227,13 +252,14 @@ def last_line(path: Path) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
-def eval_records(run_dir: Path) -> list[dict]:
-    """The run's evaluation records, in order (the last is the end of training)."""
+def run_records(run_dir: Path) -> tuple[list[dict], dict]:
+    """The run's evaluations at the marks, in order, and its last training record (step and
+    ``train_minutes`` where training ended)."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    found = [r for r in records if "eval" in r]
-    if not found:
-        raise ConfigError(f"run {str(run_dir)!r}: metrics.jsonl holds no evaluation")
-    return found
+    training = [r for r in records if "eval" not in r and "train_minutes" in r]
+    if not training:
+        raise ConfigError(f"run {str(run_dir)!r}: metrics.jsonl holds no training record")
+    return [r for r in records if "eval" in r], training[-1]
 
 
 def generator_conditional(pipe: OneStepPipeline) -> bool:

@@ -39,6 +39,7 @@ def test_board_trains_two_methods_together_from_presets(tmp_path, capsys, monkey
         assert r["train_minutes"] == pytest.approx(0.12, abs=0.05)
     curve = rows[0]["curve"]
     assert len(curve) >= 2 and curve[0]["minutes"] < curve[-1]["minutes"]  # a mark, then the end
+    assert curve[-1]["metrics"] == rows[0]["metrics"]  # the end point is the row, scored by the board itself
     assert board["meta"]["eval_samples"] == 100 and board["meta"]["held_out"] == 180
     assert board["meta"]["command"].startswith("onestep board --data digits --minutes 0.12")
     # each run kept its preset's values (a variant NAME@LABEL uses NAME's), and an explicit scoped override won
@@ -55,6 +56,7 @@ def test_board_trains_two_methods_together_from_presets(tmp_path, capsys, monkey
 @pytest.mark.parametrize("args, message", [
     (["--methods", "no-such-method"], r"unknown objective 'no-such-method'; valid: .*flow-matching"),
     (["--methods", "flow-matching", "--minutes", "0"], r"--minutes: expected > 0, got 0"),
+    (["--methods", "flow-matching", "--deadline", "0.5"], r"--deadline: expected more than --minutes"),
     (["--methods", "wflow"], r"--methods: no preset of 'wflow' in .*--config wflow=FILE"),
     (["--methods", "flow-matching", "--config", "flow-matching=missing.yaml"], r"config file 'missing.yaml': not found"),
     (["--methods", "flow-matching", "--data", "gmm8", "--metrics", "fid"], r"--metrics: 'fid' applies to images data; data 'gmm8' is points"),
