@@ -101,7 +101,9 @@ class WFlowConfig:
     guidance_scale: float = 0.0
     """CFG scale w used when sampling, in [guidance_min, guidance_max]."""
     sinkhorn_iters: int = 10
-    """Sinkhorn iterations per plan, from zero potentials at the target temperature."""
+    """Sinkhorn iterations per plan, from zero potentials at the target temperature (the paper's
+    10). Few iterations enforce the plan's column marginals (every data point gets matched) only
+    loosely; rare distant modes of a toy mixture need ~100."""
     precision: str = "fp32"
     """Cost GEMM of the solver: fp32, tf32 or bf16 (see onestep_sinkhorn.squared_cost)."""
     lr: float = 1e-3

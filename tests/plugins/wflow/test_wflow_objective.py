@@ -237,8 +237,11 @@ def test_wflow_matches_gmm8(registry, quiet):
 
 @pytest.mark.slow
 def test_wflow_covers_the_rare_distant_modes_of_the_imbalanced_mixture(registry, quiet):
+    # the rare modes are reached through the plan's column constraint (every data point is matched),
+    # which the paper's 10 iterations from zero potentials enforce only loosely: mode masses 6/7
+    # were 0.002 / 0.002 at 10 iterations, 0.007-0.008 at 100 (seeds 0, 1)
     cfg = compose(objective="wflow", backbone="mlp", data="gmm-imbalanced", registry=registry,
-                  overrides=quiet + TOY + ["train.steps=400", "eval.num_samples=2000"])
+                  overrides=quiet + TOY + ["train.steps=400", "eval.num_samples=2000", "objective.sinkhorn_iters=100"])
     summary = build_run(cfg, registry=registry, console=False).fit()
     m = summary["metrics"]
     # modes 6 and 7 carry 2% each at distance 10; "covered" = at least 10% of the true weight
