@@ -9,8 +9,8 @@ and a second forward (self term), the feature network on generated, second-batch
 samples, every (class x feature place x temperature x reference) plan, barycentric projections,
 the loss and its backward through the frozen features into the generator. Only the plans differ:
 
-- ours: ``project_stacked`` (one batched log-domain solve per vector size, ``sinkhorn_iters``
-  fixed iterations from zero potentials, compiled on CUDA);
+- ours: ``project_stacked`` (one batched log-domain solve per vector and reference size,
+  ``--iters`` fixed iterations from zero potentials; ``--compile`` for the compiled loop);
 - geomloss: ``SamplesLoss("sinkhorn", potentials=True, backend="tensorized")`` on the same
   problems, batched the same way (one call per vector size and reference size, so no padding is
   needed), its own epsilon-scaling schedule (``--scaling``; its iteration count is printed and
@@ -114,6 +114,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10, help="our Sinkhorn iterations (the paper's 10)")
     ap.add_argument("--scaling", type=float, default=0.5, help="geomloss epsilon-scaling ratio")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
+    ap.add_argument("--compile", action="store_true", help="torch.compile our solver's loop (CUDA)")
     ap.add_argument("--backbone", default="dit", help="generator backbone (registry name)")
     ap.add_argument("--size", default="S/4", help="DiT size when --backbone is dit or dit-recursive")
     ap.add_argument("--repeats", type=int, default=10)
@@ -135,7 +136,7 @@ def main() -> None:
         features = LatentMAEFeatures(LatentMAEConfig(path=str(weights)), spec=spec)
         features.prepare(None, device)
     config = WFlowConfig(epsilon=args.epsilon, per_class=args.per_class, bank_per_class=args.bank,
-                         sinkhorn_iters=args.iters, precision=args.precision)
+                         sinkhorn_iters=args.iters, precision=args.precision, sinkhorn_compile=args.compile)
     objective = WFlow(config, spec=spec, features=features)
     registry = Registry.discover()
     info = registry.get("backbone", args.backbone)
@@ -185,7 +186,7 @@ def main() -> None:
     print(f"device={name} torch={torch.__version__} generator={args.backbone}"
           f"{' ' + args.size if 'dit' in args.backbone else ''} batch={batch} ({args.classes} classes x "
           f"{args.per_class}) bank={args.bank}/class encoder width={args.width} R={args.epsilon} "
-          f"precision={args.precision}")
+          f"precision={args.precision} compiled solver={args.compile}")
     families = objective.phi(data.x[:2])
     n_places = sum(f.shape[1] for f in families)
     print(f"families={len(families)} places={n_places} plans per step="

@@ -57,6 +57,9 @@ class ConvMAEConfig:
     seed: int = 0
     maps: list[int] = attrs.Factory(list)
     """Stages whose maps are the features (0 = the finest); empty: all. Not part of the cache key."""
+    flatten: bool = False
+    """Give each map as one vector per sample ([B, C H W]): whole-sample plans in feature space
+    instead of one plan per location. Not part of the cache key."""
     cache_dir: str = ""
     """Folder of the cached weights; "": $ONESTEP_CACHE/feature-networks (else ~/.cache/onestep/...)."""
 
@@ -87,7 +90,7 @@ def cache_root() -> Path:
 
 def recipe(config: ConvMAEConfig) -> dict:
     """The fields that decide the trained network (all but where it is cached)."""
-    return {k: v for k, v in attrs.asdict(config).items() if k not in ("cache_dir", "maps")}
+    return {k: v for k, v in attrs.asdict(config).items() if k not in ("cache_dir", "maps", "flatten")}
 
 
 def cache_path(source: DataSource, config: ConvMAEConfig) -> Path:
@@ -207,4 +210,5 @@ class ConvMAEFeatures(FeatureNetwork):
             raise OnestepError("features 'conv-mae' used before prepare(): the objective must prepare its feature "
                                "network (the trainer does so in fit)")
         maps = self.encoder.encode(x)
-        return [maps[i] for i in sorted(self.config.maps)] if self.config.maps else maps
+        maps = [maps[i] for i in sorted(self.config.maps)] if self.config.maps else maps
+        return [m.flatten(1) for m in maps] if self.config.flatten else maps

@@ -101,9 +101,14 @@ class WFlowConfig:
     guidance_scale: float = 0.0
     """CFG scale w used when sampling, in [guidance_min, guidance_max]."""
     sinkhorn_iters: int = 10
-    """Sinkhorn iterations per plan, from zero potentials at the target temperature."""
+    """Sinkhorn iterations per plan, from zero potentials at the target temperature (the paper's
+    10). Few iterations enforce the plan's column marginals (every data point gets matched) only
+    loosely; rare distant modes of a toy mixture need ~100."""
     precision: str = "fp32"
     """Cost GEMM of the solver: fp32, tf32 or bf16 (see onestep_sinkhorn.squared_cost)."""
+    sinkhorn_compile: bool = False
+    """torch.compile the solver's loop on CUDA (one graph per problem shape; its warm-up runs
+    inside the training clock, so short runs are better off eager)."""
     lr: float = 1e-3
 
 
@@ -176,10 +181,12 @@ class WFlow(Objective):
         self.guided = (config.guidance_min, config.guidance_max) != (0.0, 0.0)
         # plans ~ exp(-|x - y|^2) on coordinates pre-divided by sqrt(R S): epsilon 1/2 for the cost |x - y|^2 / 2
         self.solver = SinkhornSolver(0.5, max_iters=config.sinkhorn_iters, check_every=config.sinkhorn_iters,
-                                     tol=0.0, anneal=False, precision=config.precision)
+                                     tol=0.0, anneal=False, precision=config.precision,
+                                     compile=config.sinkhorn_compile)
         self._bank: torch.Tensor | None = None  # [K, Q, *shape] real samples per class
         self._count: torch.Tensor | None = None  # [K] filled slots (slots 0..count-1 are valid)
         self._next: torch.Tensor | None = None  # [K] next slot to write
+        self._bank_fams: list[torch.Tensor] | None = None  # phi of every bank slot, [K, Q, L, d] per family
 
     @staticmethod
     def _check(c: WFlowConfig, spec) -> None:
@@ -228,6 +235,7 @@ class WFlow(Objective):
     def load_state_dict(self, state) -> None:
         if state:
             self._bank, self._count, self._next = state["bank"], state["count"], state["next"]
+            self._bank_fams = None
 
     # ------------------------------------------------------------------------- the flow
     def phi(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -240,14 +248,14 @@ class WFlow(Objective):
     @torch.no_grad()
     def velocity(self, q: list[torch.Tensor], q2: list[torch.Tensor] | None, p: list[torch.Tensor],
                  p_w: torch.Tensor | None = None, u: list[torch.Tensor] | None = None,
-                 w: torch.Tensor | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor], float]:
+                 w: torch.Tensor | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
         """Per family f: generated ``q[f]`` [K, N, L, d] (K classes of N particles at L places),
         the second batch ``q2[f]`` (same shape; two-batch self term), real ``p[f]`` [K, M, L, d]
         with weights ``p_w`` [K, M] (zeros: empty bank slots), unconditional data ``u[f]``
         [U, L, d] and CFG scales ``w`` [K] (None: no CFG). Returns the velocities [K, N, L, d]
         and the scales ``s_f`` (u = phi_f / s_f), both in the coordinates of the step rule, and the
-        mean raw RMS of the velocities (before normalisation) for logging. All plans in one
-        batched solve per vector size."""
+        mean raw RMS of the velocities (before normalisation; a tensor, so logging costs no host
+        sync). All plans in one batched solve per (vector size, reference size)."""
         c = self.config
         k = q[0].shape[0]
         problems, layout = [], []
@@ -282,7 +290,7 @@ class WFlow(Objective):
             rms = v.pow(2).mean().sqrt()
             raw.append(rms)
             velocities[f] += v / rms.clamp_min(1e-12) if c.normalize_velocity else v
-        return [c.eta * v for v in velocities], scales, float(torch.stack(raw).mean())
+        return [c.eta * v for v in velocities], scales, torch.stack(raw).mean()
 
     # ------------------------------------------------------------------------- memory bank
     def _push(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -296,6 +304,7 @@ class WFlow(Objective):
             self._next = torch.zeros(k, dtype=torch.long, device=x.device)
         if self._bank.device != x.device:
             self._bank, self._count, self._next = (t.to(x.device) for t in (self._bank, self._count, self._next))
+            self._bank_fams = None
         y = y.long()
         order = torch.argsort(y, stable=True)
         y_sorted = y[order]
@@ -304,9 +313,23 @@ class WFlow(Objective):
         rank = torch.arange(len(y), device=y.device) - start[y_sorted]
         keep = rank >= counts[y_sorted] - q
         cls, rank, rows = y_sorted[keep], rank[keep], order[keep]
-        self._bank[cls, (self._next[cls] + rank) % q] = x[rows].float()
+        slot = (self._next[cls] + rank) % q
+        self._bank[cls, slot] = x[rows].float()
+        if self._bank_fams is not None:
+            with torch.no_grad():
+                for bank_f, f in zip(self._bank_fams, self.phi(x[rows])):
+                    bank_f[cls, slot] = f
         self._next = (self._next + counts) % q
         self._count = (self._count + counts).clamp_max(q)
+
+    def _bank_families(self) -> list[torch.Tensor]:
+        """Particle families of every bank slot ([K, Q, L, d] each). phi is frozen, so a real
+        sample's features are computed once, when it enters the bank (all slots after a resume)."""
+        if self._bank_fams is None:
+            with torch.no_grad():
+                fams = self.phi(self._bank.flatten(0, 1))
+            self._bank_fams = [f.view(*self._bank.shape[:2], *f.shape[1:]) for f in fams]
+        return self._bank_fams
 
     def _pick_classes(self, batch: int) -> torch.Tensor:
         """``batch // per_class`` distinct classes (at most those present in the bank), uniform."""
@@ -324,33 +347,34 @@ class WFlow(Objective):
             classes = self._pick_classes(len(data))
             k, n = len(classes), len(data) // len(classes)
             y = classes.repeat_interleave(n)
-            real = self._bank[classes]
             slots = torch.arange(c.bank_per_class, device=data.device)
             real_w = (slots[None] < self._count[classes, None]).float()
         else:
             k, n, y = 1, len(data), None
-            real, real_w = data[None].float(), None
+            real_w = None
         cond: dict[str, torch.Tensor] = {}
         w = None
         if self.guided:
             t = torch.rand(k, device=data.device)
             w = c.guidance_min + t * (c.guidance_max - c.guidance_min)
             cond["t"] = t.repeat_interleave(n)
-        shape = data.shape[1:]
-        x = gen(torch.randn(k * n, *shape, device=data.device), y=y, **cond)
+        x = gen(torch.randn(k * n, *data.shape[1:], device=data.device), y=y, **cond)
         fam_x = self.phi(x)
         with torch.no_grad():
             fam_x2 = None
             if c.self_term == "two-batch":
                 fam_x2 = [f.view(k, n, *f.shape[1:]) for f in self.phi(gen(torch.randn_like(x), y=y, **cond))]
-            fam_p = [f.view(k, -1, *f.shape[1:]) for f in self.phi(real.flatten(0, 1).view(-1, *shape))]
+            if self.conditional:
+                fam_p = [f[classes] for f in self._bank_families()]
+            else:
+                fam_p = [f[None] for f in self.phi(data.float())]
             fam_u = None
             if w is not None:
                 fam_u = self.phi(data[:c.bank_per_class].float())
             fam_q = [f.detach().view(k, n, *f.shape[1:]) for f in fam_x]
             v, scales, raw_rms = self.velocity(fam_q, fam_x2, fam_p, real_w, fam_u, w)
         losses = []
-        for f, (xf, vf, sf) in enumerate(zip(fam_x, v, scales)):
+        for xf, vf, sf in zip(fam_x, v, scales):
             uf = xf.view(k, n, *xf.shape[1:]) / sf
             losses.append((uf - (uf.detach() + vf)).pow(2).mean())
         return torch.stack(losses).mean(), {"velocity_rms": raw_rms}

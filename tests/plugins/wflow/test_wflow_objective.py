@@ -237,8 +237,11 @@ def test_wflow_matches_gmm8(registry, quiet):
 
 @pytest.mark.slow
 def test_wflow_covers_the_rare_distant_modes_of_the_imbalanced_mixture(registry, quiet):
+    # the rare modes are reached through the plan's column constraint (every data point is matched),
+    # which the paper's 10 iterations from zero potentials enforce only loosely: mode masses 6/7
+    # were 0.002 / 0.002 at 10 iterations, 0.007-0.008 at 100 (seeds 0, 1)
     cfg = compose(objective="wflow", backbone="mlp", data="gmm-imbalanced", registry=registry,
-                  overrides=quiet + TOY + ["train.steps=400", "eval.num_samples=2000"])
+                  overrides=quiet + TOY + ["train.steps=400", "eval.num_samples=2000", "objective.sinkhorn_iters=100"])
     summary = build_run(cfg, registry=registry, console=False).fit()
     m = summary["metrics"]
     # modes 6 and 7 carry 2% each at distance 10; "covered" = at least 10% of the true weight
@@ -352,3 +355,25 @@ def test_feature_space_run_resumes_bit_identically(tmp_path):
     b = load_file(str(tmp_path / "half/checkpoints/step-0000008/generator.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert int(resumed.objective._count.sum()) > 0
+
+
+def test_bank_features_are_computed_once_per_sample_and_match_the_bank():
+    spec = DataSpec(shape=(1, 4, 4), num_classes=3, kind="images")
+    phi = TinyFeatures(spec=spec)
+    objective = WFlow(WFlowConfig(bank_per_class=5), spec=spec, features=phi)
+    g = torch.Generator().manual_seed(2)
+    seen = 0
+    calls = []
+    original = phi.forward
+    phi.forward = lambda x: calls.append(len(x)) or original(x)
+    for i in range(4):
+        y = torch.randint(0, 3, (7,), generator=g)
+        objective._push(torch.randn(7, 1, 4, 4, generator=g), y)
+        seen += 7
+        if i == 0:
+            objective._bank_families()  # first use: the whole bank once
+    assert calls[0] == 15 and sum(calls[1:]) <= seen - 7  # later pushes: only the samples kept
+    cached = objective._bank_families()
+    fresh = objective.phi(objective._bank.flatten(0, 1))
+    for a, b in zip(cached, fresh):
+        torch.testing.assert_close(a, b.view_as(a))
