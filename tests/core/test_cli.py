@@ -28,7 +28,7 @@ def test_every_setting_is_listed_with_its_description(capsys):
     assert "steps between loss records in metrics.jsonl" in out
     assert main(["plugins", "--kind", "objective"]) == 0
     out = capsys.readouterr().out
-    assert "Euler step of the particle flow in the target ``x + eta V``." in out  # wflow's field docstring
+    assert "Step of the particle flow in the target u + eta V" in out  # wflow's field docstring
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.startswith("onestep 0.")

@@ -130,5 +130,5 @@ def test_the_demo_config_tunes_wflow_and_leaves_the_baseline_at_its_defaults(reg
     demo = Path(__file__).parents[2] / "configs" / "demo" / "demo.yaml"
     wflow = build(registry, files=[demo], objective="wflow")
     baseline = build(registry, files=[demo], objective="flow-matching")
-    assert (wflow.objective.config.epsilon, wflow.objective.config.lr) == (0.01, 0.01)
+    assert (wflow.objective.config.epsilon, wflow.objective.config.lr) == ([0.05], 0.01)
     assert baseline.objective.config.nfe == 50 and baseline.backbone == wflow.backbone

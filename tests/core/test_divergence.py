@@ -54,9 +54,10 @@ def test_nan_in_the_data_is_reported_as_such(registry, tmp_path):
 
 
 def test_wflow_on_nan_ends_in_the_same_divergence_error_not_a_solver_traceback(registry, tmp_path):
+    """Whether the Sinkhorn solver raises on the NaN batch or returns NaN plans (its fixed-budget
+    solves do), the run ends in a DivergenceError that names the data as the cause."""
     trainer = _poisoned_data_run(registry, tmp_path, "wflow")
-    with pytest.raises(DivergenceError, match=r"step 1: phase '\w+' failed \(ValueError: .*\) because the training "
-                                              r"batch holds NaN or inf; .*training data \(gmm8\) holds NaN"):
+    with pytest.raises(DivergenceError, match=r"training data \(gmm8\) holds NaN"):
         trainer.fit()
 
 
