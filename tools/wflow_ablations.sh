@@ -7,7 +7,7 @@
 #   bash tools/wflow_ablations.sh [MINUTES] [OUT] [overrides for every run...]
 #   e.g. on the GPU machine: bash tools/wflow_ablations.sh 1.5 runs/wflow-ablations data=mnist-full
 #
-# Rows (name: overrides on top of the preset, which is pixel space, R = [0.05, 0.01], normalised):
+# Rows (name: overrides on top of the preset: pixel space, R = [0.05, 0.01], normalised, MLP):
 #   preset          -
 #   features        features=conv-mae objective.bank_per_class=128      (the authors' per-location
 #                   conv features; the masked autoencoder is trained once and cached)
@@ -15,6 +15,7 @@
 #   one-eps         objective.epsilon=[0.05]
 #   no-norm         objective.normalize_velocity=false                  (raw velocity, eta = 1)
 #   unconditional   objective.class_conditional=false                   (one plan per batch, as the old preset)
+#   dit             backbone=dit backbone.size=S/4 objective.lr=5e-4 train.precision=bf16
 # VARIANTS="preset features" limits the rows.
 set -euo pipefail -f  # -f: no globbing of overrides such as features.maps=[1,2]
 MINUTES=${1:-1.5}
@@ -28,8 +29,9 @@ declare -A ROWS=(
   [one-eps]="objective.epsilon=[0.05]"
   [no-norm]="objective.normalize_velocity=false"
   [unconditional]="objective.class_conditional=false"
+  [dit]="backbone=dit backbone.size=S/4 objective.lr=5e-4 train.precision=bf16"
 )
-VARIANTS=${VARIANTS:-preset features features-flat one-eps no-norm unconditional}
+VARIANTS=${VARIANTS:-preset features features-flat one-eps no-norm unconditional dit}
 mkdir -p "$OUT"
 for name in $VARIANTS; do
   [ -n "${ROWS[$name]+set}" ] || { echo "wflow_ablations.sh: unknown variant $name; valid: ${!ROWS[*]}" >&2; exit 2; }
