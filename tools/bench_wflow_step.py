@@ -105,23 +105,24 @@ class GeomlossPlans:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--small", action="store_true", help="4 classes x 16, bank 32, width-8 encoder, MLP: CPU ok")
+    ap.add_argument("--small", action="store_true", help="4 classes x 16, bank 32, width-8 encoder, MLP 128: CPU ok")
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--per-class", type=int, default=64)
     ap.add_argument("--bank", type=int, default=128)
-    ap.add_argument("--width", type=int, default=32, help="feature encoder width (conv-mae default 32)")
+    ap.add_argument("--encoder-width", type=int, default=32, help="feature encoder width (conv-mae default 32)")
     ap.add_argument("--epsilon", type=float, nargs="+", default=[0.05], help="relative temperatures R")
     ap.add_argument("--iters", type=int, default=10, help="our Sinkhorn iterations (the paper's 10)")
     ap.add_argument("--scaling", type=float, default=0.5, help="geomloss epsilon-scaling ratio")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
     ap.add_argument("--compile", action="store_true", help="torch.compile our solver's loop (CUDA)")
-    ap.add_argument("--backbone", default="dit", help="generator backbone (registry name)")
+    ap.add_argument("--backbone", default="mlp", help="generator backbone (registry name): mlp (the preset's "
+                    "1024 x 4), dit or dit-recursive (--size)")
     ap.add_argument("--size", default="S/4", help="DiT size when --backbone is dit or dit-recursive")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     if args.small:
-        args.classes, args.per_class, args.bank, args.width, args.backbone, args.repeats = 4, 16, 32, 8, "mlp", 3
+        args.classes, args.per_class, args.bank, args.encoder_width, args.repeats = 4, 16, 32, 8, 3
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -131,7 +132,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
-        weights = save_encoder(ConvEncoder(EncoderArch(in_channels=2, width=args.width, stages=3)),
+        weights = save_encoder(ConvEncoder(EncoderArch(in_channels=2, width=args.encoder_width, stages=3)),
                                Path(tmp) / "encoder.safetensors")
         features = LatentMAEFeatures(LatentMAEConfig(path=str(weights)), spec=spec)
         features.prepare(None, device)
@@ -140,7 +141,12 @@ def main() -> None:
     objective = WFlow(config, spec=spec, features=features)
     registry = Registry.discover()
     info = registry.get("backbone", args.backbone)
-    bb_config = info.cls.Config(size=args.size) if "dit" in args.backbone else info.cls.Config()
+    if "dit" in args.backbone:
+        bb_config = info.cls.Config(size=args.size)
+    elif args.backbone == "mlp":
+        bb_config = info.cls.Config(width=128 if args.small else 1024, depth=4)
+    else:
+        bb_config = info.cls.Config()
     generator = registry.build("backbone", args.backbone, bb_config).build(objective.networks()["generator"], spec).to(device)
     opt = torch.optim.AdamW(generator.parameters(), lr=1e-4, betas=(0.9, 0.95))
     nets = Networks({"generator": generator})
@@ -185,7 +191,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device={name} torch={torch.__version__} generator={args.backbone}"
           f"{' ' + args.size if 'dit' in args.backbone else ''} batch={batch} ({args.classes} classes x "
-          f"{args.per_class}) bank={args.bank}/class encoder width={args.width} R={args.epsilon} "
+          f"{args.per_class}) bank={args.bank}/class encoder width={args.encoder_width} R={args.epsilon} "
           f"precision={args.precision} compiled solver={args.compile}")
     families = objective.phi(data.x[:2])
     n_places = sum(f.shape[1] for f in families)

@@ -7,28 +7,31 @@
 #   bash tools/wflow_ablations.sh [MINUTES] [OUT] [overrides for every run...]
 #   e.g. on the GPU machine: bash tools/wflow_ablations.sh 1.5 runs/wflow-ablations data=mnist-full
 #
-# Rows (name: overrides on top of the preset):
-#   preset         feature space (conv-mae), R = 0.05, velocities normalised
-#   pixel          features=none                      (pixel space, same step rule)
-#   two-eps        objective.epsilon=[0.05,0.01]      (two temperatures, summed)
-#   no-norm        objective.normalize_velocity=false (raw velocity, eta = 1)
-#   pixel-no-norm  features=none objective.normalize_velocity=false
-#   unconditional  objective.class_conditional=false  (one plan per batch, as the old preset)
-# VARIANTS="preset pixel" limits the rows.
-set -euo pipefail
+# Rows (name: overrides on top of the preset: pixel space, R = [0.05, 0.01], normalised, MLP):
+#   preset          -
+#   features        features=conv-mae objective.bank_per_class=128      (the authors' per-location
+#                   conv features; the masked autoencoder is trained once and cached)
+#   features-flat   features=conv-mae features.flatten=true features.maps=[1,2] objective.with_input=true
+#   one-eps         objective.epsilon=[0.05]
+#   no-norm         objective.normalize_velocity=false                  (raw velocity, eta = 1)
+#   unconditional   objective.class_conditional=false                   (one plan per batch, as the old preset)
+#   dit             backbone=dit backbone.size=S/4 objective.lr=5e-4 train.precision=bf16
+# VARIANTS="preset features" limits the rows.
+set -euo pipefail -f  # -f: no globbing of overrides such as features.maps=[1,2]
 MINUTES=${1:-1.5}
 OUT=${2:-runs/wflow-ablations}
 shift $(( $# < 2 ? $# : 2 ))
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 declare -A ROWS=(
   [preset]=""
-  [pixel]="features=none"
-  [two-eps]="objective.epsilon=[0.05,0.01]"
+  [features]="features=conv-mae objective.bank_per_class=128"
+  [features-flat]="features=conv-mae features.flatten=true features.maps=[1,2] objective.with_input=true"
+  [one-eps]="objective.epsilon=[0.05]"
   [no-norm]="objective.normalize_velocity=false"
-  [pixel-no-norm]="features=none objective.normalize_velocity=false"
   [unconditional]="objective.class_conditional=false"
+  [dit]="backbone=dit backbone.size=S/4 objective.lr=5e-4 train.precision=bf16"
 )
-VARIANTS=${VARIANTS:-preset pixel two-eps no-norm pixel-no-norm unconditional}
+VARIANTS=${VARIANTS:-preset features features-flat one-eps no-norm unconditional dit}
 mkdir -p "$OUT"
 for name in $VARIANTS; do
   [ -n "${ROWS[$name]+set}" ] || { echo "wflow_ablations.sh: unknown variant $name; valid: ${!ROWS[*]}" >&2; exit 2; }

@@ -1,8 +1,9 @@
 """Run configuration: attrs classes, structured by cattrs from YAML/TOML files and CLI overrides.
 
 The raw form is a nested dict. Component sections (``objective``, ``backbone``, ``data``,
-``coupler``, ``guidance``, ``features``) are ``{name: ..., <that component's Config fields>}``; the name picks
-the plugin class whose ``Config`` structures the rest. Every error names the full field path::
+``coupler``, ``guidance``, ``features``) are ``{name: ..., <that component's Config fields>}``;
+the name picks the plugin class whose ``Config`` structures the rest. Every error names the full
+field path::
 
     objective.sinkhorn.epsilon: expected float, got 'abc'
 """

@@ -157,7 +157,7 @@ class Registry:
         coupler = self.build("coupler", config.coupler.name, config.coupler.config) if config.coupler else None
         guidance = self.build("guidance", config.guidance.name, config.guidance.config, spec=spec) if config.guidance else None
         extra: dict[str, Any] = {}
-        features = getattr(config, "features", None)
+        features = config.features
         if features is not None:
             objective = self.get("objective", config.objective.name)
             params = inspect.signature(objective.cls.__init__).parameters
