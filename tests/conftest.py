@@ -38,3 +38,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def assert_same_checkpoint_weights(run_a, run_b, step: int, names=("generator.safetensors", "generator.ema.safetensors")):
+    """The two runs' checkpoints of ``step`` hold bit-identical tensors in every file of ``names``
+    (e.g. an uninterrupted run and a resumed one); returns run_a's tensors of the first file."""
+    from safetensors.torch import load_file
+
+    first = None
+    for name in names:
+        a = load_file(f"{run_a}/checkpoints/step-{step:07d}/{name}")
+        b = load_file(f"{run_b}/checkpoints/step-{step:07d}/{name}")
+        assert a.keys() == b.keys(), name
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+        first = a if first is None else first
+    return first

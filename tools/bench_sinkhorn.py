@@ -20,27 +20,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
-import time
 
 import torch
+from timing import median_ms
 
 from onestep_sinkhorn import SinkhornSolver, squared_cost
-
-
-def timeit(fn, repeats: int, device: torch.device) -> float:
-    """Median wall time (ms) of ``fn()`` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
 
 
 def geomloss_iterations(x, y, blur, scaling) -> int:
@@ -102,16 +86,16 @@ def main() -> None:
 
     # ---------------------------------------------------------------- floor
     xb, yb = x[None], y[None]
-    gemm_ms = timeit(lambda: squared_cost(xb, yb), args.repeats, device)
+    gemm_ms = median_ms(lambda: squared_cost(xb, yb), args.repeats, device)
     cost = squared_cost(xb, yb)
     h_col, h_row = torch.zeros(1, n, device=device), torch.zeros(1, n, device=device)
     row_pass = lambda c, h: torch.logsumexp(h.unsqueeze(1) - c * (1 / eps), dim=2)  # noqa: E731
     col_pass = lambda c, h: torch.logsumexp(h.unsqueeze(2) - c * (1 / eps), dim=1)  # noqa: E731
     if device.type == "cuda":
         row_pass, col_pass = torch.compile(row_pass), torch.compile(col_pass)
-    row_ms = timeit(lambda: row_pass(cost, h_row), args.repeats, device)
-    col_ms = timeit(lambda: col_pass(cost, h_col), args.repeats, device)
-    transpose_ms = timeit(lambda: cost.transpose(1, 2).contiguous(), args.repeats, device)
+    row_ms = median_ms(lambda: row_pass(cost, h_row), args.repeats, device)
+    col_ms = median_ms(lambda: col_pass(cost, h_col), args.repeats, device)
+    transpose_ms = median_ms(lambda: cost.transpose(1, 2).contiguous(), args.repeats, device)
     floor_ms = gemm_ms + min(iters * (row_ms + col_ms), transpose_ms + iters * 2 * row_ms)
     rows.append(("cost GEMM fp32 (squared_cost)", gemm_ms, ""))
     rows.append(("one row + one column logsumexp pass", row_ms + col_ms, f"row {row_ms:.3f} col {col_ms:.3f}"))
@@ -139,7 +123,7 @@ def main() -> None:
             return solver.solve(x, y).barycentric_projection(yb)[0]
 
         try:
-            ms = timeit(ours, args.repeats, device)
+            ms = median_ms(ours, args.repeats, device)
         except (RuntimeError, TypeError, NotImplementedError) as exc:
             rows.append((f"ours projection ({precision} GEMM)", float("nan"), f"failed: {str(exc).splitlines()[0][:80]}"))
             continue
@@ -152,7 +136,7 @@ def main() -> None:
         f, g = geomloss_potentials(x, y, blur, args.scaling)
         return projection_from_g(x, y, g.view(-1), eps)
 
-    geo_ms = timeit(geomloss_projection, args.repeats, device)
+    geo_ms = median_ms(geomloss_projection, args.repeats, device)
     rows.append((f"geomloss tensorized projection ({iters} it)", geo_ms, f"err {error(geomloss_projection()):.2e}"))
     rows.append(("speed-up ours fp32 vs geomloss", geo_ms / results["fp32"], ""))
 

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from timing import median_ms
 
 import onestep_wflow.objective as wflow_objective
 from onestep.interfaces import Batch, DataSpec, Networks, StepInfo
@@ -37,21 +37,6 @@ from onestep_features import ConvEncoder, EncoderArch, save_encoder
 from onestep_features.latent_mae import LatentMAEConfig, LatentMAEFeatures
 from onestep_sinkhorn import project_stacked
 from onestep_wflow.objective import WFlow, WFlowConfig
-
-
-def timeit(fn, repeats: int, device: torch.device, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
 
 
 def geomloss_iterations(x: torch.Tensor, y: torch.Tensor, blur: float, scaling: float) -> int:
@@ -181,7 +166,7 @@ def main() -> None:
     def measure(project) -> tuple[float, float]:
         wflow_objective.project_stacked = timed(project)
         plans.update(n=0, ms=0.0)
-        ms = timeit(step, args.repeats, device)
+        ms = median_ms(step, args.repeats, device, warmup=2)
         per_step = plans["ms"] / max(1, plans["n"])
         wflow_objective.project_stacked = project_stacked
         return ms, per_step

@@ -297,6 +297,11 @@ class Objective(_TrainsNetworks):
         self, nets: Networks, noise: torch.Tensor, y: torch.Tensor | None, nfe: int
     ) -> torch.Tensor: ...
 
+    def generator_conditional(self) -> bool:
+        """Whether samples follow their labels (a class-conditional generator); metrics that
+        judge labels skip runs whose samples ignore them."""
+        return any(r.class_conditional for r in self.networks().values() if r.role == "generator")
+
 
 class DataSource(Component):
     """A dataset. ``dataset(split)`` returns a map-style ``torch.utils.data.Dataset`` whose items

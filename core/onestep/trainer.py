@@ -37,6 +37,9 @@ RESUME_FIXED = ("objective.name", "coupler.name", "guidance.name", "data", "back
                 "train.batch_size", "train.grad_accum", "train.zero_stage")
 
 
+EVAL_SEED_OFFSET = 7919  # samples for plots and metrics draw from seed + this, apart from training's streams
+
+
 def _scalar(v: Any) -> float:
     return float(v.detach().float().mean()) if isinstance(v, torch.Tensor) else float(v)
 
@@ -89,7 +92,7 @@ class Trainer:
         self.step = 0
         self.planned_steps = config.train.steps
         self.train_seconds = 0.0  # the training clock of the current fit (chores excluded)
-        self._reference_features: dict[int, dict] = {}  # per evaluation size: metrics' reference features, kept
+        self._reference_features: dict = {}  # the metrics' reference features (keyed by set size), kept across evaluations
         self.damaged: list[Path] = []  # checkpoints skipped by the last load for failing their checksums
 
     # ----------------------------------------------------------------------------- building
@@ -378,7 +381,7 @@ class Trainer:
         devices = [self.device] if self.device.type == "cuda" else []
         out = []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.config.seed + 7919 if seed is None else seed)
+            torch.manual_seed(self.config.seed + EVAL_SEED_OFFSET if seed is None else seed)
             for i in range(0, n, batch_size):
                 m = min(batch_size, n - i)
                 noise = torch.randn(m, *self.spec.shape, device=self.device)
@@ -420,17 +423,14 @@ class Trainer:
         ref, ref_y = self.reference(n)
         y = ref_y[torch.arange(n) % len(ref_y)] if ref_y is not None else None
         samples = self.sample(n, y=y)
-        if not self.generator_conditional():
+        if not self.objective.generator_conditional():
             y = None  # the samples ignored the labels
         out = score(samples, y, ref, ref_y, self.source, metrics if metrics is not None else self.config.eval.metrics,
-                    self.config.eval, self.registry, self._reference_features.setdefault(n, {}))
+                    self.config.eval, self.registry, self._reference_features)
         self.metrics.write({"step": self.step, "train_minutes": self.train_seconds / 60.0, "nfe": self.sample_nfe(),
                             "eval": out})
         self.log.info("eval", step=self.step, **{k: round(v, 5) for k, v in out.items() if not k.startswith("mode_mass_")})
         return out
-
-    def generator_conditional(self) -> bool:
-        return any(r.class_conditional for r in self.objective.networks().values() if r.role == "generator")
 
     # ----------------------------------------------------------------------------- checkpoints
     def _components(self) -> dict[str, Any]:

@@ -4,6 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import assert_same_checkpoint_weights
 from onestep.api import build_run, compose
 
 
@@ -26,14 +27,7 @@ def test_resume_is_bit_identical(registry, tmp_path, zero):
     _run(registry, tmp_path / "half", 4, zero)
     resumed = _run(registry, tmp_path / "half", 8, zero, resume=str(tmp_path / "half"))
     assert resumed.step == full.step == 8
-    a = load_file(str(tmp_path / "full/checkpoints/step-0000008/generator.safetensors"))
-    b = load_file(str(tmp_path / "half/checkpoints/step-0000008/generator.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    ea = load_file(str(tmp_path / "full/checkpoints/step-0000008/generator.ema.safetensors"))
-    eb = load_file(str(tmp_path / "half/checkpoints/step-0000008/generator.ema.safetensors"))
-    assert all(torch.equal(ea[k], eb[k]) for k in ea)
+    a = assert_same_checkpoint_weights(tmp_path / "full", tmp_path / "half", 8)
     # and the run really trained: parameters moved away from their initial values
     init = _run(registry, tmp_path / "init", 1, zero)
     c = load_file(str(tmp_path / "init/checkpoints/step-0000001/generator.safetensors"))

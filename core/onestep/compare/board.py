@@ -42,8 +42,9 @@ import torch
 from ..api import compose
 from ..errors import ConfigError
 from ..export import OneStepPipeline
-from ..metrics.evaluate import applicable_metrics, held_out, score
+from ..metrics.evaluate import applicable_metrics, check_applicable, held_out, score
 from ..registry import Registry
+from ..trainer import EVAL_SEED_OFFSET
 from .comparison import PEER, check_components, method_files, objective_of, split_overrides
 from .presets import presets_by_objective
 from .speed import pipeline_throughput
@@ -137,10 +138,7 @@ def run_board(s: BoardSettings, registry: Registry | None = None, log=print) -> 
     source = registry.build("data", s.data, registry.get("data", s.data).cls.Config())
     spec = source.spec()
     metrics = applicable_metrics(registry, spec) if s.metrics is None else list(s.metrics)
-    for name in metrics:
-        kinds = registry.get("metric", name).cls.applies_to
-        if spec.kind not in kinds:
-            raise ConfigError(f"--metrics: {name!r} applies to {', '.join(kinds)} data; data {s.data!r} is {spec.kind}")
+    check_applicable(registry, metrics, spec, s.data, "--metrics")
     n_test = len(source.dataset("test"))
     n_eval = min(s.eval_samples or n_test, n_test)
     base = child_overrides(s, n_eval, metrics)
@@ -149,10 +147,10 @@ def run_board(s: BoardSettings, registry: Registry | None = None, log=print) -> 
         cfg = compose(objective=objective_of(m), backbone=s.backbone, data=s.data, files=files_of[m], registry=registry,
                       overrides=[*base, *common, *scoped[m], f"output_dir={out / 'runs' / m}"])
         check_components(cfg, registry)
+        prepare_feature_network(source, cfg.eval, registry, metrics)
         argv[m] = (["run", "--objective", objective_of(m), "--data", s.data] + (["--backbone", s.backbone] if s.backbone else [])
                    + [a for f in files_of[m] for a in ("--config", f)] + ["--out", str(out / "runs" / m)]
                    + [*base, *common, *scoped[m]])
-    prepare_feature_network(source, cfg, registry, metrics)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     log(f"board: training {', '.join(s.methods)} for {s.minutes} min each, together")
@@ -175,11 +173,12 @@ def run_board(s: BoardSettings, registry: Registry | None = None, log=print) -> 
         marks, end = run_records(run_dir)
         curve = [{"minutes": r["train_minutes"], "step": r["step"], "metrics": r["eval"]} for r in marks]
         nfes = [pipe.default_nfe] + ([k for k in s.few_steps if k != pipe.default_nfe] if pipe.default_nfe > 1 else [])
+        y = labels if pipe.objective.generator_conditional() else None
+        eval_config = compose(base=pipe.meta["run"], registry=registry).eval
+        seed = int(pipe.meta["run"].get("seed", 0)) + EVAL_SEED_OFFSET
         for nfe in nfes:
-            y = labels if pipe.spec.num_classes > 0 and generator_conditional(pipe) else None
-            samples = pipe(class_labels=labels, num_images=n_eval, seed=pipe_seed(pipe), nfe=nfe, output_type="model")
-            values = score(samples, y, reference, reference_labels, source, metrics, pipe_eval_config(pipe, registry),
-                           registry, reference_cache)
+            samples = pipe(class_labels=labels, num_images=n_eval, seed=seed, nfe=nfe, output_type="model")
+            values = score(samples, y, reference, reference_labels, source, metrics, eval_config, registry, reference_cache)
             if nfe == pipe.default_nfe:
                 curve.append({"minutes": end["train_minutes"], "step": end["step"], "metrics": values})
             row = BoardRow(m, nfe, values, pipeline_throughput(pipe, nfe, s.speed_samples), end["step"],
@@ -200,16 +199,16 @@ def run_board(s: BoardSettings, registry: Registry | None = None, log=print) -> 
     return rows
 
 
-def prepare_feature_network(source, cfg, registry: Registry, metrics: Sequence[str]) -> None:
-    """Train (or read from its cache) the feature network of the image metrics once, before the
+def prepare_feature_network(source, eval_config, registry: Registry, metrics: Sequence[str]) -> None:
+    """Train (or read from its cache) the feature network of a run's image metrics before the
     methods start, so no method pays for it and none trains it concurrently."""
     from ..config import metric_config
     from ..metrics.fidelity import FeatureConfig, resolve_extractor
 
     for name in metrics:
-        config = metric_config(cfg.eval, name, registry)
+        config = metric_config(eval_config, name, registry)
         if isinstance(config, FeatureConfig) and source.spec().kind == "images":
-            resolve_extractor(source, cfg.eval.feature_weights, config.classifier, config.cache_dir)
+            resolve_extractor(source, eval_config.feature_weights, config.classifier, config.cache_dir)
 
 
 def train_together(argv: dict[str, list[str]], out: Path, deadline: float | None = None) -> dict[str, int]:
@@ -260,18 +259,6 @@ def run_records(run_dir: Path) -> tuple[list[dict], dict]:
     if not training:
         raise ConfigError(f"run {str(run_dir)!r}: metrics.jsonl holds no training record")
     return [r for r in records if "eval" in r], training[-1]
-
-
-def generator_conditional(pipe: OneStepPipeline) -> bool:
-    return any(r.class_conditional for r in pipe.objective.networks().values() if r.role == "generator")
-
-
-def pipe_seed(pipe: OneStepPipeline) -> int:
-    return int(pipe.meta["run"].get("seed", 0)) + 7919  # the trainer's evaluation noise
-
-
-def pipe_eval_config(pipe: OneStepPipeline, registry: Registry):
-    return compose(base=pipe.meta["run"], registry=registry).eval
 
 
 def row_label(row: BoardRow) -> str:

@@ -62,19 +62,27 @@ def objective_of(method: str) -> str:
     return method.split("@", 1)[0]
 
 
-def split_files(files: Iterable[str], names: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
-    """``--config`` values: plain files for every run, ``NAME=FILE`` for method NAME only."""
+def split_scoped(values: Iterable[str], names: Sequence[str], scope_of, what: str,
+                 noun: str) -> tuple[list[str], dict[str, list[str]]]:
+    """Values for every run, and those that ``scope_of(value)`` gives as ``(NAME, rest)`` for run
+    NAME only; an unknown NAME is an error naming ``what`` and the ``noun`` compared."""
     common: list[str] = []
     scoped: dict[str, list[str]] = {n: [] for n in names}
-    for f in files:
-        name, sep, path = f.partition("=")
-        if not sep:
-            common.append(f)
-        elif name in scoped:
-            scoped[name].append(path)
-        else:
-            raise ConfigError(f"--config {f!r}: {name!r} is not one of the compared methods ({', '.join(names)})")
+    for v in values:
+        found = scope_of(v)
+        if found is None:
+            common.append(v)
+            continue
+        name, rest = found
+        if name not in scoped:
+            raise ConfigError(f"{what} {v!r}: {name!r} is not one of the compared {noun} ({', '.join(names)})")
+        scoped[name].append(rest)
     return common, scoped
+
+
+def split_files(files: Iterable[str], names: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """``--config`` values: plain files for every run, ``NAME=FILE`` for method NAME only."""
+    return split_scoped(files, names, lambda f: f.split("=", 1) if "=" in f else None, "--config", "methods")
 
 
 def method_files(names: Sequence[str], data: str | None, files: Sequence[str], presets: str | None,
@@ -91,18 +99,8 @@ def method_files(names: Sequence[str], data: str | None, files: Sequence[str], p
 
 def split_overrides(overrides: Iterable[str], names: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
     """Common overrides and ``NAME:key=value`` ones per objective."""
-    common: list[str] = []
-    scoped: dict[str, list[str]] = {n: [] for n in names}
-    for o in overrides:
-        key = o.split("=", 1)[0]
-        if ":" not in key:
-            common.append(o)
-            continue
-        name, rest = o.split(":", 1)
-        if name not in scoped:
-            raise ConfigError(f"override {o!r}: {name!r} is not one of the compared objectives ({', '.join(names)})")
-        scoped[name].append(rest)
-    return common, scoped
+    return split_scoped(overrides, names, lambda o: o.split(":", 1) if ":" in o.split("=", 1)[0] else None,
+                        "override", "objectives")
 
 
 def run_comparison(

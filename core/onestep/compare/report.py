@@ -118,7 +118,7 @@ def board_table(rows, meta: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         name = f"{r.method} (external reference)" if r.reference else r.method
-        if getattr(r, "cut", False):
+        if r.cut:
             name += " (stopped at the deadline)"
         if r.error:
             lines.append("| " + " | ".join([name, "-", f"failed: {r.error}"] + [""] * (len(head) - 3)) + " |")

@@ -17,6 +17,15 @@ def applicable_metrics(registry, spec: DataSpec) -> list[str]:
     return [m.name for m in registry.components("metric") if spec.kind in m.cls.applies_to]
 
 
+def check_applicable(registry, names: Iterable[str], spec: DataSpec, data: str, field: str = "eval.metrics") -> None:
+    """One-line error, naming ``field``, for a metric of ``names`` that does not apply to data
+    ``data`` of ``spec``."""
+    for name in names:
+        kinds = registry.get("metric", name).cls.applies_to
+        if spec.kind not in kinds:
+            raise ConfigError(f"{field}: {name!r} applies to {', '.join(kinds)} data; data {data!r} is {spec.kind}")
+
+
 def held_out(source: DataSource, n: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``n`` held-out items in a fixed random order (None or more than there are: all of them),
     with labels for labelled data."""
@@ -37,11 +46,7 @@ def score(samples: torch.Tensor, sample_labels: torch.Tensor | None, reference: 
     (its features are then computed once per run)."""
     spec = source.spec()
     names = applicable_metrics(registry, spec) if names is None else list(names)
-    for name in names:
-        info = registry.get("metric", name)
-        if spec.kind not in info.cls.applies_to:
-            raise ConfigError(f"metric {name!r}: applies to {', '.join(info.cls.applies_to)} data, "
-                              f"but data {source.name!r} is {spec.kind}")
+    check_applicable(registry, names, spec, source.name)
     cache = reference_cache if reference_cache is not None else {}
     ctx = EvalContext(samples, sample_labels, reference, reference_labels, source, spec, eval_config.feature_weights,
                       cache)

@@ -2,8 +2,8 @@
 minibatch-ot and online pairs match the target; a run with the online coupler resumes exactly."""
 import pytest
 import torch
-from safetensors.torch import load_file
 
+from conftest import assert_same_checkpoint_weights
 from onestep.api import build_run, compose
 
 # 2,000 training points seen ~10 times each, so the online coupler's kept pairs are revisited
@@ -52,9 +52,6 @@ def test_online_coupler_resumes_exactly(quiet, tmp_path):
     resumed = build_run(compose(objective="ot-nfm", backbone="mlp", data="gmm8", coupler="online",
                                 overrides=[f"output_dir={tmp_path}/b", *quiet[1:], *SMALL, *short]), console=False)
     resumed.fit(resume=f"{tmp_path}/a/checkpoints/step-0000010")
-    for name in ("generator.safetensors", "generator.ema.safetensors"):
-        a = load_file(f"{tmp_path}/a/checkpoints/step-0000020/{name}")
-        b = load_file(f"{tmp_path}/b/checkpoints/step-0000020/{name}")
-        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_checkpoint_weights(tmp_path / "a", tmp_path / "b", 20)
     sa, sb = straight.coupler.state_dict(), resumed.coupler.state_dict()
     assert len(sa["keys"]) > 0 and all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -4,8 +4,8 @@ bridges between modes, and a run resumes exactly (potentials included)."""
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
+from conftest import assert_same_checkpoint_weights
 from onestep.api import build_run, compose
 from onestep.metrics.toy import mode_masses
 
@@ -46,10 +46,7 @@ def test_semidiscrete_run_resumes_exactly(quiet, tmp_path):
                                            "coupler.seed=5"]),  # a refit in prepare would give other potentials
                         console=False)
     resumed.fit(resume=f"{tmp_path}/a/checkpoints/step-0000010")
-    for name in ("generator.safetensors", "generator.ema.safetensors"):
-        a = load_file(f"{tmp_path}/a/checkpoints/step-0000020/{name}")
-        b = load_file(f"{tmp_path}/b/checkpoints/step-0000020/{name}")
-        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_checkpoint_weights(tmp_path / "a", tmp_path / "b", 20)
     sa, sb = straight.coupler.state_dict(), resumed.coupler.state_dict()
     assert int(sa["steps"]) == 20 + 20  # fit + one refinement step per training step
     assert all(torch.equal(sa[k], sb[k]) for k in sa)

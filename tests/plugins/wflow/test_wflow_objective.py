@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import assert_same_checkpoint_weights
 from onestep.api import build_run, compose
 from onestep.errors import ConfigError
 from onestep.interfaces import DataSpec, FeatureNetwork
@@ -330,7 +331,6 @@ def test_feature_space_run_resumes_bit_identically(tmp_path):
     uninterrupted one: the memory bank travels in the checkpoint, and the conv-mae features are
     trained once (by the first run, outside the run's RNG streams) and reloaded from the cache."""
     import onestep_features.plugin
-    from safetensors.torch import load_file
 
     from onestep.registry import Registry
 
@@ -351,9 +351,7 @@ def test_feature_space_run_resumes_bit_identically(tmp_path):
     run(tmp_path / "half", 4)
     resumed = run(tmp_path / "half", 8, resume=str(tmp_path / "half"))
     assert resumed.step == 8 and len(list((tmp_path / "cache").iterdir())) == 1
-    a = load_file(str(tmp_path / "full/checkpoints/step-0000008/generator.safetensors"))
-    b = load_file(str(tmp_path / "half/checkpoints/step-0000008/generator.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_checkpoint_weights(tmp_path / "full", tmp_path / "half", 8, names=("generator.safetensors",))
     assert int(resumed.objective._count.sum()) > 0
 
 
