@@ -29,6 +29,7 @@ def add_override_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .compare.gate import StartGate
     from .trainer import Trainer
 
     if args.resume and args.resume_from:
@@ -42,7 +43,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         saved = read_file(ckpt.resolve(resume) / "config.yaml")
         config = build_config(assemble(args.config, choices, overrides, base=saved), reg)
     trainer = Trainer(config, registry=reg)
-    summary = trainer.fit(resume=resume, overwrite=args.overwrite)
+    ready = StartGate(args.start_gate).arrive if args.start_gate else None
+    summary = trainer.fit(resume=resume, overwrite=args.overwrite, ready=ready)
     print(f"outputs: {summary['out_dir']} (samples: {summary['samples_png']}, checkpoint: {summary['checkpoint']})")
     return 0
 
@@ -185,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from this checkpoint (a step-N or run folder), with its saved config")
     p.add_argument("--overwrite", action="store_true",
                    help="replace what an earlier run left in the output folder (its checkpoints, metrics, config)")
+    p.add_argument("--start-gate", metavar="DIR",
+                   help="once built and prepared, write DIR/<pid>.ready and wait for DIR/go before training "
+                        "(the board starts its runs' training clocks together)")
     add_override_args(p)
     p.set_defaults(func=cmd_run)
 

@@ -78,6 +78,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the networks; the backbone picks the regions (DiT: each block)
     max_minutes: float = 0.0  # training-clock limit in minutes (evaluations, samples and checkpoints pause the clock); 0: none
     eval_every_minutes: float = 0.0  # evaluate each time the training clock passes a multiple of this; 0: never
+    checkpoint_every_minutes: float = 0.0  # checkpoint each time the training clock passes a multiple of this; 0: never
 
     def __attrs_post_init__(self) -> None:
         _check(self.steps >= 1, "train.steps", f"expected >= 1, got {self.steps}")
@@ -88,7 +89,9 @@ class TrainConfig:
         _check(0.0 <= self.ema_decay < 1.0, "train.ema_decay", f"expected in [0, 1), got {self.ema_decay}")
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", f"expected >= 1, got {self.keep_checkpoints}")
         _check(self.max_minutes >= 0, "train.max_minutes", f"expected >= 0 (0: no limit), got {self.max_minutes}")
-        _check(self.eval_every_minutes >= 0, "train.eval_every_minutes", f"expected >= 0 (0: never), got {self.eval_every_minutes}")
+        for name in ("eval_every_minutes", "checkpoint_every_minutes"):
+            value = getattr(self, name)
+            _check(value >= 0, f"train.{name}", f"expected >= 0 (0: never), got {value}")
         _check(self.log_every >= 1, "train.log_every", f"expected >= 1, got {self.log_every}")
         for name, zero in (("warmup_steps", "no warmup"), ("ema_start", "from the first step"),
                            ("sample_every", "only at the end"), ("eval_every", "only at the end"),

@@ -9,7 +9,7 @@ import time
 import zlib
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import attrs
 import numpy as np
@@ -71,6 +71,22 @@ def _make_output_dir(out_dir: Path) -> None:
         raise ConfigError(f"output_dir: cannot create {str(out_dir)!r} ({exc.strerror or exc})") from None
     if not os.access(out_dir, os.W_OK | os.X_OK):
         raise ConfigError(f"output_dir: {str(out_dir)!r} is not writable")
+
+
+class MinuteMarks:
+    """Multiples of ``every`` minutes of the training clock; :meth:`passed` is true once per
+    multiple reached (0: never)."""
+
+    def __init__(self, every: float) -> None:
+        self.every_s = 60.0 * every
+        self.next_s = self.every_s
+
+    def passed(self, elapsed_s: float) -> bool:
+        if not self.every_s or elapsed_s < self.next_s:
+            return False
+        while self.next_s <= elapsed_s:
+            self.next_s += self.every_s
+        return True
 
 
 class Trainer:
@@ -183,13 +199,16 @@ class Trainer:
             ema.update(self.engines[name].module, self.step)
         return logs
 
-    def fit(self, resume: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
+    def fit(self, resume: str | Path | None = None, overwrite: bool = False,
+            ready: Callable[[], None] | None = None) -> dict[str, Any]:
         """Train to ``train.steps`` (continuing from checkpoint ``resume`` if given: a step folder,
         or a run folder for its newest intact checkpoint), then sample and evaluate.
 
         Refuses an output folder that holds another run's outputs, or checkpoints after the
         resumed step, unless ``overwrite`` (which discards them). Ctrl-C ends training after the
-        current step, writes a checkpoint and raises :class:`Interrupted`."""
+        current step, writes a checkpoint and raises :class:`Interrupted`. ``ready`` is called once
+        everything is built and prepared, just before the training clock starts (the board uses it
+        to start all its runs' clocks together)."""
         resumed_from = self.load(resume) if resume is not None else None
         discard = runfolder.check(self.out_dir, self.step, resumed_from, overwrite, damaged=self.damaged)
         barrier()  # every rank has looked before rank 0 changes anything
@@ -205,6 +224,8 @@ class Trainer:
                       data=self.config.data.name, device=str(self.device), world=self.world, start_step=self.step,
                       parameters={n: sum(p.numel() for p in e.module.parameters()) for n, e in self.engines.items()})
         start_step = self.step
+        if ready is not None:
+            ready()
         with DeferredSigint() as sigint:
             try:
                 train_seconds, path = self._train(sigint)
@@ -239,7 +260,8 @@ class Trainer:
         budget_s = 60.0 * t.max_minutes
         saved_at = -1
         paused = 0.0  # seconds of chores (logging, samples, evaluations, checkpoints): off the training clock
-        next_mark = 60.0 * t.eval_every_minutes
+        eval_marks = MinuteMarks(t.eval_every_minutes)
+        checkpoint_marks = MinuteMarks(t.checkpoint_every_minutes)
         done = self.step >= t.steps
         while not done:
             logs = self.train_step()
@@ -253,7 +275,7 @@ class Trainer:
                 expected = start_step + round((self.step - start_step) * budget_s / elapsed)
                 self.planned_steps = min(t.steps, max(self.step + 1, expected))
             log_due = self.step % t.log_every == 0 or done
-            checkpoint_due = bool(t.checkpoint_every) and self.step % t.checkpoint_every == 0
+            checkpoint_due = (bool(t.checkpoint_every) and self.step % t.checkpoint_every == 0) or checkpoint_marks.passed(elapsed)
             if log_due or checkpoint_due:
                 self._check_finite(logs)
             if log_due:
@@ -270,10 +292,8 @@ class Trainer:
                 self._check_finite(logs)
             if t.sample_every and self.step % t.sample_every == 0:
                 self.save_sample_plot()
-            mark_due = bool(next_mark) and elapsed >= next_mark
-            if mark_due:
-                next_mark += 60.0 * t.eval_every_minutes
-            if ((t.eval_every and self.step % t.eval_every == 0) or mark_due) and not done:
+            eval_due = (bool(t.eval_every) and self.step % t.eval_every == 0) or eval_marks.passed(elapsed)
+            if eval_due and not done:
                 self.evaluate()
             if checkpoint_due:
                 self.save_checkpoint()
@@ -464,6 +484,7 @@ class Trainer:
         final = writer.commit(self.step)
         barrier()
         self.log.info("checkpoint", step=self.step, path=str(final))
+        self.metrics.write({"step": self.step, "train_minutes": self.train_seconds / 60.0, "checkpoint": final.name})
         return final
 
     def load(self, path: str | Path, weights_only: bool = False) -> Path:

@@ -23,7 +23,7 @@ def cmd_board(args: argparse.Namespace) -> int:
     settings = BoardSettings(
         data=args.data, minutes=args.minutes, marks=args.marks, methods=methods, out_dir=args.out or f"runs/board-{args.data}",
         backbone=args.backbone, files=args.config, overrides=args.overrides, presets=presets,
-        eval_samples=args.eval_samples, metrics=args.metrics.split(",") if args.metrics else None,
+        eval_samples=args.eval_samples, mark_samples=args.mark_samples, metrics=args.metrics.split(",") if args.metrics else None,
         few_steps=args.few_steps, deadline=args.deadline, speed_samples=args.speed_samples, feature_weights=args.feature_weights,
         command="onestep " + shlex.join(args.argv))
     rows = run_board(settings, registry)
@@ -37,7 +37,7 @@ def register(subparsers) -> None:
     p.add_argument("--data", default="mnist-full", metavar="NAME", help="data source (default: mnist-full)")
     p.add_argument("--minutes", type=float, required=True, metavar="M", help="training minutes of every method")
     p.add_argument("--marks", type=float, default=2.0, metavar="M",
-                   help="evaluate every M training minutes and at the end (default 2; 0: only at the end)")
+                   help="checkpoint every M training minutes; each is scored after training (default 2; 0: only the end)")
     p.add_argument("--methods", metavar="A,B,...",
                    help="objective names, or variants NAME@LABEL (own row, same preset, NAME@LABEL:key=value overrides); default: "
                         "flow-matching, torchcfm-ot-cfm and every objective with a preset for the data")
@@ -46,6 +46,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", metavar="DIR", help="output folder, new or empty (default: runs/board-DATA)")
     p.add_argument("--eval-samples", type=int, default=None, metavar="N",
                    help="held-out images to score against, and samples drawn (default: the whole held-out split)")
+    p.add_argument("--mark-samples", type=int, default=None, metavar="N",
+                   help="samples scored at each mark, for the curve (default: as many as at the end)")
     p.add_argument("--metrics", help="comma-separated metric names (default: every installed metric for the data)")
     p.add_argument("--few-steps", type=_ints, default=[1, 2, 4], metavar="N,M",
                    help="extra NFE rows of multi-step methods (default 1,2,4)")

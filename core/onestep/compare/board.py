@@ -8,16 +8,19 @@ How it runs:
    overrides), so a bad one fails before anything trains; the data's feature network for the
    image metrics is trained once (or read from its cache) before any method starts.
 2. One ``onestep run`` process per method, all started together (they share the device as users
-   share a GPU, and the CPU cores evenly), each with ``train.max_minutes`` and
-   ``train.eval_every_minutes``: evaluations, samples and checkpoints pause a method's clock, so
-   every row gets the same training minutes. Each evaluation at a mark is a record of the run's
-   metrics.jsonl with its ``train_minutes``. With ``deadline`` (wall-clock minutes from the start
-   of the board), runs still training then are interrupted (they checkpoint and stop), so a board
-   always ends in time and says which runs were cut short.
-3. When all have stopped, each run's EMA generator is loaded back (no trainer), alone on the
-   device, and scored there: at its own NFE (the end point of its curve) and, for multi-step rows,
-   at ``few_steps`` NFE; sampling speed is timed at every row's NFE, and every row draws its grid
-   from the same noise and labels. The reference features are extracted once for all rows.
+   share a GPU, and the CPU cores evenly). Each builds and prepares itself, then waits at a start
+   line (:mod:`.gate`) so that all training clocks start together. Each trains for
+   ``train.max_minutes`` of its training clock and writes a checkpoint each time the clock passes a
+   mark (``train.checkpoint_every_minutes``): checkpoints pause the clock, so every row gets the
+   same training minutes. With ``deadline`` (wall-clock minutes from the start of the board), runs
+   still training then are interrupted (they checkpoint and stop), so a board always ends in time
+   and says which runs were cut short.
+3. When all have stopped, every checkpoint's EMA generator is loaded back (no trainer), alone on
+   the device, and scored there: the marks' checkpoints give the curve, the last one the table, at
+   its own NFE and, for multi-step rows, at ``few_steps`` NFE. Scoring after training, not inside
+   the runs, keeps every evaluation off the other runs' device time and makes its cost the same
+   for every row. Sampling speed is timed at every row's NFE, and every row draws its grid from the
+   same noise and labels. The reference features are extracted once for all rows.
 
 Every metric is computed against the held-out split (all of it by default; the table says how
 many images).
@@ -46,6 +49,7 @@ from ..metrics.evaluate import applicable_metrics, check_applicable, held_out, s
 from ..registry import Registry
 from ..trainer import EVAL_SEED_OFFSET
 from .comparison import PEER, check_components, method_files, objective_of, split_overrides
+from .gate import StartGate
 from .presets import presets_by_objective
 from .speed import pipeline_throughput
 
@@ -88,6 +92,7 @@ class BoardSettings:
     metrics: list[str] | None = None  # None: every installed metric for the data
     few_steps: list[int] = attrs.Factory(lambda: [1, 2, 4])
     deadline: float | None = None  # wall-clock minutes after which training runs are interrupted
+    mark_samples: int | None = None  # samples scored at each mark (the curve); None: as many as at the end
     speed_samples: int = 1000
     feature_weights: str | None = None
     command: str | None = None  # as typed, for the record
@@ -103,8 +108,10 @@ class BoardSettings:
             raise ConfigError(f"--methods: a method is listed twice ({', '.join(self.methods)})")
         if self.deadline is not None and self.deadline <= self.minutes:
             raise ConfigError(f"--deadline: expected more than --minutes ({self.minutes}), got {self.deadline}")
-        if self.eval_samples is not None and self.eval_samples < 1:
-            raise ConfigError(f"--eval-samples: expected >= 1, got {self.eval_samples}")
+        for name in ("eval_samples", "mark_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')}: expected >= 1, got {value}")
 
 
 def default_methods(registry: Registry, data: str, presets: str | None) -> list[str]:
@@ -118,8 +125,11 @@ def default_methods(registry: Registry, data: str, presets: str | None) -> list[
 
 
 def child_overrides(s: BoardSettings, n_eval: int, metrics: list[str]) -> list[str]:
-    """What the board sets in every run (before the user's overrides, which win)."""
-    return [f"train.steps={UNLIMITED_STEPS}", f"train.max_minutes={s.minutes}", f"train.eval_every_minutes={s.marks}",
+    """What the board sets in every run (before the user's overrides, which win): the runs train and
+    checkpoint at the marks; the board scores the checkpoints afterwards."""
+    marks = int(s.minutes // s.marks) if s.marks else 0
+    return [f"train.steps={UNLIMITED_STEPS}", f"train.max_minutes={s.minutes}", "train.eval_every_minutes=0",
+            f"train.checkpoint_every_minutes={s.marks}", f"train.keep_checkpoints={marks + 2}",
             "train.eval_every=0", "train.sample_every=0", "train.checkpoint_every=0", "train.progress=false",
             f"eval.num_samples={n_eval}", f"eval.metrics=[{','.join(metrics)}]", "eval.at_end=false"] + (
         [f"eval.feature_weights={s.feature_weights}"] if s.feature_weights else [])
@@ -150,13 +160,13 @@ def run_board(s: BoardSettings, registry: Registry | None = None, log=print) -> 
         prepare_feature_network(source, cfg.eval, registry, metrics)
         argv[m] = (["run", "--objective", objective_of(m), "--data", s.data] + (["--backbone", s.backbone] if s.backbone else [])
                    + [a for f in files_of[m] for a in ("--config", f)] + ["--out", str(out / "runs" / m)]
-                   + [*base, *common, *scoped[m]])
+                   + ["--start-gate", str(out / "start")] + [*base, *common, *scoped[m]])
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     log(f"board: training {', '.join(s.methods)} for {s.minutes} min each, together")
     deadline = started + 60.0 * s.deadline if s.deadline else None
-    codes = train_together(argv, out, deadline)
-    log(f"board: training done in {(time.perf_counter() - started) / 60:.1f} min (wall clock, with start-up and marks)")
+    codes = train_together(argv, out, deadline, StartGate(out / "start"), log)
+    log(f"board: training done in {(time.perf_counter() - started) / 60:.1f} min (wall clock, with start-up and checkpoints)")
     reference, reference_labels = held_out(source, n_eval)
     labels = reference_labels[torch.arange(n_eval) % len(reference_labels)] if reference_labels is not None else None
     rows: list[BoardRow] = []
@@ -168,17 +178,19 @@ def run_board(s: BoardSettings, registry: Registry | None = None, log=print) -> 
             rows.append(BoardRow(m, 0, {}, 0.0, 0, 0.0, str(run_dir), files_of[m], objective_of(m) == PEER, error=last_line(out / f"{m}.log")))
             log(f"board: {m} failed: {rows[-1].error}")
             continue
-        pipe = OneStepPipeline.from_checkpoint(run_dir, device="cuda" if torch.cuda.is_available() else "cpu",
-                                               registry=registry)
-        marks, end = run_records(run_dir)
-        curve = [{"minutes": r["train_minutes"], "step": r["step"], "metrics": r["eval"]} for r in marks]
+        marks, end = checkpoint_records(run_dir)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        scorer = Scorer(labels, reference, reference_labels, source, metrics, registry, reference_cache)
+        curve = []
+        for mark in marks:
+            pipe = OneStepPipeline.from_checkpoint(run_dir / "checkpoints" / mark["checkpoint"], device=device, registry=registry)
+            values = scorer(pipe, pipe.default_nfe, min(s.mark_samples or n_eval, n_eval))
+            curve.append({"minutes": mark["train_minutes"], "step": mark["step"], "metrics": values})
+            log(f"board: {m} mark {mark['train_minutes']:.1f} min step={mark['step']} fid={fid_of(values):.4g}")
+        pipe = OneStepPipeline.from_checkpoint(run_dir, device=device, registry=registry)
         nfes = [pipe.default_nfe] + ([k for k in s.few_steps if k != pipe.default_nfe] if pipe.default_nfe > 1 else [])
-        y = labels if pipe.objective.generator_conditional() else None
-        eval_config = compose(base=pipe.meta["run"], registry=registry).eval
-        seed = int(pipe.meta["run"].get("seed", 0)) + EVAL_SEED_OFFSET
         for nfe in nfes:
-            samples = pipe(class_labels=labels, num_images=n_eval, seed=seed, nfe=nfe, output_type="model")
-            values = score(samples, y, reference, reference_labels, source, metrics, eval_config, registry, reference_cache)
+            values = scorer(pipe, nfe, n_eval)
             if nfe == pipe.default_nfe:
                 curve.append({"minutes": end["train_minutes"], "step": end["step"], "metrics": values})
             row = BoardRow(m, nfe, values, pipeline_throughput(pipe, nfe, s.speed_samples), end["step"],
@@ -211,9 +223,11 @@ def prepare_feature_network(source, eval_config, registry: Registry, metrics: Se
             resolve_extractor(source, eval_config.feature_weights, config.classifier, config.cache_dir)
 
 
-def train_together(argv: dict[str, list[str]], out: Path, deadline: float | None = None) -> dict[str, int]:
+def train_together(argv: dict[str, list[str]], out: Path, deadline: float | None = None,
+                   gate: StartGate | None = None, log=print) -> dict[str, int]:
     """Start one ``onestep run`` per method at once, wait for all; return codes by method. Each
-    process's output goes to ``out/METHOD.log``; each gets an equal share of the CPU threads. At
+    process's output goes to ``out/METHOD.log``; each gets an equal share of the CPU threads.
+    ``gate`` (the runs' ``--start-gate``) opens once every run is ready or has stopped. At
     ``deadline`` (a ``time.perf_counter`` value) the runs still going get a Ctrl-C (they write a
     checkpoint and stop: code :data:`INTERRUPTED`), and a termination a minute later."""
     threads = str(max(1, (os.cpu_count() or 1) // max(1, len(argv))))
@@ -225,6 +239,7 @@ def train_together(argv: dict[str, list[str]], out: Path, deadline: float | None
         procs[m] = (subprocess.Popen([sys.executable, "-m", "onestep.cli", *args], stdout=logfile,
                                      stderr=subprocess.STDOUT, env=env), logfile)
     codes = {}
+    opened, begun = False, time.perf_counter()
     try:
         stage = 0  # 1: interrupted, 2: terminated
         while len(codes) < len(procs):
@@ -232,6 +247,10 @@ def train_together(argv: dict[str, list[str]], out: Path, deadline: float | None
                 if m not in codes and proc.poll() is not None:
                     codes[m] = proc.returncode
                     logfile.close()
+            if gate is not None and not opened and gate.ready_count() + len(codes) >= len(procs):
+                gate.open()
+                opened = True
+                log(f"board: every run is ready; training clocks start ({time.perf_counter() - begun:.0f} s after launch)")
             now = time.perf_counter()
             if deadline is not None and stage < 2 and now > deadline + 60.0 * stage:
                 for m, (proc, _) in procs.items():
@@ -251,14 +270,44 @@ def last_line(path: Path) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
-def run_records(run_dir: Path) -> tuple[list[dict], dict]:
-    """The run's evaluations at the marks, in order, and its last training record (step and
-    ``train_minutes`` where training ended)."""
+def checkpoint_records(run_dir: Path) -> tuple[list[dict], dict]:
+    """The run's checkpoints at the marks (``step``, ``train_minutes``, ``checkpoint``: its folder
+    name), in order, and its last record (where training ended, at its final checkpoint)."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     training = [r for r in records if "eval" not in r and "train_minutes" in r]
     if not training:
         raise ConfigError(f"run {str(run_dir)!r}: metrics.jsonl holds no training record")
-    return [r for r in records if "eval" in r], training[-1]
+    end = training[-1]
+    marks = [r for r in training if "checkpoint" in r and r["step"] < end["step"]
+             and (run_dir / "checkpoints" / r["checkpoint"]).is_dir()]
+    return marks, end
+
+
+@attrs.define
+class Scorer:
+    """Scores a pipeline's samples (the same labels and seed rule for every row) against the
+    held-out reference; the reference features are extracted once for all rows."""
+
+    labels: torch.Tensor | None
+    reference: torch.Tensor
+    reference_labels: torch.Tensor | None
+    source: object
+    metrics: list[str]
+    registry: Registry
+    cache: dict
+
+    def __call__(self, pipe: OneStepPipeline, nfe: int, n: int) -> dict[str, float]:
+        labels = self.labels[:n] if self.labels is not None else None
+        y = labels if pipe.objective.generator_conditional() else None
+        eval_config = compose(base=pipe.meta["run"], registry=self.registry).eval
+        seed = int(pipe.meta["run"].get("seed", 0)) + EVAL_SEED_OFFSET
+        samples = pipe(class_labels=labels, num_images=n, seed=seed, nfe=nfe, output_type="model")
+        return score(samples, y, self.reference, self.reference_labels, self.source, self.metrics, eval_config,
+                     self.registry, self.cache)
+
+
+def fid_of(values: dict[str, float]) -> float:
+    return next((v for k, v in values.items() if k.split("[")[0] == "fid"), float("nan"))
 
 
 def row_label(row: BoardRow) -> str:
@@ -282,6 +331,6 @@ def board_meta(s: BoardSettings, spec, n_eval: int, n_test: int) -> dict:
         "device": f"{'cuda' if torch.cuda.is_available() else 'cpu'}: {name}", "torch": torch.__version__,
         "command": s.command,
         "data": s.data, "minutes": s.minutes, "marks_minutes": s.marks, "methods": s.methods,
-        "eval_samples": n_eval, "held_out": n_test, "shape": list(spec.shape), "num_classes": spec.num_classes,
+        "eval_samples": n_eval, "mark_samples": min(s.mark_samples or n_eval, n_eval), "held_out": n_test, "shape": list(spec.shape), "num_classes": spec.num_classes,
         "presets": s.presets, "overrides": s.overrides, "grid_columns": spec.num_classes if 0 < spec.num_classes <= 16 else 10,
     }

@@ -128,8 +128,10 @@ def board_table(rows, meta: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     m = meta
     caption = (f"Quality board: {m['data']} ({m['num_classes']} classes), {m['minutes']} min of training per method, "
-               f"all methods together on one {m['device']}, scored every {m['marks_minutes']} min and at the end "
-               f"against {m['eval_samples']} of {m['held_out']} held-out images with as many samples; "
+               f"all methods together on one {m['device']}, checkpointed every {m['marks_minutes']} min and at the end, "
+               f"each checkpoint scored after training, alone on the device, against {m['eval_samples']} of "
+               f"{m['held_out']} held-out images with as many samples (the curve's marks with "
+               f"{m.get('mark_samples', m['eval_samples'])}); "
                f"torch {m['torch']}, {m['date']}.")
     if m.get("command"):
         caption += f"\n\nCommand: `{m['command']}`"

@@ -27,7 +27,7 @@ def test_board_trains_two_methods_together_from_presets(tmp_path, capsys, monkey
     presets = write_presets(tmp_path / "presets", PRESET_FM, PRESET_OTNFM)
     out = tmp_path / "board"
     rc = main(["board", "--data", "digits", "--minutes", "0.12", "--marks", "0.05", "--methods", "flow-matching,ot-nfm@deep",
-               "--presets", str(presets), "--out", str(out), "--eval-samples", "100", "--speed-samples", "50",
+               "--presets", str(presets), "--out", str(out), "--eval-samples", "100", "--mark-samples", "60", "--speed-samples", "50",
                "--few-steps", "1", "--metrics", "fid,precision-recall,class-accuracy", "ot-nfm@deep:backbone.depth=2"])
     assert rc == 0, capsys.readouterr().err
     board = json.loads((out / "board.json").read_text())
@@ -39,8 +39,14 @@ def test_board_trains_two_methods_together_from_presets(tmp_path, capsys, monkey
         assert r["train_minutes"] == pytest.approx(0.12, abs=0.05)
     curve = rows[0]["curve"]
     assert len(curve) >= 2 and curve[0]["minutes"] < curve[-1]["minutes"]  # a mark, then the end
+    assert curve[0]["step"] < curve[-1]["step"] and curve[0]["metrics"] != curve[-1]["metrics"]  # scored from the mark's checkpoint
     assert curve[-1]["metrics"] == rows[0]["metrics"]  # the end point is the row, scored by the board itself
-    assert board["meta"]["eval_samples"] == 100 and board["meta"]["held_out"] == 180
+    assert board["meta"]["eval_samples"] == 100 and board["meta"]["held_out"] == 180 and board["meta"]["mark_samples"] == 60
+    start = out / "start"  # both runs waited at the start line, and the board let them go together
+    assert (start / "go").is_file() and len(list(start.glob("*.ready"))) == 2
+    for m in ("flow-matching", "ot-nfm@deep"):  # the runs only trained and checkpointed: the board scored them
+        records = [json.loads(line) for line in (out / "runs" / m / "metrics.jsonl").read_text().splitlines()]
+        assert not any("eval" in r for r in records) and sum("checkpoint" in r for r in records) >= 2
     assert board["meta"]["command"].startswith("onestep board --data digits --minutes 0.12")
     # each run kept its preset's values (a variant NAME@LABEL uses NAME's), and an explicit scoped override won
     fm = yaml.safe_load((out / "runs" / "flow-matching" / "config.yaml").read_text())

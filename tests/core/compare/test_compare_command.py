@@ -59,14 +59,19 @@ def test_compare_rejects_bad_input_before_training(tmp_path, capsys, args, messa
 def test_train_max_minutes_stops_on_the_clock_and_drives_progress(registry, quiet):
     cfg = compose(objective="flow-matching", backbone="mlp", data="gmm8", registry=registry,
                   overrides=quiet + ["train.steps=1000000", "train.max_minutes=0.02", "train.batch_size=64",
+                                     "train.checkpoint_every_minutes=0.008", "train.keep_checkpoints=4",
                                      "backbone.width=32", "backbone.depth=1", "eval.metrics=[]"])
     run = build_run(cfg, registry=registry, console=False)
     summary = run.fit()
     assert 1.2 <= summary["train_seconds"] < 1.2 + 30
     assert 1 <= summary["steps_run"] == summary["step"] < 1000000
     assert StepInfo(summary["step"] - 1, run.planned_steps).progress > 0.5
-    last = json.loads((run.out_dir / "metrics.jsonl").read_text().splitlines()[-2])
-    assert last["step"] == summary["step"]
+    records = [json.loads(line) for line in (run.out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in records if "samples_per_s" in r][-1]["step"] == summary["step"]
+    # a checkpoint each time the training clock passed 0.008 and 0.016 minutes, then the final one
+    saved = [r for r in records if "checkpoint" in r]
+    assert [round(r["train_minutes"] / 0.008 - 0.5) for r in saved[:-1]] == [1, 2]
+    assert saved[-1]["step"] == summary["step"] and all((run.out_dir / "checkpoints" / r["checkpoint"]).is_dir() for r in saved)
 
 
 def test_train_max_minutes_must_not_be_negative(registry):
