@@ -1,5 +1,8 @@
-"""The core's own plugin: built-in data sources and metrics, registered through the same entry
-point group as every third-party plugin."""
+"""The core's own plugin: built-in data sources, metrics and subcommands, registered through the
+same entry point group as every third-party plugin."""
+import importlib
+import pkgutil
+
 from .hookspecs import hookimpl
 
 
@@ -20,3 +23,12 @@ def onestep_metrics():
     from .metrics.toy import ModeCoverage, SinkhornDivergence
 
     return [SinkhornDivergence, ModeCoverage, *FIDELITY_METRICS, ClassAccuracy]
+
+
+@hookimpl
+def onestep_commands(subparsers):
+    """Each module of :mod:`onestep.commands` adds its subcommand with ``register(subparsers)``."""
+    from . import commands
+
+    for mod in pkgutil.iter_modules(commands.__path__):
+        importlib.import_module(f"{commands.__name__}.{mod.name}").register(subparsers)

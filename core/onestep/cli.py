@@ -1,14 +1,12 @@
-"""The ``onestep`` command: run, sample, eval, plugins, config, plus the subcommands that modules
-in :mod:`onestep.commands` add (each exposes ``register(subparsers)``).
+"""The ``onestep`` command: run, sample, eval, plugins, config, plus the subcommands plugins add
+through the hook ``onestep_commands`` (the core's own, in :mod:`onestep.commands`, included).
 
 ``key.path=value`` overrides may stand anywhere among the options. Errors the user can act on
 (:class:`OnestepError`) end the command with one line on stderr and exit code 2 (130 for Ctrl-C)."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import pkgutil
 import sys
 from pathlib import Path
 
@@ -170,7 +168,8 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(registry: Registry | None = None) -> argparse.ArgumentParser:
+    """The ``onestep`` parser: the core's commands and those plugins add (hook ``onestep_commands``)."""
     parser = argparse.ArgumentParser(prog="onestep", description="Train and use one-step generative models.")
     parser.add_argument("--version", action="version", version=f"onestep {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -223,10 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_config)
 
-    from . import commands
-
-    for mod in pkgutil.iter_modules(commands.__path__):
-        importlib.import_module(f"{commands.__name__}.{mod.name}").register(sub)
+    (registry or Registry.discover()).add_commands(sub)
     return parser
 
 

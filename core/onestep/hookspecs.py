@@ -6,8 +6,12 @@ through the entry-point group ``onestep``::
     [project.entry-points.onestep]
     my-plugin = "my_package.plugin"
 
-Each hook returns a list of component classes of one kind (see :mod:`onestep.interfaces`).
-Implement only the hooks you need.
+Each ``onestep_<kind>`` hook returns a list of component classes of one kind (see
+:mod:`onestep.interfaces`, where each kind's base names its hook); :func:`onestep_commands` adds
+subcommands to the ``onestep`` command. Implement only the hooks you need, each marked
+``@hookimpl``: a plugin that defines a function named ``onestep_...`` that is not one of these
+hooks (a misspelt name), or one not marked ``@hookimpl``, is refused with an error naming the
+plugin and the function.
 """
 from __future__ import annotations
 
@@ -54,12 +58,10 @@ def onestep_feature_networks() -> list[type]:
     maps in which an objective measures distances, chosen by the run's ``features`` section."""
 
 
-HOOK_KIND = {
-    "onestep_backbones": "backbone",
-    "onestep_objectives": "objective",
-    "onestep_couplers": "coupler",
-    "onestep_guidance": "guidance",
-    "onestep_data_sources": "data",
-    "onestep_metrics": "metric",
-    "onestep_feature_networks": "features",
-}
+@hookspec
+def onestep_commands(subparsers) -> None:
+    """Add subcommands to ``onestep``: call ``subparsers.add_parser(NAME, help=...)`` (an
+    :mod:`argparse` sub-parsers object) and set the parser's ``func`` default to a function
+    ``func(args) -> int`` (the exit code). Raise :class:`onestep.errors.OnestepError` for errors
+    the user can act on: the command prints it on one line and exits with code 2. A name that
+    another plugin already added is refused with both plugins named."""

@@ -133,10 +133,14 @@ class Networks(Mapping[str, nn.Module]):
 
 
 class Component(ABC):
-    """Base of every component: a name, an attrs ``Config`` and the config it was built with."""
+    """Base of every component: a name, an attrs ``Config`` and the config it was built with.
+    Each kind's base sets ``kind`` (its name in configs and listings) and ``hook`` (the hook of
+    :mod:`onestep.hookspecs` through which plugins provide classes of that kind)."""
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    kind: ClassVar[str]
+    hook: ClassVar[str]
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -168,6 +172,9 @@ class Backbone(Component):
     such as BatchNorm in training mode): objectives batch unrelated samples into one call, e.g.
     adversarial-flow evaluates the critic on real, fake and R1/R2's perturbed copies together."""
 
+    kind: ClassVar[str] = "backbone"
+    hook: ClassVar[str] = "onestep_backbones"
+
     @abstractmethod
     def build(self, request: NetworkRequest, spec: DataSpec) -> nn.Module: ...
 
@@ -188,6 +195,9 @@ class Coupler(Component):
     such as semi-discrete OT) may instead return, for each noise row, the training sample its map
     assigns (of the row's class ``y``), so the batch's data rows only choose the labels.
     ``plan`` returns the coupling matrix ``[N, M]`` (rows sum to 1/N) where the coupler has one."""
+
+    kind: ClassVar[str] = "coupler"
+    hook: ClassVar[str] = "onestep_couplers"
 
     @abstractmethod
     def pair(
@@ -227,6 +237,9 @@ class Guidance(_TrainsNetworks):
     training phase, run before the objective's phases) and contributes a generator loss term
     through :meth:`generator_term`, which an objective that supports guidance calls."""
 
+    kind: ClassVar[str] = "guidance"
+    hook: ClassVar[str] = "onestep_guidance"
+
     def __init__(self, config: Any, *, spec: DataSpec) -> None:
         super().__init__(config)
         self.spec = spec
@@ -255,6 +268,9 @@ class FeatureNetwork(Component):
     locations). It is differentiable in ``x`` and has no trainable parameters (gradients reach
     the generator, never phi); each row depends on its own sample only."""
 
+    kind: ClassVar[str] = "features"
+    hook: ClassVar[str] = "onestep_feature_networks"
+
     def __init__(self, config: Any, *, spec: DataSpec) -> None:
         super().__init__(config)
         self.spec = spec
@@ -279,6 +295,9 @@ class Objective(_TrainsNetworks):
     ``sample`` draws ``noise.shape[0]`` samples with ``nfe`` network evaluations using the EMA
     networks (``nets.ema(name)``); ``default_nfe`` is 1 for one-step methods.
     ``ema_networks`` names the networks the trainer keeps an EMA of."""
+
+    kind: ClassVar[str] = "objective"
+    hook: ClassVar[str] = "onestep_objectives"
 
     default_nfe: ClassVar[int] = 1
     ema_networks: ClassVar[tuple[str, ...]] = ("generator",)
@@ -308,6 +327,9 @@ class DataSource(Component):
     are ``(x, y)`` with ``x`` a float tensor of ``spec().shape`` and ``y`` an int label
     (unlabelled sources return 0 and set ``num_classes = 0``). Splits are ``train`` and ``test``;
     ``test`` is held out."""
+
+    kind: ClassVar[str] = "data"
+    hook: ClassVar[str] = "onestep_data_sources"
 
     @abstractmethod
     def spec(self) -> DataSpec: ...
@@ -350,6 +372,9 @@ class Metric(Component):
     """Computes numbers from an :class:`EvalContext`. ``applies_to`` lists the data kinds it
     supports; returned keys are prefixed by nothing (e.g. ``{"sinkhorn": 0.01}``)."""
 
+    kind: ClassVar[str] = "metric"
+    hook: ClassVar[str] = "onestep_metrics"
+
     applies_to: ClassVar[tuple[str, ...]] = ("points", "images", "latents")
 
     @abstractmethod
@@ -357,11 +382,7 @@ class Metric(Component):
 
 
 KINDS: dict[str, type[Component]] = {
-    "backbone": Backbone,
-    "objective": Objective,
-    "coupler": Coupler,
-    "guidance": Guidance,
-    "data": DataSource,
-    "metric": Metric,
-    "features": FeatureNetwork,
+    base.kind: base for base in (Backbone, Objective, Coupler, Guidance, DataSource, Metric, FeatureNetwork)
 }
+"""Every kind of component, by the name users give it (``onestep plugins --kind``, config sections);
+each base names the hook of :mod:`onestep.hookspecs` that returns its classes."""

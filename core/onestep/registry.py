@@ -9,6 +9,7 @@ disabled (and named), the rest stay usable.
 """
 from __future__ import annotations
 
+import difflib
 import importlib.metadata as md
 import inspect
 from typing import Any, Iterable
@@ -21,6 +22,7 @@ from .errors import ConfigError, PluginError
 from .interfaces import KINDS, Component
 
 ENTRY_POINT_GROUP = "onestep"
+HOOKS = tuple(sorted(n for n in dir(hookspecs) if n.startswith("onestep_")))
 
 
 @attrs.frozen
@@ -46,6 +48,7 @@ class Registry:
         self._by_kind: dict[str, dict[str, ComponentInfo]] = {k: {} for k in KINDS}
         self._clashes: dict[tuple[str, str], list[ComponentInfo]] = {}
         self.broken: dict[str, str] = {}
+        self.packages: dict[str, str] = {}  # registered plugin name -> the distribution (or module) that ships it
 
     @classmethod
     def discover(cls, extra: Iterable[tuple[str, Any]] = (), entry_points: bool = True) -> "Registry":
@@ -65,34 +68,74 @@ class Registry:
         return reg
 
     def add(self, plugin: Any, *, name: str, package: str) -> None:
-        """Register one plugin object and collect its components."""
+        """Register one plugin object and collect its components. A plugin whose ``onestep_*``
+        functions are not all hooks of :mod:`onestep.hookspecs` marked ``@hookimpl`` (a misspelt
+        hook name would otherwise register silently and provide nothing) is refused whole and
+        recorded in :attr:`broken`, named with the function at fault."""
         if self.pm.has_plugin(name):
             return
         try:
             self.pm.register(plugin, name=name)
         except Exception as exc:
-            self.broken[name] = f"{package}: {type(exc).__name__}: {exc}"
+            self.broken[name] = f"{package}: {type(exc).__name__}: {' '.join(str(exc).split())}"
             return
-        for impl_name, kind in hookspecs.HOOK_KIND.items():
-            impl = getattr(plugin, impl_name, None)
-            if impl is None:
-                continue
+        fault = self._hook_fault(plugin)
+        if fault:
+            self.pm.unregister(plugin, name=name)
+            self.broken[name] = f"{package}: {fault}"
+            return
+        self.pm.check_pending()
+        self.packages[name] = package
+        for kind, base in KINDS.items():
+            for impl in getattr(self.pm.hook, base.hook).get_hookimpls():
+                if impl.plugin_name == name:
+                    self._collect(kind, impl, package)
+
+    def _hook_fault(self, plugin: Any) -> str | None:
+        """What is wrong with ``plugin``'s hook functions: a name that is no hook, or a hook
+        function without ``@hookimpl``; None when nothing is."""
+        unknown = [c.name for c in self.pm.get_hookcallers(plugin) or () if not c.has_spec()]
+        if unknown:
+            guess = difflib.get_close_matches(unknown[0], HOOKS, n=1)
+            return (f"function {unknown[0]!r} is not an onestep hook"
+                    + (f"; did you mean {guess[0]!r}?" if guess else f"; hooks: {', '.join(HOOKS)}"))
+        for hook in HOOKS:
+            impl = getattr(plugin, hook, None)
+            if callable(impl) and self.pm.parse_hookimpl_opts(plugin, hook) is None:
+                return f"function {hook!r} is not marked @hookimpl (from onestep.hookspecs import hookimpl)"
+        return None
+
+    def _collect(self, kind: str, impl: Any, package: str) -> None:
+        """The classes that one plugin's implementation of ``kind``'s hook returns. Each
+        implementation is called on its own, so a failing plugin is named and the others stay."""
+        name = impl.plugin_name
+        try:
+            classes = list(impl.function() or ())
+        except Exception as exc:
+            self.broken[name] = f"{package}: {impl.function.__name__}() raised {type(exc).__name__}: {exc}"
+            return
+        for c in classes:
             try:
-                classes = list(impl() or ())
+                self._add_component(kind, c, plugin=name, package=package)
+            except PluginError as exc:
+                self.broken[f"{name}/{getattr(c, 'name', getattr(c, '__name__', c))}"] = str(exc)
+
+    def add_commands(self, subparsers: Any) -> None:
+        """Let every plugin add its subcommands (hook ``onestep_commands``); a plugin whose hook
+        fails is recorded in :attr:`broken` and the others' commands stay."""
+        for impl in self.pm.hook.onestep_commands.get_hookimpls():
+            try:
+                impl.function(subparsers=subparsers)
             except Exception as exc:
-                self.broken[name] = f"{package}: {impl_name}() raised {type(exc).__name__}: {exc}"
-                continue
-            for c in classes:
-                try:
-                    self._add_component(kind, c, plugin=name, package=package)
-                except PluginError as exc:
-                    self.broken[f"{name}/{getattr(c, 'name', getattr(c, '__name__', c))}"] = str(exc)
+                package = self.packages.get(impl.plugin_name, impl.plugin_name)
+                self.broken[impl.plugin_name] = (f"{package}: onestep_commands() raised {type(exc).__name__}: "
+                                                 f"{' '.join(str(exc).split())}")
 
     def _add_component(self, kind: str, cls: type, *, plugin: str, package: str) -> None:
         base = KINDS[kind]
         if not (isinstance(cls, type) and issubclass(cls, base)):
             raise PluginError(
-                f"plugin {plugin} ({package}): {cls!r} from onestep_{kind} hook is not a subclass of {base.__name__}"
+                f"plugin {plugin} ({package}): {cls!r} from hook {base.hook} is not a subclass of {base.__name__}"
             )
         cname = getattr(cls, "name", None)
         if not isinstance(cname, str) or not cname:

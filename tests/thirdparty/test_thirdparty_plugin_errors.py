@@ -59,3 +59,31 @@ def test_two_plugins_claiming_one_name_are_both_named_and_the_others_still_work(
         compose(objective="flow-matching", backbone="mlp", data="gmm8", coupler="twin", registry=reg)
     cfg = compose(objective="flow-matching", backbone="mlp", data="gmm8", coupler="minibatch-ot", registry=reg)
     assert cfg.coupler.name == "minibatch-ot"
+
+
+def test_a_misspelt_hook_is_a_one_line_error_naming_the_plugin_and_the_hook(tmp_path, monkeypatch, capsys):
+    misspelt = COUPLER.replace("def onestep_couplers():", "def onestep_coupler():")
+    install(tmp_path, "onestep-typo", "typo", "onestep_typo_t3", misspelt)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = Registry.discover()
+    assert reg.broken["typo"] == ("onestep-typo: function 'onestep_coupler' is not an onestep hook; "
+                                  "did you mean 'onestep_couplers'?")
+    with pytest.raises(PluginError, match=r"unknown coupler 'twin'.*typo \(onestep-typo: function 'onestep_coupler' "
+                                          r"is not an onestep hook; did you mean 'onestep_couplers'\?\)"):
+        compose(objective="flow-matching", backbone="mlp", data="gmm8", coupler="twin", registry=reg)
+    from onestep import cli
+
+    assert cli.main(["run", "--objective", "flow-matching", "--backbone", "mlp", "--data", "gmm8",
+                     "--coupler", "twin"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "typo (onestep-typo: function 'onestep_coupler'" in err
+    assert "minibatch-ot" in reg.names("coupler")  # the other plugins stay usable
+
+
+def test_a_hook_function_without_hookimpl_is_refused_by_name(tmp_path, monkeypatch):
+    unmarked = COUPLER.replace("@hookimpl\ndef onestep_couplers", "def onestep_couplers")
+    install(tmp_path, "onestep-unmarked", "unmarked", "onestep_unmarked_t4", unmarked)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = Registry.discover()
+    assert "function 'onestep_couplers' is not marked @hookimpl" in reg.broken["unmarked"]
+    assert "twin" not in reg.names("coupler")
