@@ -165,7 +165,7 @@ def _write_export(tmp: Path, config: RunConfig, source, spec: DataSpec, objectiv
     ckpt.save_tensors(weights, tmp / "model.safetensors")
     meta = {
         "format": FORMAT, "version": VERSION, "objective": config.objective.name, "backbone": config.backbone.name,
-        "default_nfe": int(config.sample.nfe or objective.default_nfe), "step": step,
+        "default_nfe": int(config.sample.nfe or objective.default_nfe()), "step": step,
         "spec": {"shape": list(spec.shape), "num_classes": spec.num_classes, "kind": spec.kind},
         "network": {"role": request.role, "time_inputs": request.time_inputs,
                     "class_conditional": request.class_conditional},
@@ -235,7 +235,7 @@ class OneStepPipeline:
         """A pipeline straight from a training checkpoint (a run or step folder), without exporting;
         samples in model space decode through the data source (``output_type="pt"``)."""
         run = load_run_generator(path, overrides, registry)
-        nfe = int(run.config.sample.nfe or run.objective.default_nfe)
+        nfe = int(run.config.sample.nfe or run.objective.default_nfe())
         meta = {"step": run.step, "objective": run.config.objective.name, "run": unstructure(run.config)}
         pipe = cls(run.objective, run.generator, run.spec, nfe, None, meta).to(device)
         pipe.source = run.source

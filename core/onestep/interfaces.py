@@ -22,6 +22,19 @@ from torch import nn
 
 ROLES = ("generator", "critic", "classifier")
 
+TIME_CONVENTION = "t = 0 is noise, t = 1 is data: x_t = (1 - t) * noise + t * data"
+"""The one time convention of onestep: a scalar time ``t`` in [0, 1] runs from noise (``t = 0``)
+to data (``t = 1``) along ``x_t = (1 - t) * noise + t * data`` (:func:`interpolate`), so a
+sampler integrates from t = 0 up to t = 1. Objectives and guidance state their times in it. A
+method that keeps its paper's reversed time (Adversarial Flow and its classifier guidance: data at
+tau = 0, tau = 1 - t) says so in its module docstring, and its networks' time inputs are tau."""
+
+
+def interpolate(noise: torch.Tensor, data: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``x_t = (1 - t) * noise + t * data`` (:data:`TIME_CONVENTION`) with ``t`` of shape ``[B]``."""
+    t = t.view(-1, *([1] * (data.dim() - 1))).to(data.dtype)
+    return (1 - t) * noise + t * data
+
 
 @attrs.frozen
 class DataSpec:
@@ -112,15 +125,23 @@ class StepInfo:
 
 
 class Networks(Mapping[str, nn.Module]):
-    """Name -> trained network (a DeepSpeed engine; call it like the module). ``ema(name)``
-    gives the EMA copy where the trainer keeps one, else the live network."""
+    """Name -> network, as a component should call it: the network trained in the current phase
+    (``trained``) is its training wrapper (a DeepSpeed engine, called like the module), every
+    other network is its plain module. A frozen network must be called plain when gradients flow
+    through it (the critic in a generator loss): an engine's hooks expect that engine's own
+    backward and would rescale the gradient for gradient accumulation; the core hands it out
+    plain so no plugin unwraps anything. ``ema(name)`` gives the EMA copy where the trainer keeps
+    one, else the plain network."""
 
-    def __init__(self, live: dict[str, nn.Module], ema: dict[str, nn.Module] | None = None):
+    def __init__(self, live: dict[str, nn.Module], ema: dict[str, nn.Module] | None = None,
+                 plain: dict[str, nn.Module] | None = None, trained: str | None = None):
         self._live = live
         self._ema = ema or {}
+        self._plain = plain or live
+        self.trained = trained
 
     def __getitem__(self, key: str) -> nn.Module:
-        return self._live[key]
+        return self._live[key] if key == self.trained else self._plain[key]
 
     def __iter__(self):
         return iter(self._live)
@@ -129,7 +150,11 @@ class Networks(Mapping[str, nn.Module]):
         return len(self._live)
 
     def ema(self, name: str) -> nn.Module:
-        return self._ema.get(name, self._live[name])
+        return self._ema.get(name, self._plain[name])
+
+    def training(self, name: str) -> "Networks":
+        """The same networks as seen by a phase that trains ``name``."""
+        return Networks(self._live, self._ema, self._plain, name)
 
 
 class Component(ABC):
@@ -284,23 +309,31 @@ class FeatureNetwork(Component):
 
 class Objective(_TrainsNetworks):
     """A training method. Constructed as ``cls(config, spec=..., coupler=..., guidance=...)``;
-    ``coupler`` and ``guidance`` are None unless the user chose one. An objective that cannot use
-    a given coupler or guidance raises :class:`onestep.errors.ConfigError` (a ``ValueError``)
-    naming it. An objective that measures distances in a learned space also takes the keyword
-    ``features`` (a :class:`FeatureNetwork`), passed only when the run configures one; the
-    registry refuses (``ConfigError``) a run that configures features for an objective whose
-    ``__init__`` does not take that keyword, so objectives that know nothing of feature networks
-    keep working unchanged.
+    ``coupler`` and ``guidance`` are None unless the user chose one. What an objective accepts is
+    declared, and checked once by the registry before it is built (a one-line ``ConfigError``):
+    ``uses_coupler`` (it pairs noise and data through a coupler when one is given),
+    ``requires_coupler`` (it cannot train without one) and ``uses_guidance`` (it calls
+    ``guidance.generator_term``). Checks that depend on the objective's own settings (e.g. guidance
+    needs a class-conditional model) stay in ``__init__`` and raise ``ConfigError``. An objective
+    that measures distances in a learned space also takes the keyword ``features`` (a
+    :class:`FeatureNetwork`), passed only when the run configures one; the registry refuses
+    (``ConfigError``) a run that configures features for an objective whose ``__init__`` does not
+    take that keyword.
+
+    For sampling alone (``onestep sample``, exports, ``OneStepPipeline``) the objective is built
+    with neither coupler nor guidance, whatever it declares: ``sample`` must not need them.
 
     ``sample`` draws ``noise.shape[0]`` samples with ``nfe`` network evaluations using the EMA
-    networks (``nets.ema(name)``); ``default_nfe`` is 1 for one-step methods.
-    ``ema_networks`` names the networks the trainer keeps an EMA of."""
+    networks (``nets.ema(name)``); ``default_nfe()`` is 1 for one-step methods.
+    ``ema_networks`` names the networks the trainer keeps an EMA of. Times follow
+    :data:`TIME_CONVENTION`."""
 
     kind: ClassVar[str] = "objective"
     hook: ClassVar[str] = "onestep_objectives"
-
-    default_nfe: ClassVar[int] = 1
     ema_networks: ClassVar[tuple[str, ...]] = ("generator",)
+    uses_coupler: ClassVar[bool] = False
+    requires_coupler: ClassVar[bool] = False
+    uses_guidance: ClassVar[bool] = False
 
     def __init__(
         self, config: Any, *, spec: DataSpec, coupler: Coupler | None = None,
@@ -310,6 +343,10 @@ class Objective(_TrainsNetworks):
         self.spec = spec
         self.coupler = coupler
         self.guidance = guidance
+
+    def default_nfe(self) -> int:
+        """Network evaluations per sample when the user sets none (``sample.nfe``)."""
+        return 1
 
     @abstractmethod
     def sample(

@@ -192,21 +192,39 @@ class Registry:
         except ValueError as exc:
             raise ConfigError(f"{kind} {name!r}: {' '.join(str(exc).split())}") from None
 
-    def build_objective(self, config: Any, spec: Any) -> Component:
+    def build_objective(self, config: Any, spec: Any, sampling: bool = False) -> Component:
         """A run's objective with the coupler, guidance and feature network its ``RunConfig``
-        names (reachable as ``objective.coupler`` / ``objective.guidance``). The feature network
-        is passed as the keyword ``features`` only when the run configures one, and only to an
-        objective whose ``__init__`` takes it (else a ``ConfigError`` naming both)."""
-        coupler = self.build("coupler", config.coupler.name, config.coupler.config) if config.coupler else None
-        guidance = self.build("guidance", config.guidance.name, config.guidance.config, spec=spec) if config.guidance else None
+        names (reachable as ``objective.coupler`` / ``objective.guidance``), after checking them
+        against what the objective declares (``uses_coupler``, ``requires_coupler``,
+        ``uses_guidance``, a ``features`` keyword). ``sampling``: build it to sample only, with
+        neither coupler nor guidance (their plugins need not be installed)."""
+        info = self.get("objective", config.objective.name)
         extra: dict[str, Any] = {}
+        if not sampling:
+            self.check_accepts(info, config)
+            if config.coupler:
+                extra["coupler"] = self.build("coupler", config.coupler.name, config.coupler.config)
+            if config.guidance:
+                extra["guidance"] = self.build("guidance", config.guidance.name, config.guidance.config, spec=spec)
         features = config.features
         if features is not None:
-            objective = self.get("objective", config.objective.name)
-            params = inspect.signature(objective.cls.__init__).parameters
+            params = inspect.signature(info.cls.__init__).parameters
             if "features" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-                raise ConfigError(f"features {features.name!r}: objective {objective.name!r} ({objective.package}) "
+                raise ConfigError(f"features {features.name!r}: objective {info.name!r} ({info.package}) "
                                   "does not use a feature network; remove the features section (features=none)")
             extra["features"] = self.build("features", features.name, features.config, spec=spec)
-        return self.build("objective", config.objective.name, config.objective.config, spec=spec, coupler=coupler,
-                          guidance=guidance, **extra)
+        return self.build("objective", info.name, config.objective.config, spec=spec, **extra)
+
+    def check_accepts(self, info: ComponentInfo, config: Any) -> None:
+        """Refuse a coupler or guidance that objective ``info`` does not declare it uses, and a
+        missing coupler it requires."""
+        objective, cls = info.name, info.cls
+        if config.coupler and not cls.uses_coupler:
+            raise ConfigError(f"coupler {config.coupler.name!r}: objective {objective} uses no coupler; "
+                              "remove the coupler section (coupler=none)")
+        if config.coupler is None and cls.requires_coupler:
+            raise ConfigError(f"coupler: objective {objective} needs a coupler; valid: "
+                              + (", ".join(self.names("coupler")) or "(none installed)"))
+        if config.guidance and not cls.uses_guidance:
+            raise ConfigError(f"guidance {config.guidance.name!r}: objective {objective} takes no guidance plugin; "
+                              "remove the guidance section (guidance=none)")

@@ -18,6 +18,7 @@ import yaml
 
 from . import checkpoint as ckpt
 from . import runfolder
+from .components import build_components
 from .config import RunConfig, read_file, unstructure
 from .data.loader import BatchStream
 from .distributed import barrier, init_process_group, resolve_device
@@ -118,12 +119,9 @@ class Trainer:
         random.seed(seed + self.rank)
 
     def _build_components(self) -> None:
-        c, reg = self.config, self.registry
-        self.source = reg.build("data", c.data.name, c.data.config)
-        self.spec = self.source.spec()
-        self.objective = reg.build_objective(c, self.spec)
+        built = build_components(self.config, self.registry)
+        self.source, self.spec, self.objective, self.backbone = built.source, built.spec, built.objective, built.backbone
         self.coupler, self.guidance = self.objective.coupler, self.objective.guidance
-        self.backbone = reg.build("backbone", c.backbone.name, c.backbone.config)
 
     def _build_networks(self) -> None:
         t = self.config.train
@@ -149,7 +147,7 @@ class Trainer:
         self.ema = ema
         for e in self.ema.values():
             e.module.to(self.device)
-        self.nets = Networks(engines, {n: e.module for n, e in self.ema.items()})
+        self.nets = Networks(engines, {n: e.module for n, e in self.ema.items()}, {n: e.module for n, e in engines.items()})
         self.phases = [(g, p) for g in owners[1:] for p in g.phases()] + [(self.objective, p) for p in self.objective.phases()]
         if not self.phases:
             raise ConfigError(f"objective {self.objective.name!r} declares no training phases")
@@ -183,7 +181,7 @@ class Trainer:
                 batches = [self.streams[phase.stream].next() for _ in range(phase.repeats)]
                 with autocast:
                     try:
-                        loss, extra = owner.loss(phase.name, self.nets, batches, info)
+                        loss, extra = owner.loss(phase.name, self.nets.training(phase.network), batches, info)
                     except Exception as exc:
                         diverged = self._failed_on_nonfinite(phase, batches, exc)
                         if diverged is None:
@@ -388,7 +386,7 @@ class Trainer:
 
     def sample_nfe(self) -> int:
         """Network evaluations per sample: ``sample.nfe``, else the objective's default."""
-        return self.config.sample.nfe or self.objective.default_nfe
+        return self.config.sample.nfe or self.objective.default_nfe()
 
     @torch.no_grad()
     def sample(self, n: int, nfe: int | None = None, y: torch.Tensor | None = None, seed: int | None = None,

@@ -114,3 +114,22 @@ def test_a_config_without_defaults_is_reported_at_registration_and_the_listing_s
     assert cli.main(["plugins", "--kind", "coupler"]) == 0
     out = capsys.readouterr().out
     assert "minibatch-ot" in out and "broken plugin strictplug/strict" in out and "give every field a default" in out
+
+
+def test_what_an_objective_accepts_is_checked_once_by_the_registry(registry):
+    from onestep.api import compose
+    from onestep.errors import ConfigError
+    from onestep.interfaces import DataSpec
+
+    spec = DataSpec((2,))
+    with_coupler = compose(objective="wflow", backbone="mlp", data="gmm8", coupler="minibatch-ot", registry=registry)
+    with pytest.raises(ConfigError, match=r"^coupler 'minibatch-ot': objective wflow uses no coupler; remove"):
+        registry.build_objective(with_coupler, spec)
+    guided = compose(objective="flow-matching", backbone="mlp", data="gmm8", guidance="classifier", registry=registry)
+    with pytest.raises(ConfigError, match=r"^guidance 'classifier': objective flow-matching takes no guidance plugin"):
+        registry.build_objective(guided, spec)
+    bare = compose(objective="ot-nfm", backbone="mlp", data="gmm8", registry=registry)
+    with pytest.raises(ConfigError, match=r"^coupler: objective ot-nfm needs a coupler; valid: .*minibatch-ot"):
+        registry.build_objective(bare, spec)
+    sampler = registry.build_objective(bare, spec, sampling=True)  # sampling needs no coupler
+    assert sampler.coupler is None and sampler.default_nfe() == 1

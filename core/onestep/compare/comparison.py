@@ -143,7 +143,7 @@ def run_comparison(
         trainer = build_run(cfg, registry=registry, console=False)
         summary = trainer.fit(overwrite=overwrite)
         metric_names = list(metrics) if metrics is not None else applicable_metrics(registry, trainer.spec)
-        for nfe in nfes or [trainer.objective.default_nfe]:
+        for nfe in nfes or [trainer.objective.default_nfe()]:
             trainer.config = attrs.evolve(trainer.config, sample=attrs.evolve(trainer.config.sample, nfe=nfe))
             values = trainer.evaluate(metric_names, num_samples)
             row = Row(name, nfe, values, sampling_throughput(trainer, nfe, num=speed_samples),

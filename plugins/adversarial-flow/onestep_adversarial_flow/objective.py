@@ -43,14 +43,6 @@ def cat2(v: torch.Tensor | None) -> torch.Tensor | None:
     return torch.cat([v, v]) if v is not None else None
 
 
-def frozen(net):
-    """The plain module behind a DeepSpeed engine. A network that is not trained in the current
-    phase must be called this way when gradients flow through it (D in the generator loss):
-    an engine's output hooks expect that engine's own ``backward`` and would rescale the
-    gradient passing through it for gradient accumulation."""
-    return getattr(net, "module", net)
-
-
 def interpolate(x: torch.Tensor, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Eq. 15 with A(t) = 1 - t, B(t) = t."""
     t = t.view(-1, *([1] * (x.dim() - 1)))
@@ -148,13 +140,11 @@ class AdversarialFlow(Objective):
 
     name = "adversarial-flow"
     Config = AdversarialFlowConfig
-    default_nfe = 1
+    uses_guidance = True  # no coupler: noise and data are drawn independently (Sec. 3.4)
 
     def __init__(self, config, *, spec, coupler=None, guidance=None) -> None:
         super().__init__(config, spec=spec, coupler=coupler, guidance=guidance)
         c = config
-        if coupler is not None:
-            raise ConfigError(f"objective adversarial-flow: uses no coupler (noise and data are drawn independently, Sec. 3.4); got coupler {coupler.name!r}")
         checks = [
             (c.time_inputs in (0, 2), "time_inputs", "expected 0 (one-step) or 2 (any-step)", c.time_inputs),
             (c.lambda_ot >= 0 and c.lambda_ot_end >= 0, "lambda_ot", "expected >= 0 (and lambda_ot_end >= 0)", c.lambda_ot),
@@ -255,7 +245,7 @@ class AdversarialFlow(Objective):
         c = self.config
         x_s, x_t, _, y, s, t = self._draw(batches)
         with torch.no_grad():
-            fake = self.transport(frozen(nets["generator"]), x_s, s, t, y).to(x_t.dtype)
+            fake = self.transport(nets["generator"], x_s, s, t, y).to(x_t.dtype)
         n = x_t.shape[0]
         k = max(1, round(n * c.gp_fraction))
         w = (s - t).abs().clamp_min(c.ot_delta)[:k]
@@ -290,7 +280,7 @@ class AdversarialFlow(Objective):
         x_s, x_t, z, y, s, t = self._draw(batches)
         fake = self.transport(nets["generator"], x_s, s, t, y)
         shown = self.normalizer(fake) if c.grad_norm else fake
-        critic = frozen(nets["critic"])
+        critic = nets["critic"]
         gen = critic(shown, **self.critic_inputs(t, y)).float()
         with torch.no_grad():
             real = critic(x_t, **self.critic_inputs(t, y)).float()

@@ -29,20 +29,17 @@ class FlowMatching(Objective):
     name = "flow-matching"
     Config = FlowMatchingConfig
     ema_networks = ("generator",)
+    uses_coupler = True  # classifier-free guidance is built in (objective.guidance_scale): no guidance plugin
 
     def __init__(self, config, *, spec, coupler=None, guidance=None) -> None:
         super().__init__(config, spec=spec, coupler=coupler, guidance=guidance)
-        if guidance is not None:
-            raise ConfigError(f"guidance {guidance.name!r}: flow-matching takes no guidance plugin "
-                              "(it has classifier-free guidance built in: objective.guidance_scale)")
         if config.nfe < 1:
             raise ConfigError(f"objective.nfe: expected >= 1, got {config.nfe}")
         if not 0.0 <= config.class_dropout < 1.0:
             raise ConfigError(f"objective.class_dropout: expected in [0, 1), got {config.class_dropout}")
         self.conditional = spec.num_classes > 0
 
-    @property
-    def default_nfe(self) -> int:  # type: ignore[override]
+    def default_nfe(self) -> int:
         return self.config.nfe
 
     def networks(self):

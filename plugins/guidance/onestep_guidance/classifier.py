@@ -93,7 +93,6 @@ class ClassifierGuidance(Guidance):
         xs = x_fake.repeat(k, *([1] * (x_fake.dim() - 1)))
         ys = y.repeat(k)
         t = c.t_min + (c.t_max - c.t_min) * torch.rand(xs.shape[0], device=xs.device)
-        classifier = getattr(nets["classifier"], "module", nets["classifier"])  # frozen here: plain module, not its engine
-        logits = classifier(noised(xs, torch.randn_like(xs), t), t=t).float()
+        logits = nets["classifier"](noised(xs, torch.randn_like(xs), t), t=t).float()
         ce = F.cross_entropy(logits, ys)
         return c.scale * ce, {"cross_entropy": ce.detach(), "accuracy": (logits.argmax(1) == ys).float().mean().detach()}

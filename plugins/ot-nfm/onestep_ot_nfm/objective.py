@@ -64,17 +64,11 @@ class OTNFM(Objective):
 
     name = "ot-nfm"
     Config = OTNFMConfig
-    default_nfe = 1
     ema_networks = ("generator",)
+    uses_coupler = requires_coupler = True  # minibatch-ot, online or semidiscrete-ot; independent reproduces mean collapse
 
     def __init__(self, config, *, spec, coupler=None, guidance=None) -> None:
         super().__init__(config, spec=spec, coupler=coupler, guidance=guidance)
-        if coupler is None:
-            raise ConfigError(
-                "coupler: objective ot-nfm needs a coupler (--coupler minibatch-ot or online; "
-                "independent reproduces mean collapse)")
-        if guidance is not None:
-            raise ConfigError(f"guidance {guidance.name!r}: objective ot-nfm takes no guidance")
         if not config.lr > 0:
             raise ConfigError(f"objective.lr: expected > 0, got {config.lr}")
         if not 0.0 <= config.one_step_share <= 1.0:

@@ -28,12 +28,10 @@ class TorchCFMOTCFM(Objective):
     """torchcfm's OT-CFM (exact minibatch OT) with an Euler sampler: the external reference row."""
 
     name = "torchcfm-ot-cfm"
-    Config = TorchCFMConfig
+    Config = TorchCFMConfig  # no coupler or guidance plugin: torchcfm pairs the batch itself
 
     def __init__(self, config, *, spec, coupler=None, guidance=None) -> None:
         super().__init__(config, spec=spec, coupler=coupler, guidance=guidance)
-        if coupler is not None or guidance is not None:
-            raise ConfigError("torchcfm-ot-cfm: takes no coupler or guidance plugin (torchcfm pairs the batch itself)")
         if config.nfe < 1:
             raise ConfigError(f"objective.nfe: expected >= 1, got {config.nfe}")
         try:
@@ -44,8 +42,7 @@ class TorchCFMOTCFM(Objective):
         self.matcher = ExactOptimalTransportConditionalFlowMatcher(sigma=config.sigma)
         self.conditional = spec.num_classes > 0
 
-    @property
-    def default_nfe(self) -> int:  # type: ignore[override]
+    def default_nfe(self) -> int:
         return self.config.nfe
 
     def networks(self):

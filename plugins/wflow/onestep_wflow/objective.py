@@ -165,16 +165,10 @@ class WFlow(Objective):
     in pixel space or in the features of a frozen network (the paper's recipe)."""
 
     name = "wflow"
-    Config = WFlowConfig
-    default_nfe = 1
+    Config = WFlowConfig  # no coupler (its transport plans are its own), no guidance plugin (CFG is built in)
 
     def __init__(self, config: WFlowConfig, *, spec, coupler=None, guidance=None, features=None) -> None:
         super().__init__(config, spec=spec, coupler=coupler, guidance=guidance)
-        if coupler is not None:
-            raise ConfigError(f"coupler {coupler.name!r}: wflow takes no coupler (its transport plans are its own)")
-        if guidance is not None:
-            raise ConfigError(f"guidance {guidance.name!r}: wflow takes no guidance plugin "
-                              "(classifier-free guidance is built in: objective.guidance_min/max, guidance_scale)")
         self._check(config, spec)
         self.features = features
         self.conditional = spec.num_classes > 0 and config.class_conditional

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from onestep.api import compose
 from onestep.errors import ConfigError
 from onestep.interfaces import Batch, DataSpec, Networks, StepInfo
 
@@ -66,12 +67,13 @@ def test_one_step_sample_is_the_flow_map_at_time_one(registry):
     z = torch.randn(5, 2)
     out = obj.sample(Networks({"generator": net}), z, None, 1)
     torch.testing.assert_close(out, z + net(z, t=torch.ones(5)))
-    assert obj.default_nfe == 1
+    assert obj.default_nfe() == 1
 
 
 def test_errors_name_what_is_wrong(registry):
-    with pytest.raises(ConfigError, match="coupler: objective ot-nfm needs a coupler"):
-        build(registry, coupler=None)
+    without_coupler = compose(objective="ot-nfm", backbone="mlp", data="gmm8", registry=registry)
+    with pytest.raises(ConfigError, match="coupler: objective ot-nfm needs a coupler; valid: .*minibatch-ot"):
+        registry.build_objective(without_coupler, DataSpec((2,)))
     with pytest.raises(ConfigError, match="objective.lr"):
         build(registry, lr=0.0)
     with pytest.raises(ConfigError, match="objective.one_step_share"):
