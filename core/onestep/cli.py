@@ -47,20 +47,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def trainer_from_checkpoint(path: str, overrides: list[str]):
-    """Rebuild the run that wrote checkpoint ``path`` (with overrides) and load its weights."""
-    from .trainer import Trainer
+def pipeline_from_checkpoint(path: str, overrides: list[str], registry: Registry):
+    """The generator of checkpoint ``path`` (its run's config amended by ``overrides``), loaded the
+    light way (:meth:`OneStepPipeline.from_checkpoint`: no engines, optimizers or data streams)."""
+    from .export import OneStepPipeline
 
     folder, skipped = ckpt.newest_intact(path)
     for _, reason in skipped:
         print(f"onestep: warning: {reason}; using {folder}", file=sys.stderr)
-    reg = Registry.discover()
-    raw = read_file(folder / "config.yaml")
-    raw["output_dir"] = str(folder.parent.parent)
-    config = build_config(assemble(base=raw, overrides=overrides), reg)
-    trainer = Trainer(config, registry=reg)
-    trainer.load(folder, weights_only=True)
-    return trainer
+    return OneStepPipeline.from_checkpoint(folder, device=None, overrides=overrides, registry=registry)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -71,17 +66,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix not in (".png", ".npz"):
         raise OnestepError(f"--out {str(out)!r}: expected a .png or .npz path")
-    trainer = trainer_from_checkpoint(args.checkpoint, args.overrides)
-    n = args.num
-    y = None
-    if args.label is not None:
-        if trainer.spec.num_classes == 0:
-            raise OnestepError("--label: this model is unconditional (the data has no classes)")
-        if not 0 <= args.label < trainer.spec.num_classes:
-            raise OnestepError(f"--label: expected 0..{trainer.spec.num_classes - 1}, got {args.label}")
-        y = torch.full((n,), args.label, dtype=torch.long)
-    x = trainer.sample(n, nfe=args.nfe, y=y, seed=args.seed)
-    out = out or trainer.out_dir / "samples" / f"sample-step-{trainer.step:07d}.png"
+    pipe = pipeline_from_checkpoint(args.checkpoint, args.overrides, Registry.discover())
+    classes, step = pipe.spec.num_classes, pipe.meta["step"]
+    if args.label is not None and classes == 0:
+        raise OnestepError("--label: this model is unconditional (the data has no classes)")
+    if args.label is not None and not 0 <= args.label < classes:
+        raise OnestepError(f"--label: expected 0..{classes - 1}, got {args.label}")
+    x = pipe(class_labels=args.label, num_images=args.num, seed=args.seed, nfe=args.nfe, output_type="model")
+    out = out or Path(pipe.meta["checkpoint"]).parent.parent / "samples" / f"sample-step-{step:07d}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npz":
         import numpy as np
@@ -90,23 +82,29 @@ def cmd_sample(args: argparse.Namespace) -> int:
     else:
         from .plotting import save_samples
 
-        save_samples(trainer.source.decode(x), out, title=f"{trainer.objective.name} step {trainer.step}")
-    print(f"wrote {n} samples to {out}")
+        save_samples(pipe.source.decode(x), out, title=f"{pipe.objective.name} step {step}")
+    print(f"wrote {args.num} samples to {out}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .metrics.evaluate import EVAL_SEED_OFFSET, applicable_metrics, evaluate
+
     if args.num is not None and args.num < 1:
         raise OnestepError(f"--num: expected >= 1 samples, got {args.num}")
     weights = [f"eval.feature_weights={args.feature_weights}"] if args.feature_weights else []
-    trainer = trainer_from_checkpoint(args.checkpoint, list(args.overrides) + weights)
-    if args.nfe:
-        trainer.config = attrs.evolve(trainer.config, sample=attrs.evolve(trainer.config.sample, nfe=args.nfe))
-    from .metrics.evaluate import applicable_metrics
+    registry = Registry.discover()
+    pipe = pipeline_from_checkpoint(args.checkpoint, list(args.overrides) + weights, registry)
+    config = build_config(pipe.meta["run"], registry)
+    names = args.metrics.split(",") if args.metrics else applicable_metrics(registry, pipe.spec)
+    seed = config.seed + EVAL_SEED_OFFSET
 
-    names = args.metrics.split(",") if args.metrics else applicable_metrics(trainer.registry, trainer.spec)
-    metrics = trainer.evaluate(names, args.num)
-    print(json.dumps({"step": trainer.step, **metrics}))
+    def sample(n: int, y: torch.Tensor | None) -> torch.Tensor:
+        return pipe(class_labels=y, num_images=n, seed=seed, nfe=args.nfe, output_type="model")
+
+    metrics = evaluate(sample, pipe.source, args.num or config.eval.num_samples, names, config.eval, registry,
+                       pipe.objective.generator_conditional())
+    print(json.dumps({"step": pipe.meta["step"], **metrics}))
     return 0
 
 

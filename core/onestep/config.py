@@ -22,11 +22,9 @@ from cattrs.errors import (AttributeValidationNote, ClassValidationError, Forbid
                            IterableValidationError, IterableValidationNote)
 
 from .errors import ConfigError
-from .interfaces import DataSpec  # noqa: F401  (re-exported for plugin authors' convenience)
 
 COMPONENT_SECTIONS = ("objective", "backbone", "data", "coupler", "guidance", "features")
-SECTION_KIND = {"objective": "objective", "backbone": "backbone", "data": "data",
-                "coupler": "coupler", "guidance": "guidance", "features": "features"}
+"""The component sections of a run; each is named after the kind of component it chooses."""
 
 
 @attrs.define
@@ -379,46 +377,64 @@ def build_config(raw: dict[str, Any], registry) -> RunConfig:
     unknown = sorted(set(raw) - set(valid))
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown section; valid: {', '.join(valid)}")
-    plain = {k: v for k, v in raw.items() if k not in COMPONENT_SECTIONS}
-    kwargs: dict[str, Any] = {}
-    for f in attrs.fields(RunConfig):
-        if f.name in plain:
-            kwargs[f.name] = structure(plain[f.name], f.type, f.name)
+    kwargs: dict[str, Any] = {f.name: structure(raw[f.name], f.type, f.name) for f in attrs.fields(RunConfig)
+                              if f.name in raw and f.name not in COMPONENT_SECTIONS}
     defaults = RunConfig()
     for section in COMPONENT_SECTIONS:
-        sec = raw.get(section, None)
-        default_choice = getattr(defaults, section)
-        if sec is None:
-            if default_choice is None:
-                kwargs[section] = None
-                continue
-            sec = {"name": default_choice.name}
-        if isinstance(sec, str):
-            sec = {"name": sec}
-        if not isinstance(sec, dict):
-            raise ConfigError(f"{section}: expected a mapping with 'name', got {sec!r}")
-        sec = dict(sec)
-        name = sec.pop("name", None)
-        if name is None:
-            if default_choice is None:
-                if sec:
-                    raise ConfigError(f"{section}.name: missing; set {section}.name to choose a {SECTION_KIND[section]}")
-                kwargs[section] = None
-                continue
-            name = default_choice.name
-        if not isinstance(name, str):
-            raise ConfigError(f"{section}.name: expected str, got {name!r}")
-        if name in ("none", "null", ""):
-            if default_choice is not None:
-                raise ConfigError(f"{section}.name: a {SECTION_KIND[section]} is required")
-            kwargs[section] = None
-            continue
-        info = registry.get(SECTION_KIND[section], name)
-        kwargs[section] = ComponentChoice(name, structure(sec, info.cls.Config, section))
+        kwargs[section] = component_choice(section, raw.get(section), getattr(defaults, section), registry)
     config = RunConfig(**kwargs)
     for name in config.eval.options:
         metric_config(config.eval, name, registry)  # fail at build time, not at the first evaluation
     return config
+
+
+def component_choice(section: str, raw: Any, default: ComponentChoice | None, registry) -> ComponentChoice | None:
+    """Component section ``section`` (``{name: ..., <fields>}``, a bare name, or None) structured
+    by the ``Config`` of the component it names; ``default``: the section's default choice (None:
+    the section is optional)."""
+    kind = section
+    sec = {"name": raw} if isinstance(raw, str) else ({} if raw is None else raw)
+    if not isinstance(sec, dict):
+        raise ConfigError(f"{section}: expected a mapping with 'name', got {raw!r}")
+    sec = dict(sec)
+    name = sec.pop("name", None)
+    if name is None and default is None:
+        if sec:
+            raise ConfigError(f"{section}.name: missing; set {section}.name to choose a {kind}")
+        return None
+    name = default.name if name is None else name
+    if not isinstance(name, str):
+        raise ConfigError(f"{section}.name: expected str, got {name!r}")
+    if name in ("none", "null", ""):
+        if default is not None:
+            raise ConfigError(f"{section}.name: a {kind} is required")
+        return None
+    info = registry.get(kind, name)
+    return ComponentChoice(name, structure(sec, info.cls.Config, section))
+
+
+@attrs.define
+class SamplerConfig:
+    """What sampling from a trained generator needs of its run's config: the objective, backbone
+    and feature-network sections. An export carries these alone, so loading it needs no coupler
+    or guidance plugin and no path of the training machine."""
+
+    objective: ComponentChoice
+    backbone: ComponentChoice
+    features: Optional[ComponentChoice] = None
+
+    @classmethod
+    def of(cls, config: RunConfig) -> "SamplerConfig":
+        return cls(config.objective, config.backbone, config.features)
+
+
+SAMPLER_SECTIONS = tuple(f.name for f in attrs.fields(SamplerConfig))
+
+
+def build_sampler_config(raw: dict[str, Any], registry) -> SamplerConfig:
+    """A :class:`SamplerConfig` from the raw sections ``objective``, ``backbone``, ``features``."""
+    defaults = RunConfig()
+    return SamplerConfig(**{s: component_choice(s, raw.get(s), getattr(defaults, s), registry) for s in SAMPLER_SECTIONS})
 
 
 def metric_config(eval_config: EvalConfig, name: str, registry) -> Any:
@@ -427,5 +443,5 @@ def metric_config(eval_config: EvalConfig, name: str, registry) -> Any:
     return structure(eval_config.options.get(name), info.cls.Config, f"eval.options.{name}")
 
 
-for _cls in (ComponentChoice, OptimConfig, TrainConfig, SampleConfig, EvalConfig, RunConfig):
+for _cls in (ComponentChoice, OptimConfig, TrainConfig, SampleConfig, EvalConfig, RunConfig, SamplerConfig):
     attrs.resolve_types(_cls)

@@ -5,14 +5,17 @@ place once complete; an existing DIR is replaced only with ``--overwrite`` and o
 earlier export, never a folder onestep did not write)::
 
     DIR/model.safetensors   the EMA generator's weights
-    DIR/config.json         format/version, the run config, data spec, objective and backbone
-                            names, the generator's NetworkRequest, default nfe, training step,
-                            and for latent data the VAE reference with its scaling/shift factors
+    DIR/config.json         format/version, the objective, backbone and feature-network sections
+                            of the run config (``components``; nothing else of the run: no
+                            coupler, guidance, data or evaluation settings), data spec, the
+                            generator's NetworkRequest, default nfe, training step, and for latent
+                            data the VAE reference with its scaling/shift factors
     DIR/vae/                the VAE (diffusers save_pretrained) when the data are latents
 
 :class:`OneStepPipeline` rebuilds the generator through the registry from ``config.json``,
 loads ``model.safetensors`` (nothing is unpickled) and samples with the objective's own
-``sample``, so a pipeline draws exactly what ``Trainer.sample`` draws for the same seed.
+``sample``, so a pipeline draws exactly what ``Trainer.sample`` draws for the same seed. Loading
+an export needs the objective's, the backbone's (and a feature network's) plugins only.
 """
 from __future__ import annotations
 
@@ -28,14 +31,17 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .config import RunConfig, assemble, build_config, read_file, unstructure
+from .components import build_components
+from .config import RunConfig, SamplerConfig, SAMPLER_SECTIONS, assemble, build_config, build_sampler_config, read_file, unstructure
+from .distributed import resolve_device
 from .errors import CheckpointError, ConfigError, OnestepError
-from .interfaces import DataSpec, NetworkRequest, Networks, Objective
+from .interfaces import Backbone, DataSpec, NetworkRequest, Networks, Objective
 from .registry import Registry
 from .vae import LatentDecoder, load_vae
 
 FORMAT = "onestep-pipeline"
-VERSION = 1
+VERSION = 2
+READABLE = (1, 2)  # version 1 carried the whole run config under "run"; its component sections are read from there
 GENERATOR = "generator"
 
 
@@ -46,14 +52,14 @@ def generator_request(objective: Objective) -> NetworkRequest:
     return request
 
 
-def build_generator(config: RunConfig, request: NetworkRequest, spec: DataSpec, weights: dict[str, torch.Tensor],
-                    registry: Registry, where: str) -> nn.Module:
-    backbone = registry.build("backbone", config.backbone.name, config.backbone.config)
+def build_generator(backbone: Backbone, request: NetworkRequest, spec: DataSpec, weights: dict[str, torch.Tensor],
+                    where: str) -> nn.Module:
+    """The generator ``backbone`` builds for ``request``, with ``weights`` loaded."""
     module = backbone.build(request, spec)
     try:
         module.load_state_dict(weights)
     except RuntimeError as exc:
-        raise CheckpointError(f"{where}: does not fit the {config.backbone.name} generator "
+        raise CheckpointError(f"{where}: does not fit the {backbone.name} generator "
                               f"({' '.join(str(exc).split())[:160]})") from None
     return module.float().eval().requires_grad_(False)
 
@@ -70,23 +76,23 @@ class RunGenerator:
     weights: dict[str, torch.Tensor]
     generator: nn.Module
     step: int
+    folder: Path  # the checkpoint folder it was loaded from
 
 
 def load_run_generator(checkpoint: str | Path, overrides: Sequence[str] = (), registry: Registry | None = None) -> RunGenerator:
     """The generator of checkpoint ``checkpoint`` (a run or step folder), rebuilt from its saved
     config (amended by ``overrides``) through the registry; a run folder gives its newest intact
-    checkpoint."""
+    checkpoint. The objective is built to sample (no coupler or guidance)."""
     folder, _ = ckpt.newest_intact(checkpoint)
     reg = registry or Registry.discover()
     config = build_config(assemble(base=read_file(folder / "config.yaml"), overrides=overrides), reg)
-    source = reg.build("data", config.data.name, config.data.config)
-    spec = source.spec()
-    objective = reg.build_objective(config, spec)
+    built = build_components(config, reg, sampling=True)
+    objective = built.objective
     name = f"{GENERATOR}.ema.safetensors" if GENERATOR in objective.ema_networks else f"{GENERATOR}.safetensors"
     weights = ckpt.load_tensors(folder / name)
-    generator = build_generator(config, generator_request(objective), spec, weights, reg, str(folder / name))
+    generator = build_generator(built.backbone, generator_request(objective), built.spec, weights, str(folder / name))
     step = int(ckpt.load_state(folder / "trainer.pt")["step"])
-    return RunGenerator(config, source, spec, objective, weights, generator, step)
+    return RunGenerator(config, built.source, built.spec, objective, weights, generator, step, folder)
 
 
 def check_target(out: Path, checkpoint: Path, overwrite: bool) -> None:
@@ -169,7 +175,7 @@ def _write_export(tmp: Path, config: RunConfig, source, spec: DataSpec, objectiv
         "spec": {"shape": list(spec.shape), "num_classes": spec.num_classes, "kind": spec.kind},
         "network": {"role": request.role, "time_inputs": request.time_inputs,
                     "class_conditional": request.class_conditional},
-        "vae": vae, "run": unstructure(config),
+        "vae": vae, "components": unstructure(SamplerConfig.of(config)),
     }
     (tmp / "config.json").write_text(json.dumps(meta, indent=1, default=list))
 
@@ -186,11 +192,14 @@ def _read_export_config(folder: Path) -> dict[str, Any]:
         raise CheckpointError(f"export file {str(path)!r}: not valid JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"export file {str(path)!r}: format is not {FORMAT!r}")
-    if meta.get("version") != VERSION:
-        raise CheckpointError(f"export file {str(path)!r}: version {meta.get('version')!r}; this onestep reads {VERSION}")
-    missing = [k for k in ("objective", "default_nfe", "spec", "network", "run") if k not in meta]
+    if meta.get("version") not in READABLE:
+        raise CheckpointError(f"export file {str(path)!r}: version {meta.get('version')!r}; this onestep reads "
+                              + " and ".join(map(str, READABLE)))
+    sections = "components" if meta["version"] >= 2 else "run"
+    missing = [k for k in ("objective", "default_nfe", "spec", "network", sections) if k not in meta]
     if missing:
         raise CheckpointError(f"export file {str(path)!r}: missing {', '.join(missing)}")
+    meta["components"] = {k: meta[sections].get(k) for k in SAMPLER_SECTIONS}
     return meta
 
 
@@ -215,31 +224,34 @@ class OneStepPipeline:
         folder = Path(path)
         meta = _read_export_config(folder)
         reg = registry or Registry.discover()
-        config = build_config(meta["run"], reg)
+        config = build_sampler_config(meta["components"], reg)
         s = meta["spec"]
         spec = DataSpec(shape=tuple(s["shape"]), num_classes=int(s["num_classes"]), kind=str(s["kind"]))
-        objective = reg.build_objective(config, spec)
+        built = build_components(config, reg, spec=spec, sampling=True)
         request = NetworkRequest(**meta["network"])
         weights = ckpt.load_tensors(folder / "model.safetensors")
-        generator = build_generator(config, request, spec, weights, reg, str(folder / "model.safetensors"))
+        generator = build_generator(built.backbone, request, spec, weights, str(folder / "model.safetensors"))
         decoder = None
         if meta.get("vae"):
             v = meta["vae"]
             ref = str(folder / v["path"]) if v["path"] == "vae" else v["path"]
             decoder = LatentDecoder(ref, float(v["scaling_factor"]), float(v["shift_factor"]), v.get("config_dir"))
-        return cls(objective, generator, spec, int(meta["default_nfe"]), decoder, meta).to(device)
+        return cls(built.objective, generator, spec, int(meta["default_nfe"]), decoder, meta).to(device)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", overrides: Sequence[str] = (),
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = "cpu", overrides: Sequence[str] = (),
                         registry: Registry | None = None) -> "OneStepPipeline":
-        """A pipeline straight from a training checkpoint (a run or step folder), without exporting;
-        samples in model space decode through the data source (``output_type="pt"``)."""
+        """A pipeline straight from a training checkpoint (a run or step folder), without exporting
+        and without the trainer (no engines, optimizers or data streams); samples in model space
+        decode through the data source (``output_type="pt"``). ``device`` None: the run's
+        ``device`` setting. ``meta`` holds the run config (``run``) and the checkpoint folder."""
         run = load_run_generator(path, overrides, registry)
         nfe = int(run.config.sample.nfe or run.objective.default_nfe())
-        meta = {"step": run.step, "objective": run.config.objective.name, "run": unstructure(run.config)}
-        pipe = cls(run.objective, run.generator, run.spec, nfe, None, meta).to(device)
+        meta = {"step": run.step, "objective": run.config.objective.name, "run": unstructure(run.config),
+                "checkpoint": str(run.folder)}
+        pipe = cls(run.objective, run.generator, run.spec, nfe, None, meta)
         pipe.source = run.source
-        return pipe
+        return pipe.to(resolve_device(run.config.device) if device is None else device)
 
     @property
     def device(self) -> torch.device:

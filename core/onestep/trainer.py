@@ -27,7 +27,7 @@ from .errors import CheckpointError, ConfigError, DivergenceError, Interrupted
 from .interfaces import Networks, StepInfo
 from .interrupt import DeferredSigint
 from .logs import MetricsWriter, configure
-from .metrics.evaluate import held_out, score
+from .metrics.evaluate import EVAL_SEED_OFFSET, evaluate, held_out
 from .plotting import save_loss_curves, save_samples
 from .registry import Registry
 
@@ -36,9 +36,6 @@ from .registry import Registry
 # learning rates, clipping or train.steps, may change on resume)
 RESUME_FIXED = ("objective.name", "coupler.name", "guidance.name", "data", "backbone", "seed",
                 "train.batch_size", "train.grad_accum", "train.zero_stage")
-
-
-EVAL_SEED_OFFSET = 7919  # samples for plots and metrics draw from seed + this, apart from training's streams
 
 
 def _scalar(v: Any) -> float:
@@ -432,21 +429,18 @@ class Trainer:
         """``n`` held-out items (None: all) and their labels, in a fixed order."""
         return held_out(self.source, n)
 
-    def evaluate(self, metrics: Iterable[str] | None = None, num_samples: int | None = None) -> dict[str, float]:
-        """Metrics of EMA samples against held-out data; logged to metrics.jsonl. ``metrics`` None:
-        the run's ``eval.metrics``, and when that is unset every installed metric for the data."""
+    def evaluate(self, metrics: Iterable[str] | None = None, num_samples: int | None = None,
+                 nfe: int | None = None) -> dict[str, float]:
+        """Metrics of EMA samples drawn with ``nfe`` evaluations (None: :meth:`sample_nfe`) against
+        held-out data; logged to metrics.jsonl. ``metrics`` None: the run's ``eval.metrics``, and
+        when that is unset every installed metric for the data."""
         if self.rank != 0:
             return {}
-        n = num_samples or self.config.eval.num_samples
-        ref, ref_y = self.reference(n)
-        y = ref_y[torch.arange(n) % len(ref_y)] if ref_y is not None else None
-        samples = self.sample(n, y=y)
-        if not self.objective.generator_conditional():
-            y = None  # the samples ignored the labels
-        out = score(samples, y, ref, ref_y, self.source, metrics if metrics is not None else self.config.eval.metrics,
-                    self.config.eval, self.registry, self._reference_features)
-        self.metrics.write({"step": self.step, "train_minutes": self.train_seconds / 60.0, "nfe": self.sample_nfe(),
-                            "eval": out})
+        nfe = nfe or self.sample_nfe()
+        out = evaluate(lambda n, y: self.sample(n, nfe=nfe, y=y), self.source, num_samples or self.config.eval.num_samples,
+                       metrics if metrics is not None else self.config.eval.metrics, self.config.eval, self.registry,
+                       self.objective.generator_conditional(), self._reference_features)
+        self.metrics.write({"step": self.step, "train_minutes": self.train_seconds / 60.0, "nfe": nfe, "eval": out})
         self.log.info("eval", step=self.step, **{k: round(v, 5) for k, v in out.items() if not k.startswith("mode_mass_")})
         return out
 

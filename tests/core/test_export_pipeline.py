@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from onestep.api import build_run, compose
+from onestep.trainer import Trainer
 from onestep.cli import main
 from onestep.errors import CheckpointError, ConfigError
 from onestep.export import OneStepPipeline, export_checkpoint
@@ -41,7 +42,9 @@ def test_export_records_what_the_model_needs(trained):
     meta = json.loads((export / "config.json").read_text())
     assert meta["objective"] == "flow-matching" and meta["default_nfe"] == 3 and meta["step"] == 10
     assert meta["spec"] == {"shape": [2], "num_classes": 8, "kind": "points"} and meta["vae"] is None
-    assert meta["run"]["backbone"]["width"] == 32 and sorted(p.name for p in export.iterdir()) == ["config.json", "model.safetensors"]
+    assert meta["components"]["backbone"]["width"] == 32
+    assert "run" not in meta and set(meta["components"]) == {"objective", "backbone", "features"}
+    assert sorted(p.name for p in export.iterdir()) == ["config.json", "model.safetensors"]
 
 
 def test_missing_or_corrupt_export_files_give_clear_errors(trained, tmp_path):
@@ -59,7 +62,7 @@ def test_missing_or_corrupt_export_files_give_clear_errors(trained, tmp_path):
         OneStepPipeline.from_pretrained(broken)
     shutil.copy(export / "model.safetensors", weights)
     meta = json.loads((broken / "config.json").read_text())
-    meta["run"]["backbone"]["width"] = 48
+    meta["components"]["backbone"]["width"] = 48
     (broken / "config.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="does not fit the mlp generator"):
         OneStepPipeline.from_pretrained(broken)
@@ -118,3 +121,59 @@ def test_an_earlier_export_is_replaced_only_when_asked_and_atomically(trained, t
     monkeypatch.undo()
     assert export_checkpoint(checkpoint, out, overwrite=True) == out
     assert OneStepPipeline.from_pretrained(out)(num_images=2, seed=0).shape == (2, 2)
+
+
+LOAD_WITHOUT_TRAINING_PLUGINS = '''
+import importlib.abc, sys
+import numpy as np
+
+class Uninstalled(importlib.abc.MetaPathFinder):
+    """The coupler, sinkhorn and guidance plugins are absent on this machine."""
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("onestep_couplers", "onestep_sinkhorn", "onestep_guidance"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+
+sys.meta_path.insert(0, Uninstalled())
+from onestep.export import OneStepPipeline
+from onestep.registry import Registry
+
+registry = Registry.discover()
+assert not registry.names("guidance") and not registry.names("coupler"), registry.names("coupler")
+for export, out in zip(sys.argv[1::2], sys.argv[2::2]):
+    pipe = OneStepPipeline.from_pretrained(export, registry=registry)
+    np.save(out, pipe(num_images=16, seed=5).numpy())
+'''
+
+
+@pytest.mark.slow
+def test_an_export_loads_in_a_fresh_process_without_coupler_guidance_or_training_paths(tmp_path):
+    """Runs trained with a coupler (flow-matching) and with classifier guidance (AF), whose
+    config names an evaluation weights file: their exports sample, in a new process where the
+    coupler and guidance plugins cannot be imported and that file no longer exists, exactly what
+    their trainers sample."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    weights = tmp_path / "inception.pth"
+    weights.write_bytes(b"only needed by image metrics on the training machine")
+    small = ["train.progress=false", "train.steps=3", "train.batch_size=32", "backbone.width=16", "backbone.depth=1",
+             "data.labelled=true", "data.size=500", "eval.at_end=false", "sample.num=50", f"eval.feature_weights={weights}"]
+    runs = {"coupled": dict(objective="flow-matching", coupler="minibatch-ot", overrides=["objective.nfe=2"]),
+            "guided": dict(objective="adversarial-flow", guidance="classifier", overrides=["objective.conditional=true"])}
+    args, expected = [], {}
+    for name, choice in runs.items():
+        overrides = small + choice.pop("overrides") + [f"output_dir={tmp_path}/{name}"]
+        run = Trainer(compose(backbone="mlp", data="gmm8", overrides=overrides, **choice), console=False)
+        checkpoint = run.fit()["checkpoint"]
+        export_checkpoint(checkpoint, tmp_path / f"{name}-export")
+        assert str(weights) not in (tmp_path / f"{name}-export" / "config.json").read_text()
+        expected[name] = run.sample(16, seed=5).numpy()
+        args += [str(tmp_path / f"{name}-export"), str(tmp_path / f"{name}.npy")]
+    weights.unlink()
+    done = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_TRAINING_PLUGINS, *args], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name in runs:
+        assert np.array_equal(np.load(tmp_path / f"{name}.npy"), expected[name]), name

@@ -45,9 +45,8 @@ import torch
 from ..api import compose
 from ..errors import ConfigError
 from ..export import OneStepPipeline
-from ..metrics.evaluate import applicable_metrics, check_applicable, held_out, score
+from ..metrics.evaluate import EVAL_SEED_OFFSET, applicable_metrics, check_applicable, held_out, score
 from ..registry import Registry
-from ..trainer import EVAL_SEED_OFFSET
 from .comparison import PEER, check_components, method_files, objective_of, split_overrides
 from .gate import StartGate
 from .presets import presets_by_objective

@@ -17,11 +17,13 @@ from typing import Iterable, Sequence
 import attrs
 import torch
 
-from ..api import build_run, compose
+from ..api import compose
+from ..components import build_components
 from ..errors import ConfigError
 from ..metrics.evaluate import applicable_metrics
 from ..registry import Registry
 from .presets import find_preset
+from ..trainer import Trainer
 from .speed import sampling_throughput
 
 PEER = "torchcfm-ot-cfm"  # the external reference objective (plugin torchcfm-peer)
@@ -140,17 +142,16 @@ def run_comparison(
     meta: dict = {}
     for (name, nfes), cfg in zip(jobs, configs):
         log(f"compare: training {name} for {budget_minutes} min")
-        trainer = build_run(cfg, registry=registry, console=False)
+        trainer = Trainer(cfg, registry=registry, console=False)
         summary = trainer.fit(overwrite=overwrite)
         metric_names = list(metrics) if metrics is not None else applicable_metrics(registry, trainer.spec)
         for nfe in nfes or [trainer.objective.default_nfe()]:
-            trainer.config = attrs.evolve(trainer.config, sample=attrs.evolve(trainer.config.sample, nfe=nfe))
-            values = trainer.evaluate(metric_names, num_samples)
+            values = trainer.evaluate(metric_names, num_samples, nfe=nfe)
             row = Row(name, nfe, values, sampling_throughput(trainer, nfe, num=speed_samples),
                       summary["steps_run"] / max(summary["train_seconds"], 1e-9), summary["steps_run"],
                       summary["train_seconds"], summary["out_dir"], reference=nfes is not None)
             rows.append(row)
-            samples[row_label(row)] = figure_samples(trainer)
+            samples[row_label(row)] = figure_samples(trainer, nfe)
             log(f"compare: {row_label(row)} steps={row.steps} " + " ".join(
                 f"{k}={v:.4g}" for k, v in values.items() if not k.startswith("mode_mass_")))
         if reference is None and len(trainer.spec.shape) == 1:
@@ -163,18 +164,18 @@ def run_comparison(
 
 
 def check_components(cfg, registry: Registry) -> None:
-    """Build the run's data source, coupler, guidance and objective (no networks), so that their
-    own checks (e.g. an objective that needs a coupler) speak before any run trains."""
-    registry.build_objective(cfg, registry.build("data", cfg.data.name, cfg.data.config).spec())
+    """Build the run's components (no networks), so that their own checks (e.g. an objective that
+    needs a coupler) speak before any run trains."""
+    build_components(cfg, registry)
 
 
-def figure_samples(trainer) -> torch.Tensor:
+def figure_samples(trainer, nfe: int) -> torch.Tensor:
     """Samples for the figure: a class-ordered grid for images, a point cloud otherwise."""
     spec, s = trainer.spec, trainer.config.sample
     if len(spec.shape) != 3:
-        return trainer.sample(s.num, seed=0)
+        return trainer.sample(s.num, nfe=nfe, seed=0)
     k = grid_columns(spec)
-    return trainer.source.decode(trainer.sample(k * -(-s.grid // k), seed=0))
+    return trainer.source.decode(trainer.sample(k * -(-s.grid // k), nfe=nfe, seed=0))
 
 
 def grid_columns(spec) -> int:

@@ -3,13 +3,17 @@ against held-out data. Used by the trainer during and after training and by the 
 for runs it loads back, so both compute the same numbers the same way."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 
 from ..config import EvalConfig, metric_config
 from ..errors import ConfigError
 from ..interfaces import DataSource, DataSpec, EvalContext
+
+
+EVAL_SEED_OFFSET = 7919
+"""Samples for plots and metrics draw from the run's seed + this, apart from training's streams."""
 
 
 def applicable_metrics(registry, spec: DataSpec) -> list[str]:
@@ -59,3 +63,17 @@ def score(samples: torch.Tensor, sample_labels: torch.Tensor | None, reference: 
         for key in [k for k in cache if not (isinstance(k, tuple) and k and k[0] == "reference")]:
             del cache[key]
     return out
+
+
+def evaluate(sample: Callable[[int, torch.Tensor | None], torch.Tensor], source: DataSource, n: int,
+             names: Iterable[str] | None, eval_config: EvalConfig, registry, conditional: bool,
+             reference_cache: dict | None = None) -> dict[str, float]:
+    """Score ``n`` generated samples against ``n`` held-out items: ``sample(n, y)`` draws them
+    (model space) for the held-out labels ``y`` in turn (None for unlabelled data); the metrics
+    see those labels only when the generator is ``conditional`` (samples that ignore their labels
+    are not judged by them). The trainer, ``onestep eval`` and the board all score this way."""
+    reference, reference_labels = held_out(source, n)
+    y = reference_labels[torch.arange(n) % len(reference_labels)] if reference_labels is not None else None
+    samples = sample(n, y)
+    return score(samples, y if conditional else None, reference, reference_labels, source, names, eval_config,
+                 registry, reference_cache)
