@@ -25,11 +25,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
+import attrs
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -212,3 +215,167 @@ def load_state(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"checkpoint file {str(path)!r}: unreadable ({' '.join(str(exc).split())[:200]})") from None
+
+
+# --------------------------------------------------------------------------- a training run's checkpoint
+RESUME_FIXED = ("objective.name", "coupler.name", "guidance.name", "data", "backbone", "seed",
+                "train.batch_size", "train.grad_accum", "train.zero_stage")
+"""What a resumed run must share with the run that wrote its checkpoint (other settings, such as
+learning rates, clipping or ``train.steps``, may change on resume)."""
+
+
+@attrs.define
+class TrainingState:
+    """What a training checkpoint carries besides the config: each trained network's DeepSpeed
+    engine (weights, optimizer, LR scheduler), the EMA copies, the data streams and the components'
+    own state (e.g. an online coupling), for process ``rank`` of ``world``."""
+
+    engines: dict[str, Any]
+    ema: dict[str, Any]
+    streams: dict[str, Any]
+    components: dict[str, Any]
+    zero_stage: int
+    device: torch.device = torch.device("cpu")
+    rank: int = 0
+    world: int = 1
+
+
+def save_training(root: Path, keep: int, step: int, state: TrainingState, config_yaml: str) -> Path:
+    """Write checkpoint ``step`` of a training run under ``root`` atomically (every rank calls it)."""
+    from .distributed import barrier
+    from .engine import full_state_dict
+
+    writer = CheckpointWriter(root, keep, state.rank)
+    tmp = writer.begin(step)
+    barrier()
+    for name, e in state.engines.items():
+        weights = full_state_dict(e.module, state.zero_stage)
+        if state.rank == 0:
+            save_tensors(weights, tmp / f"{name}.safetensors")
+        save_state(e.optimizer.state_dict(), tmp / f"{name}.optim.rank{state.rank}.pt")
+    save_state({"streams": {k: s.state_dict() for k, s in state.streams.items()}, "rng": rng_state(state.device),
+                "components": {k: c.state_dict() for k, c in state.components.items()}},
+               tmp / f"trainer.rank{state.rank}.pt")
+    if state.rank == 0:
+        for name, ema in state.ema.items():
+            save_tensors({k: v.detach().clone() for k, v in ema.module.state_dict().items()}, tmp / f"{name}.ema.safetensors")
+        (tmp / "config.yaml").write_text(config_yaml)
+        save_state({"step": step, "world": state.world, "networks": sorted(state.engines),
+                    "schedulers": {n: e.lr_scheduler.state_dict() for n, e in state.engines.items()}}, tmp / "trainer.pt")
+    barrier()
+    final = writer.commit(step)
+    barrier()
+    return final
+
+
+def load_weights(folder: Path, state: TrainingState) -> int:
+    """Load checkpoint ``folder``'s network and EMA weights into ``state``; returns its step."""
+    saved = load_state(folder / "trainer.pt")
+    if sorted(state.engines) != saved["networks"]:
+        raise CheckpointError(f"checkpoint {str(folder)!r}: networks {saved['networks']} do not match this run's "
+                              f"{sorted(state.engines)}")
+    for name, e in state.engines.items():
+        weights = load_tensors(folder / f"{name}.safetensors")
+        try:
+            load_full_state_dict(e.module, weights, state.zero_stage)
+        except RuntimeError as exc:
+            raise CheckpointError(f"checkpoint file {str(folder / (name + '.safetensors'))!r}: does not fit network "
+                                  f"{name!r} ({' '.join(str(exc).split())[:160]})") from None
+    for name, ema in state.ema.items():
+        ema.module.load_state_dict(load_tensors(folder / f"{name}.ema.safetensors"))
+    return int(saved["step"])
+
+
+def load_full_state_dict(module: Any, weights: dict[str, torch.Tensor], zero_stage: int) -> None:
+    """``module.load_state_dict(weights)``, gathering ZeRO-3's partitioned parameters around it."""
+    if zero_stage != 3:
+        module.load_state_dict(weights)
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=0):
+        module.load_state_dict(weights)
+
+
+def load_training(folder: Path, state: TrainingState) -> None:
+    """Load the rest of checkpoint ``folder`` (after :func:`load_weights`): optimizers, LR
+    schedulers, the components' and data streams' state and this rank's RNG state."""
+    saved = load_state(folder / "trainer.pt")
+    for name, e in state.engines.items():
+        template = e.optimizer.state_dict()
+        if state.zero_stage == 0:
+            opt_state = load_state(folder / f"{name}.optim.rank{state.rank}.pt")
+            e.optimizer.load_state_dict(fill_opaque(opt_state, template))
+        else:  # ZeRO indexes the list by data-parallel rank (and may merge partitions)
+            every_rank = [fill_opaque(load_state(folder / f"{name}.optim.rank{r}.pt"), template)
+                          for r in range(state.world)]
+            e.optimizer.load_state_dict(every_rank, load_optimizer_states=True, load_from_fp32_weights=True)
+        e.lr_scheduler.load_state_dict(saved["schedulers"][name])
+    local = load_state(folder / f"trainer.rank{state.rank}.pt")
+    for k, c in state.components.items():
+        c.load_state_dict(local["components"].get(k, {}))
+    for k, s in state.streams.items():
+        s.load_state_dict(local["streams"][k])
+    set_rng_state(local["rng"], state.device)
+
+
+def check_resumable(folder: Path, config_now: dict[str, Any], world: int) -> None:
+    """Refuse to continue checkpoint ``folder`` with another process count, or under settings
+    (:data:`RESUME_FIXED`) of the unstructured config ``config_now`` that change what is trained."""
+    from .config import read_file
+    from .errors import ConfigError
+
+    saved_world = load_state(folder / "trainer.pt")["world"]
+    if saved_world != world:
+        raise CheckpointError(f"checkpoint {str(folder)!r}: written by {saved_world} processes, resumed with {world}")
+    saved = read_file(folder / "config.yaml")
+    for path in RESUME_FIXED:
+        found = _first_difference(_at(saved, path), _at(config_now, path), path)
+        if found:
+            field, old, new = found
+            raise ConfigError(f"{field}: {old!r} in checkpoint {str(folder)!r}, {new!r} now; a resumed run keeps it "
+                              "(start a new run with another --out to change it)")
+
+
+def _at(tree: Any, path: str) -> Any:
+    for key in path.split("."):
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
+
+
+def _first_difference(saved: Any, now: Any, path: str) -> tuple[str, Any, Any] | None:
+    """The first leaf where two unstructured configs differ (keys missing on either side, e.g.
+    a field added to a plugin since, are not differences)."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        for k in saved.keys() & now.keys():
+            found = _first_difference(saved[k], now[k], f"{path}.{k}")
+            if found:
+                return found
+        return None
+    if isinstance(saved, (list, tuple)) and isinstance(now, (list, tuple)):
+        saved, now = list(saved), list(now)
+    return None if saved == now else (path, saved, now)
+
+
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """This process's torch, numpy and Python RNG states (and the CUDA one on a CUDA device), as
+    tensors and plain values (no pickled objects)."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)

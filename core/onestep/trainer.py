@@ -19,11 +19,12 @@ import yaml
 from . import checkpoint as ckpt
 from . import runfolder
 from .components import build_components
-from .config import RunConfig, read_file, unstructure
+from .config import RunConfig, unstructure
 from .data.loader import BatchStream
+from .divergence import DivergenceCheck
 from .distributed import barrier, init_process_group, resolve_device
-from .engine import EMA, full_state_dict, make_engine, resolve_optim
-from .errors import CheckpointError, ConfigError, DivergenceError, Interrupted
+from .engine import EMA, make_engine, resolve_optim
+from .errors import ConfigError, Interrupted
 from .interfaces import Networks, StepInfo
 from .interrupt import DeferredSigint
 from .logs import MetricsWriter, configure
@@ -32,34 +33,8 @@ from .plotting import save_loss_curves, save_samples
 from .registry import Registry
 
 
-# what a resumed run must share with the run that wrote its checkpoint (other settings, such as
-# learning rates, clipping or train.steps, may change on resume)
-RESUME_FIXED = ("objective.name", "coupler.name", "guidance.name", "data", "backbone", "seed",
-                "train.batch_size", "train.grad_accum", "train.zero_stage")
-
-
 def _scalar(v: Any) -> float:
     return float(v.detach().float().mean()) if isinstance(v, torch.Tensor) else float(v)
-
-
-def _at(tree: Any, path: str) -> Any:
-    for key in path.split("."):
-        tree = tree.get(key) if isinstance(tree, dict) else None
-    return tree
-
-
-def _first_difference(saved: Any, now: Any, path: str) -> tuple[str, Any, Any] | None:
-    """The first leaf where two unstructured configs differ (keys missing on either side, e.g.
-    a field added to a plugin since, are not differences)."""
-    if isinstance(saved, dict) and isinstance(now, dict):
-        for k in saved.keys() & now.keys():
-            found = _first_difference(saved[k], now[k], f"{path}.{k}")
-            if found:
-                return found
-        return None
-    if isinstance(saved, (list, tuple)) and isinstance(now, (list, tuple)):
-        saved, now = list(saved), list(now)
-    return None if saved == now else (path, saved, now)
 
 
 def _make_output_dir(out_dir: Path) -> None:
@@ -85,6 +60,27 @@ class MinuteMarks:
         while self.next_s <= elapsed_s:
             self.next_s += self.every_s
         return True
+
+
+@attrs.define
+class LoopClock:
+    """The training clock of one ``fit``: seconds spent training since ``start`` (chores such as
+    logging, samples, evaluations and checkpoints are ``paused`` off it), the step it started
+    at, the last logging point (for samples/s) and the minute marks of evaluations and
+    checkpoints."""
+
+    start_step: int
+    budget_s: float
+    eval_marks: MinuteMarks
+    checkpoint_marks: MinuteMarks
+    start: float = attrs.Factory(time.perf_counter)
+    paused: float = 0.0
+    saved_at: int = -1  # the step of the last checkpoint written by this fit
+    last_time: float = attrs.Factory(time.perf_counter)
+    last_step: int = 0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start - self.paused
 
 
 class Trainer:
@@ -148,6 +144,8 @@ class Trainer:
         self.phases = [(g, p) for g in owners[1:] for p in g.phases()] + [(self.objective, p) for p in self.objective.phases()]
         if not self.phases:
             raise ConfigError(f"objective {self.objective.name!r} declares no training phases")
+        self.divergence = DivergenceCheck(self.config, self.source, self.objective, self.owner_of, engines,
+                                          [p for _, p in self.phases], self.out_dir / "checkpoints")
         for owner, p in self.phases:
             if p.network not in engines:
                 raise ConfigError(f"{owner.name} phase {p.name!r} trains unknown network {p.network!r}")
@@ -180,7 +178,7 @@ class Trainer:
                     try:
                         loss, extra = owner.loss(phase.name, self.nets.training(phase.network), batches, info)
                     except Exception as exc:
-                        diverged = self._failed_on_nonfinite(phase, batches, exc)
+                        diverged = self.divergence.failed_on_nonfinite(phase, batches, exc, self.step + 1)
                         if diverged is None:
                             raise
                         raise diverged from exc
@@ -204,20 +202,7 @@ class Trainer:
         current step, writes a checkpoint and raises :class:`Interrupted`. ``ready`` is called once
         everything is built and prepared, just before the training clock starts (the board uses it
         to start all its runs' clocks together)."""
-        resumed_from = self.load(resume) if resume is not None else None
-        discard = runfolder.check(self.out_dir, self.step, resumed_from, overwrite, damaged=self.damaged)
-        barrier()  # every rank has looked before rank 0 changes anything
-        if self.rank == 0:
-            runfolder.clean(self.out_dir, self.step, discard, replace=overwrite and not runfolder.same_run(
-                self.out_dir, resumed_from), damaged=self.damaged)
-        barrier()
-        for component in self._components().values():
-            component.prepare(self.source, self.device)
-        if self.rank == 0:
-            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(unstructure(self.config), sort_keys=False))
-        self.log.info("run", out_dir=str(self.out_dir), objective=self.objective.name, backbone=self.backbone.name,
-                      data=self.config.data.name, device=str(self.device), world=self.world, start_step=self.step,
-                      parameters={n: sum(p.numel() for p in e.module.parameters()) for n, e in self.engines.items()})
+        self._start(resume, overwrite)
         start_step = self.step
         if ready is not None:
             ready()
@@ -242,6 +227,24 @@ class Trainer:
                 "metrics": metrics, "out_dir": str(self.out_dir), "checkpoint": str(path),
                 "samples_png": str(plot) if plot else None}
 
+    def _start(self, resume: str | Path | None, overwrite: bool) -> None:
+        """Before the training clock: load the resumed checkpoint, check and clean the output
+        folder (see :mod:`onestep.runfolder`), prepare the components, write the run's config."""
+        resumed_from = self.load(resume) if resume is not None else None
+        discard = runfolder.check(self.out_dir, self.step, resumed_from, overwrite, damaged=self.damaged)
+        barrier()  # every rank has looked before rank 0 changes anything
+        if self.rank == 0:
+            runfolder.clean(self.out_dir, self.step, discard, replace=overwrite and not runfolder.same_run(
+                self.out_dir, resumed_from), damaged=self.damaged)
+        barrier()
+        for component in self._components().values():
+            component.prepare(self.source, self.device)
+        if self.rank == 0:
+            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(unstructure(self.config), sort_keys=False))
+        self.log.info("run", out_dir=str(self.out_dir), objective=self.objective.name, backbone=self.backbone.name,
+                      data=self.config.data.name, device=str(self.device), world=self.world, start_step=self.step,
+                      parameters={n: sum(p.numel() for p in e.module.parameters()) for n, e in self.engines.items()})
+
     def _train(self, sigint: DeferredSigint) -> tuple[float, Path]:
         """The loop from ``self.step`` to ``train.steps`` (or the time budget, or a Ctrl-C);
         returns the training seconds and the final checkpoint."""
@@ -250,56 +253,69 @@ class Trainer:
         t = self.config.train
         bar = tqdm(total=None if t.max_minutes else t.steps, initial=self.step,
                    disable=not t.progress or self.rank != 0, dynamic_ncols=True)
-        last_time, last_step = time.perf_counter(), self.step
-        start_time, start_step = last_time, self.step
-        budget_s = 60.0 * t.max_minutes
-        saved_at = -1
-        paused = 0.0  # seconds of chores (logging, samples, evaluations, checkpoints): off the training clock
-        eval_marks = MinuteMarks(t.eval_every_minutes)
-        checkpoint_marks = MinuteMarks(t.checkpoint_every_minutes)
+        clock = LoopClock(self.step, 60.0 * t.max_minutes, MinuteMarks(t.eval_every_minutes),
+                          MinuteMarks(t.checkpoint_every_minutes), last_step=self.step)
         done = self.step >= t.steps
         while not done:
             logs = self.train_step()
             self.step += 1
             bar.update(1)
-            elapsed = time.perf_counter() - start_time - paused
-            self.train_seconds = elapsed
+            self.train_seconds = clock.elapsed()
             chores_from = time.perf_counter()
-            done = self.step >= t.steps or self._out_of_time(elapsed, budget_s)
-            if budget_s:  # schedules (info.progress) follow the share of the budget spent
-                expected = start_step + round((self.step - start_step) * budget_s / elapsed)
-                self.planned_steps = min(t.steps, max(self.step + 1, expected))
-            log_due = self.step % t.log_every == 0 or done
-            checkpoint_due = (bool(t.checkpoint_every) and self.step % t.checkpoint_every == 0) or checkpoint_marks.passed(elapsed)
-            if log_due or checkpoint_due:
-                self._check_finite(logs)
-            if log_due:
-                now = time.perf_counter()
-                rate = (self.step - last_step) * t.batch_size / max(now - last_time, 1e-9)
-                last_time, last_step = now, self.step
-                record = {"step": self.step, **{k: _scalar(v) for k, v in logs.items()}, "samples_per_s": rate,
-                          "train_minutes": elapsed / 60.0}
-                self.metrics.write(record)
-                bar.set_postfix({k.split("/")[0] if k.endswith("/loss") else k: f"{v:.4g}"
-                                 for k, v in record.items() if k.endswith("/loss")} | {"samples/s": f"{rate:.0f}"})
-            if self._stop_requested(sigint, log_due):
-                done = True
-                self._check_finite(logs)
-            if t.sample_every and self.step % t.sample_every == 0:
-                self.save_sample_plot()
-            eval_due = (bool(t.eval_every) and self.step % t.eval_every == 0) or eval_marks.passed(elapsed)
-            if eval_due and not done:
-                self.evaluate()
-            if checkpoint_due:
-                self.save_checkpoint()
-                saved_at = self.step
-            paused += time.perf_counter() - chores_from
+            done = self.step >= t.steps or self._out_of_time(self.train_seconds, clock.budget_s)
+            self._plan_steps(clock)
+            done = self._chores(clock, logs, done, sigint, bar)
+            clock.paused += time.perf_counter() - chores_from
         bar.close()
-        train_seconds = self.train_seconds
         path = self.out_dir / "checkpoints" / f"step-{self.step:07d}"
-        if saved_at != self.step:
+        if clock.saved_at != self.step:
             path = self.save_checkpoint()
-        return train_seconds, path
+        return self.train_seconds, path
+
+    def _plan_steps(self, clock: LoopClock) -> None:
+        """Under ``train.max_minutes``, schedules (``info.progress``) follow the share of the
+        budget spent: the planned step count is extrapolated from the rate so far."""
+        if clock.budget_s:
+            expected = clock.start_step + round((self.step - clock.start_step) * clock.budget_s / self.train_seconds)
+            self.planned_steps = min(self.config.train.steps, max(self.step + 1, expected))
+
+    def _chores(self, clock: LoopClock, logs: dict[str, Any], done: bool, sigint: DeferredSigint, bar) -> bool:
+        """The periodic chores after a step, off the training clock, in order: the finiteness check
+        (before any log or checkpoint), the loss record, a Ctrl-C stop, the sample picture, an
+        evaluation and a checkpoint, each when its step or minute mark is due. Returns whether
+        training stops after this step."""
+        t, elapsed = self.config.train, self.train_seconds
+        log_due = self.step % t.log_every == 0 or done
+        checkpoint_due = (bool(t.checkpoint_every) and self.step % t.checkpoint_every == 0) or \
+            clock.checkpoint_marks.passed(elapsed)
+        if log_due or checkpoint_due:
+            self.divergence.check_finite(logs, self.step)
+        if log_due:
+            self._log_losses(clock, logs, bar)
+        if self._stop_requested(sigint, log_due):
+            done = True
+            self.divergence.check_finite(logs, self.step)
+        if t.sample_every and self.step % t.sample_every == 0:
+            self.save_sample_plot()
+        eval_due = (bool(t.eval_every) and self.step % t.eval_every == 0) or clock.eval_marks.passed(elapsed)
+        if eval_due and not done:
+            self.evaluate()
+        if checkpoint_due:
+            self.save_checkpoint()
+            clock.saved_at = self.step
+        return done
+
+    def _log_losses(self, clock: LoopClock, logs: dict[str, Any], bar) -> None:
+        """One metrics.jsonl record of the step's logged numbers, samples/s since the last one and
+        the training minutes; the progress bar shows the losses."""
+        now = time.perf_counter()
+        rate = (self.step - clock.last_step) * self.config.train.batch_size / max(now - clock.last_time, 1e-9)
+        clock.last_time, clock.last_step = now, self.step
+        record = {"step": self.step, **{k: _scalar(v) for k, v in logs.items()}, "samples_per_s": rate,
+                  "train_minutes": self.train_seconds / 60.0}
+        self.metrics.write(record)
+        bar.set_postfix({k.split("/")[0]: f"{v:.4g}" for k, v in record.items() if k.endswith("/loss")}
+                        | {"samples/s": f"{rate:.0f}"})
 
     def _stop_requested(self, sigint: DeferredSigint, log_due: bool) -> bool:
         """Whether a Ctrl-C asks to stop after this step. One process checks every step; several
@@ -311,60 +327,6 @@ class Trainer:
         flag = torch.tensor([float(sigint.requested)], device=self.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item())
-
-    def _check_finite(self, logs: dict[str, Any]) -> None:
-        """Stop before logging or checkpointing a diverged step. Checked every ``log_every``
-        steps and before each checkpoint (one host synchronisation each), since DeepSpeed skips
-        non-finite steps only when it computes the gradient norm (``train.grad_clip > 0``)."""
-        bad = [k for k, v in logs.items()
-               if k.endswith("/loss") and not torch.isfinite(torch.as_tensor(v, dtype=torch.float32)).all()]
-        if bad:
-            phases = {k.rsplit("/", 1)[0] for k in bad}
-            networks = [p.network for _, p in self.phases if p.name in phases]
-            raise self._diverged(f"training diverged at step {self.step}: {', '.join(bad)} is not finite", networks,
-                                 data_bad=self._training_data_nonfinite())
-
-    def _failed_on_nonfinite(self, phase, batches, exc: Exception) -> DivergenceError | None:
-        """A loss that raised on NaN inputs (e.g. a solver that cannot schedule a NaN cost) is a
-        divergence, reported as one; None when its inputs were finite (a genuine bug)."""
-        data_bad = any(not torch.isfinite(b.x).all() for b in batches)
-        weights_bad = [n for n, e in self.engines.items() if any(not torch.isfinite(p).all() for p in e.module.parameters())]
-        if not data_bad and not weights_bad:
-            return None
-        what = "the training batch holds NaN or inf" if data_bad else f"network {weights_bad[0]!r} has non-finite weights"
-        detail = " ".join(str(exc).split())[:120]
-        return self._diverged(f"training diverged at step {self.step + 1}: phase {phase.name!r} failed "
-                              f"({type(exc).__name__}: {detail}) because {what}", weights_bad or [phase.network],
-                              data_bad=data_bad or self._training_data_nonfinite())
-
-    def _training_data_nonfinite(self) -> bool:
-        """Whether the training set holds NaN or inf (checked where it is one tensor)."""
-        tensors = getattr(self.source.dataset("train"), "tensors", None)
-        return bool(tensors) and tensors[0].is_floating_point() and not bool(torch.isfinite(tensors[0]).all())
-
-    def _diverged(self, what: str, networks: list[str], data_bad: bool) -> DivergenceError:
-        last = ckpt.latest(self.out_dir / "checkpoints")
-        saved = f"nothing after the last checkpoint{f' ({last})' if last else ''} was saved"
-        if data_bad:
-            advice = f"the training data ({self.config.data.name}) holds NaN or inf values: fix or filter them"
-        else:
-            t = self.config.train
-            fields = dict.fromkeys(f"{self._lr_field(n)}={resolve_optim(n, self.owner_of[n].optim_defaults(n), t)['lr']:g}"
-                                   for n in networks)
-            advice = f"lower {' / '.join(fields)}" + (" or set train.grad_clip > 0" if not t.grad_clip else "")
-        return DivergenceError(f"{what}; {saved}; {advice}")
-
-    def _lr_field(self, network: str) -> str:
-        """The config field that sets ``network``'s learning rate now (the most specific set one)."""
-        t = self.config.train
-        per_network = t.networks.get(network)
-        if per_network is not None and per_network.lr is not None:
-            return f"train.networks.{network}.lr"
-        if t.optim.lr is not None:
-            return "train.optim.lr"
-        owner = self.owner_of[network]
-        section = "objective" if owner is self.objective else "guidance"
-        return f"{section}.lr" if "lr" in attrs.fields_dict(type(owner.config)) else "train.optim.lr"
 
     def _out_of_time(self, elapsed: float, budget_s: float) -> bool:
         """Whether ``train.max_minutes`` is spent; every rank follows rank 0's clock so all stop
@@ -448,117 +410,33 @@ class Trainer:
     def _components(self) -> dict[str, Any]:
         return {k: c for k, c in (("objective", self.objective), ("guidance", self.guidance), ("coupler", self.coupler)) if c}
 
+    def _state(self) -> ckpt.TrainingState:
+        return ckpt.TrainingState(self.engines, self.ema, self.streams, self._components(),
+                                  self.config.train.zero_stage, self.device, self.rank, self.world)
+
     def save_checkpoint(self) -> Path:
-        t = self.config.train
-        writer = ckpt.CheckpointWriter(self.out_dir / "checkpoints", t.keep_checkpoints, self.rank)
-        tmp = writer.begin(self.step)
-        barrier()
-        for name, e in self.engines.items():
-            weights = full_state_dict(e.module, t.zero_stage)
-            if self.rank == 0:
-                ckpt.save_tensors(weights, tmp / f"{name}.safetensors")
-            ckpt.save_state(e.optimizer.state_dict(), tmp / f"{name}.optim.rank{self.rank}.pt")
-        ckpt.save_state(
-            {"streams": {k: s.state_dict() for k, s in self.streams.items()}, "rng": self._rng_state(),
-             "components": {k: c.state_dict() for k, c in self._components().items()}},  # per rank: e.g. online couplings
-            tmp / f"trainer.rank{self.rank}.pt",
-        )
-        if self.rank == 0:
-            for name, ema in self.ema.items():
-                ckpt.save_tensors({k: v.detach().clone() for k, v in ema.module.state_dict().items()},
-                                  tmp / f"{name}.ema.safetensors")
-            (tmp / "config.yaml").write_text(yaml.safe_dump(unstructure(self.config), sort_keys=False))
-            ckpt.save_state({
-                "step": self.step, "world": self.world, "networks": sorted(self.engines),
-                "schedulers": {n: e.lr_scheduler.state_dict() for n, e in self.engines.items()},
-            }, tmp / "trainer.pt")
-        barrier()
-        final = writer.commit(self.step)
-        barrier()
+        """Checkpoint the current step (see :mod:`onestep.checkpoint`) and record it in metrics.jsonl."""
+        config_yaml = yaml.safe_dump(unstructure(self.config), sort_keys=False)
+        final = ckpt.save_training(self.out_dir / "checkpoints", self.config.train.keep_checkpoints, self.step,
+                                   self._state(), config_yaml)
         self.log.info("checkpoint", step=self.step, path=str(final))
         self.metrics.write({"step": self.step, "train_minutes": self.train_seconds / 60.0, "checkpoint": final.name})
         return final
 
     def load(self, path: str | Path, weights_only: bool = False) -> Path:
         """Restore a checkpoint (a run folder or a step folder). ``weights_only`` restores the
-        networks and EMA but not the optimizer, data or RNG state (for sampling/evaluation).
-        A run folder stands for its newest checkpoint whose checksums verify; a damaged newer
-        one is skipped with a warning. Returns the checkpoint folder loaded."""
+        networks and EMA but not the optimizer, data or RNG state. A run folder stands for its
+        newest checkpoint whose checksums verify; a damaged newer one is skipped with a warning.
+        Returns the checkpoint folder loaded."""
         folder, skipped = ckpt.newest_intact(path)
         for damaged, reason in skipped:
             self.log.warning("damaged checkpoint skipped", reason=reason, using=str(folder))
         self.damaged = [damaged for damaged, _ in skipped]
-        state = ckpt.load_state(folder / "trainer.pt")
         if not weights_only:
-            self._check_resumable(folder, state)
-        if sorted(self.engines) != state["networks"]:
-            raise CheckpointError(f"checkpoint {str(folder)!r}: networks {state['networks']} do not match this run's {sorted(self.engines)}")
-        stage = self.config.train.zero_stage
-        for name, e in self.engines.items():
-            weights = ckpt.load_tensors(folder / f"{name}.safetensors")
-            try:
-                if stage == 3:
-                    import deepspeed
-
-                    with deepspeed.zero.GatheredParameters(list(e.module.parameters()), modifier_rank=0):
-                        e.module.load_state_dict(weights)
-                else:
-                    e.module.load_state_dict(weights)
-            except RuntimeError as exc:
-                raise CheckpointError(f"checkpoint file {str(folder / (name + '.safetensors'))!r}: does not fit network {name!r} "
-                                      f"({' '.join(str(exc).split())[:160]})") from None
-        for name, ema in self.ema.items():
-            ema.module.load_state_dict(ckpt.load_tensors(folder / f"{name}.ema.safetensors"))
-        self.step = int(state["step"])
-        if weights_only:
-            return folder
-        for name, e in self.engines.items():
-            template = e.optimizer.state_dict()
-            if stage == 0:
-                opt_state = ckpt.load_state(folder / f"{name}.optim.rank{self.rank}.pt")
-                e.optimizer.load_state_dict(ckpt.fill_opaque(opt_state, template))
-            else:  # ZeRO indexes the list by data-parallel rank (and may merge partitions)
-                every_rank = [ckpt.fill_opaque(ckpt.load_state(folder / f"{name}.optim.rank{r}.pt"), template)
-                              for r in range(self.world)]
-                e.optimizer.load_state_dict(every_rank, load_optimizer_states=True, load_from_fp32_weights=True)
-            e.lr_scheduler.load_state_dict(state["schedulers"][name])
-        local = ckpt.load_state(folder / f"trainer.rank{self.rank}.pt")
-        for k, c in self._components().items():
-            c.load_state_dict(local["components"].get(k, {}))
-        for k, s in self.streams.items():
-            s.load_state_dict(local["streams"][k])
-        self._set_rng_state(local["rng"])
-        self.log.info("resumed", step=self.step, path=str(folder))
+            ckpt.check_resumable(folder, unstructure(self.config), self.world)
+        state = self._state()
+        self.step = ckpt.load_weights(folder, state)
+        if not weights_only:
+            ckpt.load_training(folder, state)
+            self.log.info("resumed", step=self.step, path=str(folder))
         return folder
-
-    def _check_resumable(self, folder: Path, state: dict[str, Any]) -> None:
-        """Refuse to continue a run under settings that change what is being trained."""
-        if state["world"] != self.world:
-            raise CheckpointError(f"checkpoint {str(folder)!r}: written by {state['world']} processes, resumed with {self.world}")
-        saved, now = read_file(folder / "config.yaml"), unstructure(self.config)
-        for path in RESUME_FIXED:
-            found = _first_difference(_at(saved, path), _at(now, path), path)
-            if found:
-                field, old, new = found
-                raise ConfigError(f"{field}: {old!r} in checkpoint {str(folder)!r}, {new!r} now; a resumed run keeps it "
-                                  "(start a new run with another --out to change it)")
-
-    def _rng_state(self) -> dict[str, Any]:
-        np_state = np.random.get_state()
-        state = {
-            "torch": torch.get_rng_state(),
-            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-            "python": random.getstate(),
-        }
-        if self.device.type == "cuda":
-            state["cuda"] = torch.cuda.get_rng_state(self.device)
-        return state
-
-    def _set_rng_state(self, state: dict[str, Any]) -> None:
-        torch.set_rng_state(state["torch"])
-        n = state["numpy"]
-        np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
-        py = state["python"]
-        random.setstate((py[0], tuple(py[1]), py[2]))
-        if "cuda" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda"], self.device)
