@@ -129,6 +129,29 @@ def _reusable_output(out: Path, settings: dict[str, Any]) -> dict[str, np.ndarra
     return dict(zip(m["files"], m["x"])) if same else {}
 
 
+def _encode_all(loader: DataLoader, model, dev: torch.device, todo: list[str], done: dict[str, np.ndarray],
+                parts: "Parts", bar, shard_size: int) -> None:
+    """Encode the images ``loader`` yields (indices into ``todo``) into ``done``, writing a shard
+    to ``parts`` every ``shard_size`` latents (and the rest at the end, also on an interruption),
+    so an interrupted encoding resumes where it stopped."""
+    pending_files: list[str] = []
+    pending: list[np.ndarray] = []
+    try:
+        for x, idx in loader:
+            z = vaelib.encode(model, x.to(dev)).float().cpu().numpy()
+            names = [todo[int(i)] for i in idx]
+            pending_files += names
+            pending += list(z)
+            done.update(zip(names, z))
+            bar.update(len(names))
+            if len(pending) >= shard_size:
+                parts.write(pending_files, pending)
+                pending_files, pending = [], []
+    finally:
+        if pending:
+            parts.write(pending_files, pending)
+
+
 def encode_folder(
     vae: str, images: str | Path, out: str | Path, size: int = 256, batch_size: int = 32, device: str = "auto",
     vae_config: str | None = None, shard_size: int = 1024, workers: int = 0, progress: bool = True,
@@ -157,22 +180,9 @@ def encode_folder(
     reused = len(files) - len(todo)
     loader = DataLoader(_Images(root, todo, size), batch_size=batch_size, num_workers=workers)
     bar = tqdm(total=len(files), initial=reused, unit="img", desc="encode", disable=not progress)
-    pending_files: list[str] = []
-    pending: list[np.ndarray] = []
     try:
-        for x, idx in loader:
-            z = vaelib.encode(model, x.to(dev)).float().cpu().numpy()
-            names = [todo[int(i)] for i in idx]
-            pending_files += names
-            pending += list(z)
-            done.update(zip(names, z))
-            bar.update(len(names))
-            if len(pending) >= shard_size:
-                parts.write(pending_files, pending)
-                pending_files, pending = [], []
+        _encode_all(loader, model, dev, todo, done, parts, bar, shard_size)
     finally:
-        if pending:
-            parts.write(pending_files, pending)
         bar.close()
     scale, shift = vaelib.latent_factors(model)
     save_npz_atomic(out, {

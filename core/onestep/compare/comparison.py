@@ -136,31 +136,35 @@ def run_comparison(
                for name, _ in jobs]
     for cfg in configs:  # every config and component first: a bad one fails before any training
         check_components(cfg, registry)
-    rows: list[Row] = []
-    samples: dict[str, torch.Tensor] = {}
-    reference = None
-    meta: dict = {}
+    comparison = Comparison([], {}, None, {})
     for (name, nfes), cfg in zip(jobs, configs):
         log(f"compare: training {name} for {budget_minutes} min")
-        trainer = Trainer(cfg, registry=registry, console=False)
-        summary = trainer.fit(overwrite=overwrite)
-        metric_names = list(metrics) if metrics is not None else applicable_metrics(registry, trainer.spec)
-        for nfe in nfes or [trainer.objective.default_nfe()]:
-            values = trainer.evaluate(metric_names, num_samples, nfe=nfe)
-            row = Row(name, nfe, values, sampling_throughput(trainer, nfe, num=speed_samples),
-                      summary["steps_run"] / max(summary["train_seconds"], 1e-9), summary["steps_run"],
-                      summary["train_seconds"], summary["out_dir"], reference=nfes is not None)
-            rows.append(row)
-            samples[row_label(row)] = figure_samples(trainer, nfe)
-            log(f"compare: {row_label(row)} steps={row.steps} " + " ".join(
-                f"{k}={v:.4g}" for k, v in values.items() if not k.startswith("mode_mass_")))
-        if reference is None and len(trainer.spec.shape) == 1:
-            reference = trainer.reference(trainer.config.sample.num)[0]
-        meta = meta or run_meta(trainer, budget_minutes, num_samples)
-        del trainer
+        train_and_score(comparison, name, nfes, Trainer(cfg, registry=registry, console=False), overwrite,
+                        metrics, num_samples, speed_samples, log)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    return Comparison(rows, samples, reference, meta)
+    return comparison
+
+
+def train_and_score(comparison: Comparison, name: str, nfes: list[int] | None, trainer: Trainer, overwrite: bool,
+                    metrics: Sequence[str] | None, num_samples: int | None, speed_samples: int, log) -> None:
+    """Train one method's run and add its rows to ``comparison``: one per NFE of ``nfes`` (None:
+    the run's default; a list marks the external reference rows), each with metrics, sampling and
+    training speed and the figure's samples."""
+    summary = trainer.fit(overwrite=overwrite)
+    metric_names = list(metrics) if metrics is not None else applicable_metrics(trainer.registry, trainer.spec)
+    for nfe in nfes or [trainer.objective.default_nfe()]:
+        values = trainer.evaluate(metric_names, num_samples, nfe=nfe)
+        row = Row(name, nfe, values, sampling_throughput(trainer, nfe, num=speed_samples),
+                  summary["steps_run"] / max(summary["train_seconds"], 1e-9), summary["steps_run"],
+                  summary["train_seconds"], summary["out_dir"], reference=nfes is not None)
+        comparison.rows.append(row)
+        comparison.samples[row_label(row)] = figure_samples(trainer, nfe)
+        log(f"compare: {row_label(row)} steps={row.steps} " + " ".join(
+            f"{k}={v:.4g}" for k, v in values.items() if not k.startswith("mode_mass_")))
+    if comparison.reference is None and len(trainer.spec.shape) == 1:
+        comparison.reference = trainer.reference(trainer.config.sample.num)[0]
+    comparison.meta = comparison.meta or run_meta(trainer, trainer.config.train.max_minutes, num_samples)
 
 
 def check_components(cfg, registry: Registry) -> None:

@@ -58,6 +58,32 @@ def write_table(comparison: Comparison, out_dir: str | Path) -> tuple[Path, Path
     return md, js
 
 
+def draw_panel(ax, x: torch.Tensor, grid, reference: torch.Tensor | None) -> None:
+    """One method's samples: its image ``grid``, else a 2D scatter over the held-out
+    ``reference`` (the data's extent, padded: the same window for every panel), else 1D
+    histograms of both."""
+    if grid is not None:
+        ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255)
+        ax.axis("off")
+        return
+    if x.shape[1] >= 2:
+        if reference is not None:
+            r = reference.float()
+            lo, hi = r[:, :2].min(0).values, r[:, :2].max(0).values
+            pad = 0.25 * (hi - lo)
+            ax.scatter(r[:, 0], r[:, 1], s=1, c="0.75")
+            ax.set_xlim(float(lo[0] - pad[0]), float(hi[0] + pad[0]))
+            ax.set_ylim(float(lo[1] - pad[1]), float(hi[1] + pad[1]))
+        ax.scatter(x[:, 0], x[:, 1], s=1, c="tab:blue")
+        ax.set_box_aspect(1)
+    else:
+        if reference is not None:
+            ax.hist(reference[:, 0].float().numpy(), bins=80, density=True, color="0.75")
+        ax.hist(x[:, 0].numpy(), bins=80, density=True, alpha=0.7)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def save_figure(comparison: Comparison, path: str | Path) -> Path:
     """One panel per row: an image grid, or a scatter over held-out data for points."""
     import matplotlib
@@ -72,28 +98,7 @@ def save_figure(comparison: Comparison, path: str | Path) -> Path:
     aspect = next((g.shape[0] / g.shape[1] for g in grids.values()), 1.0)
     fig, axes = plt.subplots(1, len(labels), figsize=(3.2 * len(labels), 3.2 * aspect + 0.6), dpi=120, squeeze=False)
     for ax, row, label in zip(axes[0], comparison.rows, labels):
-        x = comparison.samples[label].float()
-        if label in grids:
-            ax.imshow(grids[label], cmap="gray" if grids[label].ndim == 2 else None, vmin=0, vmax=255)
-            ax.axis("off")
-        elif x.shape[1] >= 2:
-            r = comparison.reference
-            if r is not None:  # same window for every panel: the data's extent, padded
-                r = r.float()
-                lo, hi = r[:, :2].min(0).values, r[:, :2].max(0).values
-                pad = 0.25 * (hi - lo)
-                ax.scatter(r[:, 0], r[:, 1], s=1, c="0.75")
-                ax.set_xlim(float(lo[0] - pad[0]), float(hi[0] + pad[0]))
-                ax.set_ylim(float(lo[1] - pad[1]), float(hi[1] + pad[1]))
-            ax.scatter(x[:, 0], x[:, 1], s=1, c="tab:blue")
-            ax.set_box_aspect(1)
-        else:
-            if comparison.reference is not None:
-                ax.hist(comparison.reference[:, 0].float().numpy(), bins=80, density=True, color="0.75")
-            ax.hist(x[:, 0].numpy(), bins=80, density=True, alpha=0.7)
-        if x.dim() != 4:
-            ax.set_xticks([])
-            ax.set_yticks([])
+        draw_panel(ax, comparison.samples[label].float(), grids.get(label), comparison.reference)
         ax.set_title(f"{label}\n{row.steps} steps", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
