@@ -134,9 +134,22 @@ def child_overrides(s: BoardSettings, n_eval: int, metrics: list[str]) -> list[s
         [f"eval.feature_weights={s.feature_weights}"] if s.feature_weights else [])
 
 
-def run_board(s: BoardSettings, registry: Registry | None = None, log=print) -> list[BoardRow]:
-    """Train, score and draw every method of ``s``; writes the outputs into ``s.out_dir``."""
-    registry = registry or Registry.discover()
+@attrs.define
+class BoardPlan:
+    """What the board works out before training: the data (source, spec, held-out size), the
+    metrics, each method's config files and the ``onestep run`` arguments of its child process."""
+
+    source: object
+    spec: object
+    metrics: list[str]
+    n_eval: int
+    n_test: int
+    files_of: dict[str, list[str]]
+    argv: dict[str, list[str]]
+
+
+def plan_board(s: BoardSettings, registry: Registry) -> BoardPlan:
+    """Check every method, config and metric of ``s`` before anything trains, and plan the runs."""
     for m in s.methods:
         registry.get("objective", objective_of(m))  # unknown names fail here, with the valid ones listed
     out = Path(s.out_dir)
@@ -160,54 +173,67 @@ def run_board(s: BoardSettings, registry: Registry | None = None, log=print) -> 
         argv[m] = (["run", "--objective", objective_of(m), "--data", s.data] + (["--backbone", s.backbone] if s.backbone else [])
                    + [a for f in files_of[m] for a in ("--config", f)] + ["--out", str(out / "runs" / m)]
                    + ["--start-gate", str(out / "start")] + [*base, *common, *scoped[m]])
+    return BoardPlan(source, spec, metrics, n_eval, n_test, files_of, argv)
+
+
+def run_board(s: BoardSettings, registry: Registry | None = None, log=print) -> list[BoardRow]:
+    """Train, score and draw every method of ``s``; writes the outputs into ``s.out_dir``."""
+    registry = registry or Registry.discover()
+    plan = plan_board(s, registry)
+    out = Path(s.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     log(f"board: training {', '.join(s.methods)} for {s.minutes} min each, together")
     deadline = started + 60.0 * s.deadline if s.deadline else None
-    codes = train_together(argv, out, deadline, StartGate(out / "start"), log)
+    codes = train_together(plan.argv, out, deadline, StartGate(out / "start"), log)
     log(f"board: training done in {(time.perf_counter() - started) / 60:.1f} min (wall clock, with start-up and checkpoints)")
-    reference, reference_labels = held_out(source, n_eval)
-    labels = reference_labels[torch.arange(n_eval) % len(reference_labels)] if reference_labels is not None else None
+    reference, reference_labels = held_out(plan.source, plan.n_eval)
+    labels = reference_labels[torch.arange(plan.n_eval) % len(reference_labels)] if reference_labels is not None else None
+    scorer = Scorer(labels, reference, reference_labels, plan.source, plan.metrics, registry, {})
     rows: list[BoardRow] = []
     grids: dict[str, torch.Tensor] = {}
-    reference_cache: dict = {}
     for m in s.methods:
-        run_dir = out / "runs" / m
-        if codes[m] not in (0, INTERRUPTED) or not (run_dir / "checkpoints").is_dir():
-            rows.append(BoardRow(m, 0, {}, 0.0, 0, 0.0, str(run_dir), files_of[m], objective_of(m) == PEER, error=last_line(out / f"{m}.log")))
-            log(f"board: {m} failed: {rows[-1].error}")
-            continue
-        marks, end = checkpoint_records(run_dir)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        scorer = Scorer(labels, reference, reference_labels, source, metrics, registry, reference_cache)
-        curve = []
-        for mark in marks:
-            pipe = OneStepPipeline.from_checkpoint(run_dir / "checkpoints" / mark["checkpoint"], device=device, registry=registry)
-            values = scorer(pipe, pipe.default_nfe, min(s.mark_samples or n_eval, n_eval))
-            curve.append({"minutes": mark["train_minutes"], "step": mark["step"], "metrics": values})
-            log(f"board: {m} mark {mark['train_minutes']:.1f} min step={mark['step']} fid={fid_of(values):.4g}")
-        pipe = OneStepPipeline.from_checkpoint(run_dir, device=device, registry=registry)
-        nfes = [pipe.default_nfe] + ([k for k in s.few_steps if k != pipe.default_nfe] if pipe.default_nfe > 1 else [])
-        for nfe in nfes:
-            values = scorer(pipe, nfe, n_eval)
-            if nfe == pipe.default_nfe:
-                curve.append({"minutes": end["train_minutes"], "step": end["step"], "metrics": values})
-            row = BoardRow(m, nfe, values, pipeline_throughput(pipe, nfe, s.speed_samples), end["step"],
-                           end["train_minutes"], str(run_dir), files_of[m], objective_of(m) == PEER,
-                           curve if nfe == pipe.default_nfe else [],
-                           cut=codes[m] == INTERRUPTED)
-            rows.append(row)
-            grids[row_label(row)] = grid_samples(pipe, nfe)
-            log(f"board: {row_label(row)} steps={row.steps} " + " ".join(
-                f"{k}={v:.4g}" for k, v in values.items() if not k.startswith("mode_mass_")))
-        del pipe
+        score_method(m, s, plan, codes[m], scorer, rows, grids, log)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     from .report import write_board
 
-    meta = board_meta(s, spec, n_eval, n_test)
-    write_board(rows, grids, meta, out, source)
+    write_board(rows, grids, board_meta(s, plan.spec, plan.n_eval, plan.n_test), out, plan.source)
     return rows
+
+
+def score_method(m: str, s: BoardSettings, plan: BoardPlan, code: int, scorer: "Scorer", rows: list[BoardRow],
+                 grids: dict[str, torch.Tensor], log) -> None:
+    """Score method ``m``'s run (exit ``code``) alone on the device: each checkpoint at a minute
+    mark (its curve), then the final one at its default NFE and, for a multi-step method, at the
+    board's few-step NFEs; one row each (or one failure row) and its sample grid."""
+    run_dir = Path(s.out_dir) / "runs" / m
+    n_eval, files, peer = plan.n_eval, plan.files_of[m], objective_of(m) == PEER
+    if code not in (0, INTERRUPTED) or not (run_dir / "checkpoints").is_dir():
+        rows.append(BoardRow(m, 0, {}, 0.0, 0, 0.0, str(run_dir), files, peer, error=last_line(Path(s.out_dir) / f"{m}.log")))
+        log(f"board: {m} failed: {rows[-1].error}")
+        return
+    marks, end = checkpoint_records(run_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    curve = []
+    for mark in marks:
+        pipe = OneStepPipeline.from_checkpoint(run_dir / "checkpoints" / mark["checkpoint"], device=device, registry=scorer.registry)
+        values = scorer(pipe, pipe.default_nfe, min(s.mark_samples or n_eval, n_eval))
+        curve.append({"minutes": mark["train_minutes"], "step": mark["step"], "metrics": values})
+        log(f"board: {m} mark {mark['train_minutes']:.1f} min step={mark['step']} fid={fid_of(values):.4g}")
+    pipe = OneStepPipeline.from_checkpoint(run_dir, device=device, registry=scorer.registry)
+    nfes = [pipe.default_nfe] + ([k for k in s.few_steps if k != pipe.default_nfe] if pipe.default_nfe > 1 else [])
+    for nfe in nfes:
+        values = scorer(pipe, nfe, n_eval)
+        if nfe == pipe.default_nfe:
+            curve.append({"minutes": end["train_minutes"], "step": end["step"], "metrics": values})
+        row = BoardRow(m, nfe, values, pipeline_throughput(pipe, nfe, s.speed_samples), end["step"],
+                       end["train_minutes"], str(run_dir), files, peer, curve if nfe == pipe.default_nfe else [],
+                       cut=code == INTERRUPTED)
+        rows.append(row)
+        grids[row_label(row)] = grid_samples(pipe, nfe)
+        log(f"board: {row_label(row)} steps={row.steps} " + " ".join(
+            f"{k}={v:.4g}" for k, v in values.items() if not k.startswith("mode_mass_")))
 
 
 def prepare_feature_network(source, eval_config, registry: Registry, metrics: Sequence[str]) -> None:
