@@ -35,16 +35,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     reg = Registry.discover()
     choices = {s: getattr(args, s) for s in COMPONENT_SECTIONS}
     overrides = list(args.overrides) + ([f"output_dir={args.out}"] if args.out else [])
-    config = build_config(assemble(args.config, choices, overrides), reg)
-    resume = args.resume_from or (str(config.resolved_output_dir()) if args.resume else None)
+    raw = assemble(args.config, choices, overrides)
+    resume = args.resume_from or (resumed_folder(raw, reg) if args.resume else None)
     if resume is not None:  # continue the run as it was configured; files, names and overrides amend it
         saved = read_file(ckpt.resolve(resume) / "config.yaml")
-        config = build_config(assemble(args.config, choices, overrides, base=saved), reg)
+        raw = assemble(args.config, choices, overrides, base=saved)
+    config = build_config(raw, reg)
     trainer = Trainer(config, registry=reg)
     ready = StartGate(args.start_gate).arrive if args.start_gate else None
     summary = trainer.fit(resume=resume, overwrite=args.overwrite, ready=ready)
     print(f"outputs: {summary['out_dir']} (samples: {summary['samples_png']}, checkpoint: {summary['checkpoint']})")
     return 0
+
+
+def resumed_folder(raw: dict, registry: Registry) -> str:
+    """The output folder ``--resume`` continues: ``output_dir`` as given (``--out``), or the
+    folder its template names for the chosen components."""
+    out = raw.get("output_dir")
+    if isinstance(out, str) and "{" not in out:
+        return out
+    return str(build_config(raw, registry).resolved_output_dir())
 
 
 def pipeline_from_checkpoint(path: str, overrides: list[str], registry: Registry):

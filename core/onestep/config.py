@@ -25,6 +25,8 @@ from .errors import ConfigError
 
 COMPONENT_SECTIONS = ("objective", "backbone", "data", "coupler", "guidance", "features")
 """The component sections of a run; each is named after the kind of component it chooses."""
+REQUIRED_SECTIONS = ("objective", "backbone", "data")
+"""Sections every run names (the core defaults to no plugin); the others are optional."""
 
 
 @attrs.define
@@ -132,9 +134,9 @@ class EvalConfig:
 
 @attrs.define
 class RunConfig:
-    objective: ComponentChoice = attrs.Factory(lambda: ComponentChoice("flow-matching"))
-    backbone: ComponentChoice = attrs.Factory(lambda: ComponentChoice("mlp"))
-    data: ComponentChoice = attrs.Factory(lambda: ComponentChoice("gmm8"))
+    objective: Optional[ComponentChoice] = None  # required: the training method (onestep plugins --kind objective)
+    backbone: Optional[ComponentChoice] = None  # required: the network family
+    data: Optional[ComponentChoice] = None  # required: the data source
     coupler: Optional[ComponentChoice] = None
     guidance: Optional[ComponentChoice] = None
     features: Optional[ComponentChoice] = None  # a frozen feature network for the objective (e.g. W-Flow's phi)
@@ -379,34 +381,35 @@ def build_config(raw: dict[str, Any], registry) -> RunConfig:
         raise ConfigError(f"{unknown[0]}: unknown section; valid: {', '.join(valid)}")
     kwargs: dict[str, Any] = {f.name: structure(raw[f.name], f.type, f.name) for f in attrs.fields(RunConfig)
                               if f.name in raw and f.name not in COMPONENT_SECTIONS}
-    defaults = RunConfig()
     for section in COMPONENT_SECTIONS:
-        kwargs[section] = component_choice(section, raw.get(section), getattr(defaults, section), registry)
+        kwargs[section] = component_choice(section, raw.get(section), registry, section in REQUIRED_SECTIONS)
     config = RunConfig(**kwargs)
     for name in config.eval.options:
         metric_config(config.eval, name, registry)  # fail at build time, not at the first evaluation
     return config
 
 
-def component_choice(section: str, raw: Any, default: ComponentChoice | None, registry) -> ComponentChoice | None:
+def component_choice(section: str, raw: Any, registry, required: bool) -> ComponentChoice | None:
     """Component section ``section`` (``{name: ..., <fields>}``, a bare name, or None) structured
-    by the ``Config`` of the component it names; ``default``: the section's default choice (None:
-    the section is optional)."""
+    by the ``Config`` of the component it names; None for an optional section left out (or named
+    ``none``). A ``required`` section without a name is a one-line error listing the valid ones."""
     kind = section
     sec = {"name": raw} if isinstance(raw, str) else ({} if raw is None else raw)
     if not isinstance(sec, dict):
         raise ConfigError(f"{section}: expected a mapping with 'name', got {raw!r}")
     sec = dict(sec)
     name = sec.pop("name", None)
-    if name is None and default is None:
+    if name is None and required:
+        raise ConfigError(f"{section}.name: missing; choose {'an' if kind[0] in 'aeiou' else 'a'} {kind} (--{section} NAME, or {section}: {{name: NAME}} "
+                          f"in a config file); valid: {', '.join(registry.names(kind)) or '(none installed)'}")
+    if name is None:
         if sec:
             raise ConfigError(f"{section}.name: missing; set {section}.name to choose a {kind}")
         return None
-    name = default.name if name is None else name
     if not isinstance(name, str):
         raise ConfigError(f"{section}.name: expected str, got {name!r}")
     if name in ("none", "null", ""):
-        if default is not None:
+        if required:
             raise ConfigError(f"{section}.name: a {kind} is required")
         return None
     info = registry.get(kind, name)
@@ -433,8 +436,8 @@ SAMPLER_SECTIONS = tuple(f.name for f in attrs.fields(SamplerConfig))
 
 def build_sampler_config(raw: dict[str, Any], registry) -> SamplerConfig:
     """A :class:`SamplerConfig` from the raw sections ``objective``, ``backbone``, ``features``."""
-    defaults = RunConfig()
-    return SamplerConfig(**{s: component_choice(s, raw.get(s), getattr(defaults, s), registry) for s in SAMPLER_SECTIONS})
+    return SamplerConfig(**{s: component_choice(s, raw.get(s), registry, s in REQUIRED_SECTIONS)
+                            for s in SAMPLER_SECTIONS})
 
 
 def metric_config(eval_config: EvalConfig, name: str, registry) -> Any:

@@ -52,6 +52,9 @@ def test_run_then_sample_and_eval_from_the_checkpoint(tmp_path, capsys):
     assert result["step"] == 30 and result["sinkhorn"] > 0
 
 
+TOY = ["--objective", "flow-matching", "--backbone", "mlp", "--data", "gmm8"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["run", "--objective", "nope"], "onestep: error: unknown objective 'nope'; valid:"),
     (["run", "train.steps=abc"], "onestep: error: train.steps: expected int, got 'abc'"),
@@ -60,8 +63,9 @@ def test_run_then_sample_and_eval_from_the_checkpoint(tmp_path, capsys):
     (["sample", "/nonexistent/run", "--num", "-3"], "onestep: error: --num: expected >= 1 samples, got -3"),
     (["run", "train.log_every=0"], "onestep: error: train.log_every: expected >= 1, got 0"),
     (["run", "train.optim.betas=[0.9]"], "onestep: error: train.optim.betas: expected a list of 2 values"),
-    (["run", "--out", "/proc/onestep-here/run"], "onestep: error: output_dir: cannot create '/proc/onestep-here/run'"),
-    (["run", "--out", "/dev/null/run"], "onestep: error: output_dir: cannot create '/dev/null/run'"),
+    (["run", *TOY, "--out", "/proc/onestep-here/run"], "onestep: error: output_dir: cannot create '/proc/onestep-here/run'"),
+    (["run", *TOY, "--out", "/dev/null/run"], "onestep: error: output_dir: cannot create '/dev/null/run'"),
+    (["run", "--backbone", "mlp", "--data", "gmm8"], "onestep: error: objective.name: missing; choose an objective"),
 ])
 def test_bad_input_is_one_line_on_stderr(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a run that wrongly starts writes under tmp_path, not the checkout
@@ -73,7 +77,8 @@ def test_bad_input_is_one_line_on_stderr(args, message, capsys, tmp_path, monkey
 def test_overrides_may_stand_between_options_and_resume_takes_no_value(tmp_path, capsys):
     out = tmp_path / "r"
     small = ["train.progress=false", "backbone.width=16", "objective.nfe=2", "eval.metrics=[]", "sample.num=50"]
-    assert main(["run", "train.steps=4", "--data", "moons", "train.batch_size=32", "--out", str(out), *small]) == 0
+    assert main(["run", "train.steps=4", "--objective", "flow-matching", "--backbone", "mlp", "--data", "moons",
+                 "train.batch_size=32", "--out", str(out), *small]) == 0
     saved = (out / "config.yaml").read_text()
     assert "steps: 4" in saved and "batch_size: 32" in saved and "name: moons" in saved
     capsys.readouterr()

@@ -5,8 +5,22 @@ from onestep.config import assemble, build_config, parse_override
 from onestep.errors import ConfigError
 
 
-def build(registry, *overrides, files=(), **names):
-    return build_config(assemble(files, names, overrides), registry)
+TOY = {"objective": {"name": "flow-matching"}, "backbone": {"name": "mlp"}, "data": {"name": "gmm8"}}
+
+
+def build(registry, *overrides, files=(), base=TOY, **names):
+    """A config from ``files``, ``names`` and ``overrides`` over a toy run's choices (``base``)."""
+    return build_config(assemble(files, names, overrides, base), registry)
+
+
+def test_a_run_must_name_its_objective_backbone_and_data(registry):
+    """The core defaults to no plugin: a missing choice is a one-line error listing the valid ones."""
+    with pytest.raises(ConfigError, match=r"^objective.name: missing; choose an? objective .*valid: .*flow-matching"):
+        build(registry, base={})
+    with pytest.raises(ConfigError, match=r"^data.name: missing; choose a data .*valid: .*gmm8"):
+        build(registry, base={}, objective="flow-matching", backbone="mlp")
+    cfg = build(registry, base={}, objective="flow-matching", backbone="mlp", data="gmm8")
+    assert cfg.coupler is None and cfg.guidance is None and cfg.features is None
 
 
 def test_defaults_and_overrides_reach_the_component_configs(registry):

@@ -10,7 +10,7 @@ from onestep import checkpoint as ckpt
 from onestep.cli import main
 from onestep.trainer import Trainer
 
-ARGS = ["--data", "moons", "train.progress=false", "train.batch_size=32", "backbone.width=16", "backbone.depth=1",
+ARGS = ["--objective", "flow-matching", "--backbone", "mlp", "--data", "moons", "train.progress=false", "train.batch_size=32", "backbone.width=16", "backbone.depth=1",
         "objective.nfe=2", "eval.metrics=[]", "sample.num=50", "train.steps=20", "train.log_every=5"]
 
 

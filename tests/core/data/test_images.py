@@ -45,7 +45,7 @@ def test_bad_arrays_are_one_line_errors(tmp_path, arrays, message):
 
 def test_the_cli_reports_bad_data_before_training(tmp_path, capsys):
     np.savez(tmp_path / "flat.npz", x=np.arange(100.0))
-    rc = main(["run", "--data", "npz", "--out", str(tmp_path / "run"), f"data.path={tmp_path / 'flat.npz'}",
+    rc = main(["run", "--objective", "flow-matching", "--backbone", "mlp", "--data", "npz", "--out", str(tmp_path / "run"), f"data.path={tmp_path / 'flat.npz'}",
                "train.progress=false"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("onestep: error: data.path: array 'x' in") and "\n" not in err

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train(tmp_path, name, data, overrides, **kw):
-    cfg = compose(objective="adversarial-flow", data=data, overrides=[
+    cfg = compose(objective="adversarial-flow", backbone="mlp", data=data, overrides=[
         f"output_dir={tmp_path}/{name}", "train.progress=false", "train.log_every=50", *overrides], **kw)
     run = build_run(cfg, console=False)
     return run, run.fit()
