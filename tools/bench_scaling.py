@@ -1,7 +1,7 @@
 """Data-parallel scaling of the onestep trainer: training samples/s on 1 GPU against N GPUs.
 
 Each configuration is a separate ``torchrun`` launch of the real trainer (``compose`` ->
-``build_run`` -> ``Trainer.train_step``; DeepSpeed engines, bf16 autocast) on synthetic
+``Trainer`` -> ``Trainer.train_step``; DeepSpeed engines, bf16 autocast) on synthetic
 32x32x4 latents (the papers' latent shape for 256 px images), timed after warm-up steps. Two
 regimes, both printed:
 
@@ -30,7 +30,9 @@ import numpy as np
 def worker(args: argparse.Namespace) -> None:
     import torch
 
-    from onestep.api import build_run, compose
+    from onestep.api import compose
+
+    from onestep.trainer import Trainer
 
     overrides = [
         f"data.path={args.data}", "data.kind=latents", "data.test_fraction=0.01",
@@ -38,7 +40,7 @@ def worker(args: argparse.Namespace) -> None:
         f"train.precision={args.precision}", "train.progress=false", "train.steps=100000", f"output_dir={args.out}",
         "eval.metrics=[]", f"train.compile={str(args.compile).lower()}",
     ]
-    run = build_run(compose(objective=args.objective, backbone="dit", data="npz", overrides=overrides), console=False)
+    run = Trainer(compose(objective=args.objective, backbone="dit", data="npz", overrides=overrides), console=False)
     cuda = run.device.type == "cuda"
 
     def sync() -> None:

@@ -1,7 +1,9 @@
 """Programmatic composition: the same run as the CLI, from Python.
 
+>>> from onestep.api import compose
+>>> from onestep.trainer import Trainer
 >>> cfg = compose(objective="wflow", backbone="mlp", data="gmm8", overrides=["train.steps=500"])
->>> run = build_run(cfg)
+>>> run = Trainer(cfg)
 >>> summary = run.fit()
 >>> x = run.sample(1000)
 """
@@ -12,7 +14,6 @@ from typing import Any, Iterable
 
 from .config import RunConfig, assemble, build_config
 from .registry import Registry
-from .trainer import Trainer
 
 
 def compose(
@@ -26,8 +27,3 @@ def compose(
     raw = assemble(files, {"objective": objective, "backbone": backbone, "data": data, "coupler": coupler,
                            "guidance": guidance, "features": features}, overrides, base)
     return build_config(raw, registry or Registry.discover())
-
-
-def build_run(config: RunConfig, registry: Registry | None = None, console: bool = True) -> Trainer:
-    """Build every component and network of ``config``; call ``.fit()`` to train."""
-    return Trainer(config, registry=registry, console=console)

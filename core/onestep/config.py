@@ -13,7 +13,7 @@ import copy
 import tomllib
 import typing
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import attrs
 import cattrs
@@ -37,99 +37,90 @@ class ComponentChoice:
     config: Any = None
 
 
+class FieldError(ConfigError):
+    """A value that a config class's validator refuses: ``field`` (the attribute's name) and what
+    is wrong; :func:`structure` prefixes the field's full path (``train.optim.lr: ...``)."""
+
+    def __init__(self, field: str, what: str) -> None:
+        super().__init__(f"{field}: {what}")
+        self.field, self.what = field, what
+
+
+def check(ok: Callable[[Any], bool], expected: str) -> Callable[[Any, attrs.Attribute, Any], None]:
+    """An attrs validator: ``ok(value)`` must hold, else ``<field>: expected <expected>, got <value>``."""
+
+    def validate(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if not ok(value):
+            raise FieldError(attribute.name, f"expected {expected}, got {value!r}")
+
+    return validate
+
+
+def at_least(low: float, zero: str | None = None) -> Callable[[Any, attrs.Attribute, Any], None]:
+    """``value >= low`` (``zero``: what 0 means, shown in the error)."""
+    return check(lambda v: v >= low, f">= {low:g}" + (f" (0: {zero})" if zero else ""))
+
+
+POSITIVE = check(lambda v: v > 0, "> 0")
+
+
 @attrs.define
 class OptimConfig:
     """AdamW settings; ``None`` means "the objective's default, else the built-in default"."""
 
-    lr: Optional[float] = None  # learning rate (None: the objective's, else 1e-3)
-    betas: Optional[tuple[float, float]] = None  # Adam's (beta1, beta2) (None: the objective's, else (0.9, 0.999))
-    weight_decay: Optional[float] = None  # decoupled weight decay (None: the objective's, else 0)
-    eps: Optional[float] = None  # Adam's epsilon (None: the objective's, else 1e-8)
-
-    def check(self, path: str) -> None:
-        _check(self.lr is None or self.lr > 0, f"{path}.lr", f"expected > 0, got {self.lr}")
-        _check(self.betas is None or all(0.0 <= b < 1.0 for b in self.betas), f"{path}.betas",
-               f"expected two values in [0, 1), got {self.betas}")
-        _check(self.weight_decay is None or self.weight_decay >= 0, f"{path}.weight_decay",
-               f"expected >= 0, got {self.weight_decay}")
-        _check(self.eps is None or self.eps > 0, f"{path}.eps", f"expected > 0, got {self.eps}")
+    lr: Optional[float] = attrs.field(default=None, validator=attrs.validators.optional(POSITIVE))  # learning rate (None: the objective's, else 1e-3)
+    betas: Optional[tuple[float, float]] = attrs.field(default=None, validator=attrs.validators.optional(check(lambda b: all(0.0 <= x < 1.0 for x in b), "two values in [0, 1)")))  # Adam's (beta1, beta2) (None: the objective's, else (0.9, 0.999))
+    weight_decay: Optional[float] = attrs.field(default=None, validator=attrs.validators.optional(at_least(0)))  # decoupled weight decay (None: the objective's, else 0)
+    eps: Optional[float] = attrs.field(default=None, validator=attrs.validators.optional(POSITIVE))  # Adam's epsilon (None: the objective's, else 1e-8)
 
 
 @attrs.define
 class TrainConfig:
-    steps: int = 2000  # training iterations (each runs every phase of the objective once)
-    batch_size: int = 256  # global batch per phase, summed over processes and grad_accum
-    grad_accum: int = 1  # micro-batches accumulated per optimizer step
+    steps: int = attrs.field(default=2000, validator=at_least(1))  # training iterations (each runs every phase of the objective once)
+    batch_size: int = attrs.field(default=256, validator=at_least(1))  # global batch per phase, summed over processes and grad_accum
+    grad_accum: int = attrs.field(default=1, validator=at_least(1))  # micro-batches accumulated per optimizer step
     optim: OptimConfig = attrs.Factory(OptimConfig)  # AdamW settings of every network
     networks: dict[str, OptimConfig] = attrs.Factory(dict)  # per-network overrides of ``optim``, e.g. networks.critic.lr
-    warmup_steps: int = 0  # linear learning-rate warmup steps
-    grad_clip: float = 0.0  # clip the global gradient norm to this; 0 disables clipping
-    ema_decay: float = 0.999  # decay of the EMA weights used for sampling
-    ema_start: int = 0  # steps before the EMA starts tracking (copies weights until then)
-    zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3 (partitions optimizer state, gradients, weights)
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
-    log_every: int = 50  # steps between loss records in metrics.jsonl
-    sample_every: int = 0  # steps between sample pictures; 0: only at the end
-    eval_every: int = 0  # steps between evaluations; 0: only at the end
-    checkpoint_every: int = 0  # steps between checkpoints; 0: only at the end
-    keep_checkpoints: int = 2  # newest checkpoints kept on disk
-    num_workers: int = 0  # data-loader worker processes
+    warmup_steps: int = attrs.field(default=0, validator=at_least(0, "no warmup"))  # linear learning-rate warmup steps
+    grad_clip: float = attrs.field(default=0.0, validator=at_least(0, "no clipping"))  # clip the global gradient norm to this; 0 disables clipping
+    ema_decay: float = attrs.field(default=0.999, validator=check(lambda v: 0.0 <= v < 1.0, "in [0, 1)"))  # decay of the EMA weights used for sampling
+    ema_start: int = attrs.field(default=0, validator=at_least(0, "from the first step"))  # steps before the EMA starts tracking (copies weights until then)
+    zero_stage: int = attrs.field(default=0, validator=check(lambda v: v in (0, 1, 2, 3), "0, 1, 2 or 3"))  # DeepSpeed ZeRO stage 0-3 (partitions optimizer state, gradients, weights)
+    precision: str = attrs.field(default="fp32", validator=check(lambda v: v in ("fp32", "bf16"), "'fp32' or 'bf16'"))  # fp32 | bf16 (autocast)
+    log_every: int = attrs.field(default=50, validator=at_least(1))  # steps between loss records in metrics.jsonl
+    sample_every: int = attrs.field(default=0, validator=at_least(0, "only at the end"))  # steps between sample pictures; 0: only at the end
+    eval_every: int = attrs.field(default=0, validator=at_least(0, "only at the end"))  # steps between evaluations; 0: only at the end
+    checkpoint_every: int = attrs.field(default=0, validator=at_least(0, "only at the end"))  # steps between checkpoints; 0: only at the end
+    keep_checkpoints: int = attrs.field(default=2, validator=at_least(1))  # newest checkpoints kept on disk
+    num_workers: int = attrs.field(default=0, validator=at_least(0, "load in the main process"))  # data-loader worker processes
     progress: bool = True  # show a progress bar
     compile: bool = False  # torch.compile the networks; the backbone picks the regions (DiT: each block)
-    max_minutes: float = 0.0  # training-clock limit in minutes (evaluations, samples and checkpoints pause the clock); 0: none
-    eval_every_minutes: float = 0.0  # evaluate each time the training clock passes a multiple of this; 0: never
-    checkpoint_every_minutes: float = 0.0  # checkpoint each time the training clock passes a multiple of this; 0: never
-
-    def __attrs_post_init__(self) -> None:
-        _check(self.steps >= 1, "train.steps", f"expected >= 1, got {self.steps}")
-        _check(self.batch_size >= 1, "train.batch_size", f"expected >= 1, got {self.batch_size}")
-        _check(self.grad_accum >= 1, "train.grad_accum", f"expected >= 1, got {self.grad_accum}")
-        _check(self.zero_stage in (0, 1, 2, 3), "train.zero_stage", f"expected 0, 1, 2 or 3, got {self.zero_stage}")
-        _check(self.precision in ("fp32", "bf16"), "train.precision", f"expected 'fp32' or 'bf16', got {self.precision!r}")
-        _check(0.0 <= self.ema_decay < 1.0, "train.ema_decay", f"expected in [0, 1), got {self.ema_decay}")
-        _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", f"expected >= 1, got {self.keep_checkpoints}")
-        _check(self.max_minutes >= 0, "train.max_minutes", f"expected >= 0 (0: no limit), got {self.max_minutes}")
-        for name in ("eval_every_minutes", "checkpoint_every_minutes"):
-            value = getattr(self, name)
-            _check(value >= 0, f"train.{name}", f"expected >= 0 (0: never), got {value}")
-        _check(self.log_every >= 1, "train.log_every", f"expected >= 1, got {self.log_every}")
-        for name, zero in (("warmup_steps", "no warmup"), ("ema_start", "from the first step"),
-                           ("sample_every", "only at the end"), ("eval_every", "only at the end"),
-                           ("checkpoint_every", "only at the end"), ("num_workers", "load in the main process")):
-            value = getattr(self, name)
-            _check(value >= 0, f"train.{name}", f"expected >= 0 (0: {zero}), got {value}")
-        _check(self.grad_clip >= 0, "train.grad_clip", f"expected >= 0 (0: no clipping), got {self.grad_clip}")
-        self.optim.check("train.optim")
-        for name, optim in self.networks.items():
-            optim.check(f"train.networks.{name}")
+    max_minutes: float = attrs.field(default=0.0, validator=at_least(0, "no limit"))  # training-clock limit in minutes (evaluations, samples and checkpoints pause the clock); 0: none
+    eval_every_minutes: float = attrs.field(default=0.0, validator=at_least(0, "never"))  # evaluate each time the training clock passes a multiple of this; 0: never
+    checkpoint_every_minutes: float = attrs.field(default=0.0, validator=at_least(0, "never"))  # checkpoint each time the training clock passes a multiple of this; 0: never
 
 
 @attrs.define
 class SampleConfig:
-    num: int = 2000  # points in a sample plot (2D/1D data)
-    nfe: Optional[int] = None  # network evaluations per sample; None: the objective's default
-    grid: int = 64  # images in a sample grid
+    num: int = attrs.field(default=2000, validator=at_least(1))  # points in a sample plot (2D/1D data)
+    nfe: Optional[int] = attrs.field(default=None, validator=attrs.validators.optional(check(lambda v: v >= 1, ">= 1 or null (the objective's)")))  # network evaluations per sample; None: the objective's default
+    grid: int = attrs.field(default=64, validator=at_least(1))  # images in a sample grid
 
-    def __attrs_post_init__(self) -> None:
-        _check(self.num >= 1, "sample.num", f"expected >= 1, got {self.num}")
-        _check(self.nfe is None or self.nfe >= 1, "sample.nfe", f"expected >= 1 or null (the objective's), got {self.nfe}")
-        _check(self.grid >= 1, "sample.grid", f"expected >= 1, got {self.grid}")
+
+def _local_weights(_instance: Any, attribute: attrs.Attribute, value: str | None) -> None:
+    if value is not None and not Path(value).is_file():
+        raise FieldError(attribute.name, f"file {value!r} not found (give a local copy of torch-fidelity's "
+                         "inception-v3-compat weights, e.g. weights-inception-2015-12-05-6726825d.pth; onestep never "
+                         "downloads them; leave it unset to use a classifier trained on the data)")
 
 
 @attrs.define
 class EvalConfig:
     metrics: Optional[list[str]] = None  # None: every installed metric that applies to the data; []: none
-    num_samples: int = 2000  # generated samples (and held-out ones) per evaluation
-    feature_weights: Optional[str] = None  # local torch-fidelity Inception weights for image metrics; None: a classifier trained on the data
+    num_samples: int = attrs.field(default=2000, validator=at_least(1))  # generated samples (and held-out ones) per evaluation
+    feature_weights: Optional[str] = attrs.field(default=None, validator=_local_weights)  # local torch-fidelity Inception weights for image metrics; None: a classifier trained on the data
     options: dict[str, dict[str, Any]] = attrs.Factory(dict)  # per-metric settings by name, e.g. {sinkhorn: {blur: 0.1}}
     at_end: bool = True  # evaluate once more when training ends (the board scores its runs itself)
-
-    def __attrs_post_init__(self) -> None:
-        _check(self.num_samples >= 1, "eval.num_samples", f"expected >= 1, got {self.num_samples}")
-        if self.feature_weights is not None and not Path(self.feature_weights).is_file():
-            raise ConfigError(f"eval.feature_weights: file {self.feature_weights!r} not found (give a local copy of "
-                              "torch-fidelity's inception-v3-compat weights, e.g. weights-inception-2015-12-05-6726825d.pth; "
-                              "onestep never downloads them; leave it unset to use a classifier trained on the data)")
 
 
 @attrs.define
@@ -160,11 +151,6 @@ class RunConfig:
         except (ValueError, IndexError, AttributeError) as exc:
             raise ConfigError(f"output_dir: {self.output_dir!r} is not a valid template ({exc}); write {{ and }} "
                               "as {{ and }}, and name components as {objective}") from None
-
-
-def _check(ok: bool, path: str, what: str) -> None:
-    if not ok:
-        raise ConfigError(f"{path}: {what}")
 
 
 # --------------------------------------------------------------------------- strict converter
@@ -255,6 +241,8 @@ def _leaf_messages(exc: BaseException, path: str) -> list[str]:
                     sub_path = _join(path, str(note.index))
             out.extend(_leaf_messages(sub, sub_path))
         return out
+    if isinstance(exc, FieldError):
+        return [f"{_join(path, exc.field)}: {exc.what}"]
     if isinstance(exc, ConfigError):
         return [str(exc)]
     if isinstance(exc, KeyError):

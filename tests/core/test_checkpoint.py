@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from onestep import checkpoint as ckpt
-from onestep.api import build_run, compose
+from onestep.api import compose
+from onestep.trainer import Trainer
 from onestep.errors import CheckpointError
 
 
@@ -11,7 +12,7 @@ def _trainer(registry, out, steps=4):
     cfg = compose(objective="flow-matching", backbone="mlp", data="moons", registry=registry,
                   overrides=[f"output_dir={out}", "train.progress=false", f"train.steps={steps}", "train.batch_size=32",
                              "backbone.width=16", "backbone.depth=1", "train.keep_checkpoints=2"])
-    return build_run(cfg, registry=registry, console=False)
+    return Trainer(cfg, registry=registry, console=False)
 
 
 def test_a_crash_while_writing_keeps_the_previous_checkpoint(registry, tmp_path, monkeypatch):
@@ -72,7 +73,7 @@ def test_a_flipped_bit_is_detected_and_resume_falls_back_to_the_newest_intact_ch
                       overrides=[f"output_dir={tmp_path}", "train.progress=false", "train.steps=8", "train.batch_size=32",
                                  "train.checkpoint_every=4", "backbone.width=16", "backbone.depth=1", "eval.metrics=[]",
                                  "sample.num=50"])
-        return build_run(cfg, registry=registry, console=False)
+        return Trainer(cfg, registry=registry, console=False)
 
     trainer().fit()
     latest = tmp_path / "checkpoints" / "step-0000008"

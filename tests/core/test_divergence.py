@@ -6,7 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from onestep.api import build_run, compose
+from onestep.api import compose
+
+from onestep.trainer import Trainer
 from onestep.errors import DivergenceError
 
 
@@ -17,7 +19,7 @@ def test_nan_loss_stops_before_the_next_checkpoint(registry, tmp_path):
                    "train.zero_stage=2", "train.grad_clip=0", "train.log_every=100", "train.checkpoint_every=4",
                    "backbone.width=32", "backbone.depth=1", "eval.metrics=[]"],
     )
-    trainer = build_run(cfg, registry=registry, console=False)
+    trainer = Trainer(cfg, registry=registry, console=False)
     honest = trainer.objective.loss
 
     def poisoned(phase, nets, batches, info):
@@ -41,7 +43,7 @@ def _poisoned_data_run(registry, tmp_path, objective, *extra):
     cfg = compose(objective=objective, backbone="mlp", data="gmm8", registry=registry, overrides=[
         f"output_dir={tmp_path}", "train.progress=false", "train.steps=6", "train.batch_size=64", "train.log_every=2",
         "backbone.width=32", "backbone.depth=1", "eval.metrics=[]", *extra])
-    trainer = build_run(cfg, registry=registry, console=False)
+    trainer = Trainer(cfg, registry=registry, console=False)
     points = trainer.source.dataset("train").tensors[0]
     points[::50, 0] = float("nan")  # what a broken preprocessing step leaves in a dataset
     return trainer
@@ -65,7 +67,7 @@ def test_advice_for_a_method_with_its_own_learning_rate_names_it(registry, tmp_p
     cfg = compose(objective="wflow", backbone="mlp", data="gmm8", registry=registry, overrides=[
         f"output_dir={tmp_path}", "train.progress=false", "train.steps=4", "train.batch_size=64", "train.log_every=2",
         "backbone.width=32", "backbone.depth=1", "eval.metrics=[]", "objective.lr=0.5", "train.grad_clip=1"])
-    trainer = build_run(cfg, registry=registry, console=False)
+    trainer = Trainer(cfg, registry=registry, console=False)
     honest = trainer.objective.loss
     trainer.objective.loss = lambda *a: (honest(*a)[0] * float("inf"), {})
     with pytest.raises(DivergenceError, match=r"; lower objective.lr=0.5$"):

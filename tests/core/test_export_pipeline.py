@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from onestep.api import build_run, compose
+from onestep.api import compose
+
 from onestep.trainer import Trainer
 from onestep.cli import main
 from onestep.errors import CheckpointError, ConfigError
@@ -19,7 +20,7 @@ def trained(tmp_path_factory):
         f"output_dir={out}/run", "train.progress=false", "data.labelled=true", "data.size=2000",
         "objective.nfe=3", "backbone.width=32", "backbone.depth=1", "train.steps=10", "train.batch_size=64",
         "sample.num=200", "eval.num_samples=200", "eval.metrics=[sinkhorn]"])
-    run = build_run(cfg, console=False)
+    run = Trainer(cfg, console=False)
     summary = run.fit()
     return run, summary["checkpoint"], export_checkpoint(summary["checkpoint"], out / "export")
 

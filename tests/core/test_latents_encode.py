@@ -176,13 +176,14 @@ def test_latents_source_errors_name_the_field(tmp_path, encoded):
 
 
 def test_train_on_latents_end_to_end_and_export(encoded, tmp_path, quiet):
-    from onestep.api import build_run, compose
+    from onestep.api import compose
+    from onestep.trainer import Trainer
     from onestep.export import OneStepPipeline, export_checkpoint
 
     cfg = compose(objective="flow-matching", backbone="mlp", data="latents", overrides=[
         *quiet, f"data.path={encoded}", "data.test_fraction=0.2", "objective.nfe=2", "backbone.width=32",
         "backbone.depth=1", "train.steps=6", "train.batch_size=4", "sample.grid=4", "eval.num_samples=8"])
-    run = build_run(cfg, console=False)
+    run = Trainer(cfg, console=False)
     summary = run.fit()
     grid = np.asarray(Image.open(summary["samples_png"]))
     assert grid.shape[:2] == (2 * (SIZE + 1) + 1, 2 * (SIZE + 1) + 1)  # 4 decoded 32x32 images, 2 per row

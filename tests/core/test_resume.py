@@ -5,7 +5,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import assert_same_checkpoint_weights
-from onestep.api import build_run, compose
+from onestep.api import compose
+from onestep.trainer import Trainer
 
 
 def _run(registry, out, steps, zero, resume=None):
@@ -16,7 +17,7 @@ def _run(registry, out, steps, zero, resume=None):
                    "train.checkpoint_every=4", "backbone.width=32", "backbone.depth=1",
                    "sample.num=100", "objective.nfe=2", "eval.metrics=[]"],
     )
-    trainer = build_run(cfg, registry=registry, console=False)
+    trainer = Trainer(cfg, registry=registry, console=False)
     trainer.fit(resume=resume)
     return trainer
 
@@ -46,7 +47,7 @@ def test_resuming_with_a_changed_batch_size_objective_or_network_is_refused(regi
     cfg = compose(objective="flow-matching", backbone="mlp", data="gmm8", registry=registry, overrides=[
         f"output_dir={tmp_path}", "train.progress=false", "train.steps=8", "train.batch_size=64",
         "train.checkpoint_every=4", "backbone.width=32", "backbone.depth=1", "eval.metrics=[]", *change])
-    trainer = build_run(cfg, registry=registry, console=False)
+    trainer = Trainer(cfg, registry=registry, console=False)
     with pytest.raises(ConfigError, match=message):
         trainer.fit(resume=tmp_path)
     assert trainer.step == 0  # refused before anything was loaded

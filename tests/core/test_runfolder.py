@@ -5,7 +5,8 @@ import json
 import pytest
 
 from onestep import checkpoint as ckpt
-from onestep.api import build_run, compose
+from onestep.api import compose
+from onestep.trainer import Trainer
 from onestep.cli import main
 from onestep.errors import ConfigError
 
@@ -16,7 +17,7 @@ TINY = ["train.progress=false", "train.batch_size=32", "backbone.width=16", "bac
 def _run(registry, out, *overrides, resume=None, overwrite=False):
     cfg = compose(objective="flow-matching", backbone="mlp", data="moons", registry=registry,
                   overrides=[f"output_dir={out}", *TINY, *overrides])
-    trainer = build_run(cfg, registry=registry, console=False)
+    trainer = Trainer(cfg, registry=registry, console=False)
     trainer.fit(resume=resume, overwrite=overwrite)
     return trainer
 

@@ -2,7 +2,9 @@
 settings from the run config reach the metrics."""
 import torch
 
-from onestep.api import build_run, compose
+from onestep.api import compose
+
+from onestep.trainer import Trainer
 from onestep.metrics.toy import sinkhorn_divergence
 
 
@@ -11,7 +13,7 @@ def test_flow_matching_matches_gmm8(registry, quiet):
                   overrides=quiet + ["train.steps=600", "train.batch_size=256", "train.optim.lr=2e-3",
                                      "backbone.width=128", "backbone.depth=2", "objective.nfe=20",
                                      "eval.num_samples=1000", "sample.num=500"])
-    run = build_run(cfg, registry=registry, console=False)
+    run = Trainer(cfg, registry=registry, console=False)
     ref = torch.stack([run.source.dataset("test")[i][0] for i in range(1000)])
     before = sinkhorn_divergence(run.sample(1000), ref)
     summary = run.fit()
@@ -32,7 +34,7 @@ def test_eval_options_reach_the_metric(registry, quiet, tmp_path):
     def divergence(*options):
         cfg = compose(objective="flow-matching", backbone="mlp", data="gmm8", registry=registry,
                       overrides=quiet + ["train.steps=1", "eval.num_samples=500", f"output_dir={tmp_path}", *options])
-        return build_run(cfg, registry=registry, console=False).evaluate(["sinkhorn"])["sinkhorn"]
+        return Trainer(cfg, registry=registry, console=False).evaluate(["sinkhorn"])["sinkhorn"]
 
     sharp, wide = divergence(), divergence("eval.options.sinkhorn.blur=8.0")
     assert wide < sharp / 5, (sharp, wide)

@@ -1,11 +1,13 @@
 """The objective written in docs/PLUGINS.md ("Writing an objective") is real code: registered as a
-plugin, it trains a one-step generator on a 1D mixture through compose/build_run and gets closer
+plugin, it trains a one-step generator on a 1D mixture through compose/Trainer and gets closer
 to the target than the untrained generator."""
 import re
 import types
 from pathlib import Path
 
-from onestep.api import build_run, compose
+from onestep.api import compose
+
+from onestep.trainer import Trainer
 from onestep.hookspecs import hookimpl
 from onestep.registry import Registry
 
@@ -26,7 +28,7 @@ def test_the_guide_objective_trains_as_a_plugin(quiet):
     registry = Registry.discover(extra=[("guide-example", plugin)])
     overrides = quiet + ["backbone.width=64", "backbone.depth=2", "train.batch_size=256", "eval.num_samples=1000",
                          "eval.metrics=[sinkhorn]", "data.size=4000"]
-    run = build_run(compose(objective="regress-to-data", backbone="mlp", data="gmm1d", coupler="minibatch-ot",
+    run = Trainer(compose(objective="regress-to-data", backbone="mlp", data="gmm1d", coupler="minibatch-ot",
                             overrides=overrides + ["train.steps=200"], registry=registry),
                     registry=registry, console=False)
     before = run.evaluate()["sinkhorn"]

@@ -1,6 +1,6 @@
 """The plugin author's guide (docs/PLUGINS.md) holds: the example package in example_plugin/
 installs with pip, is found through its entry point, and runs from a YAML config through
-compose/build_run without any change to the core."""
+compose/Trainer without any change to the core."""
 import importlib
 import shutil
 import subprocess
@@ -54,7 +54,8 @@ def test_sorted_projection_pairs_are_the_exact_ot_coupling_in_1d(registry):
 
 
 def test_plugin_runs_from_yaml_without_touching_the_core(registry, tmp_path, quiet):
-    from onestep.api import build_run, compose
+    from onestep.api import compose
+    from onestep.trainer import Trainer
 
     config = tmp_path / "sorted.yaml"
     config.write_text(
@@ -68,7 +69,7 @@ def test_plugin_runs_from_yaml_without_touching_the_core(registry, tmp_path, qui
     )
     cfg = compose(files=[config], overrides=quiet, registry=registry)
     assert cfg.coupler.name == "sorted-projection" and cfg.coupler.config.random_direction is False
-    run = build_run(cfg, registry=registry, console=False)
+    run = Trainer(cfg, registry=registry, console=False)
     assert type(run.coupler) is registry.get("coupler", "sorted-projection").cls
     summary = run.fit()
     assert summary["step"] == 5 and summary["metrics"]["sinkhorn"] >= 0

@@ -5,7 +5,9 @@ import sys
 import matplotlib.image
 import pytest
 
-from onestep.api import build_run, compose
+from onestep.api import compose
+
+from onestep.trainer import Trainer
 from onestep.cli import main
 from onestep.errors import ConfigError
 from onestep.interfaces import StepInfo
@@ -61,7 +63,7 @@ def test_train_max_minutes_stops_on_the_clock_and_drives_progress(registry, quie
                   overrides=quiet + ["train.steps=1000000", "train.max_minutes=0.02", "train.batch_size=64",
                                      "train.checkpoint_every_minutes=0.008", "train.keep_checkpoints=4",
                                      "backbone.width=32", "backbone.depth=1", "eval.metrics=[]"])
-    run = build_run(cfg, registry=registry, console=False)
+    run = Trainer(cfg, registry=registry, console=False)
     summary = run.fit()
     assert 1.2 <= summary["train_seconds"] < 1.2 + 30
     assert 1 <= summary["steps_run"] == summary["step"] < 1000000

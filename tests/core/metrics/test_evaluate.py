@@ -2,7 +2,9 @@
 run's own eval.metrics list said."""
 import json
 
-from onestep.api import build_run, compose
+from onestep.api import compose
+
+from onestep.trainer import Trainer
 from onestep.cli import main
 
 
@@ -11,7 +13,7 @@ def test_eval_without_metrics_reports_fid_on_an_image_run(tmp_path, capsys, monk
     cfg = compose(objective="flow-matching", backbone="mlp", data="digits", registry=registry,
                   overrides=[f"output_dir={tmp_path}/run", "train.progress=false", "train.steps=20", "train.batch_size=64",
                              "backbone.width=32", "backbone.depth=1", "objective.nfe=2", "eval.metrics=[]"])
-    build_run(cfg, registry=registry, console=False).fit()
+    Trainer(cfg, registry=registry, console=False).fit()
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "run"), "--num", "100"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

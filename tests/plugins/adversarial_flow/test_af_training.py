@@ -1,4 +1,4 @@
-"""AF trained end to end through ``compose``/``build_run``: the 8-mode toy with and without the OT
+"""AF trained end to end through ``compose``/``Trainer``: the 8-mode toy with and without the OT
 loss, the 1D mixture's map across seeds, and MNIST with the DiT backbone (with and without
 classifier guidance)."""
 import json
@@ -9,7 +9,9 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch.distributions import Normal
 
-from onestep.api import build_run, compose
+from onestep.api import compose
+
+from onestep.trainer import Trainer
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -18,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def train(tmp_path, name, data, overrides, **kw):
     cfg = compose(objective="adversarial-flow", backbone="mlp", data=data, overrides=[
         f"output_dir={tmp_path}/{name}", "train.progress=false", "train.log_every=50", *overrides], **kw)
-    run = build_run(cfg, console=False)
+    run = Trainer(cfg, console=False)
     return run, run.fit()
 
 

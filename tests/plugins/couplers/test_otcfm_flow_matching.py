@@ -4,7 +4,9 @@ sample on the data mean; with OT pairs the paths are straight enough that one st
 eight modes."""
 import torch
 
-from onestep.api import build_run, compose
+from onestep.api import compose
+
+from onestep.trainer import Trainer
 
 SMALL = ["backbone.width=128", "backbone.depth=2", "train.batch_size=128", "train.steps=150", "train.optim.lr=2e-3",
          "objective.nfe=1", "eval.metrics=[sinkhorn,mode-coverage]", "eval.num_samples=1000", "sample.num=200"]
@@ -12,7 +14,7 @@ SMALL = ["backbone.width=128", "backbone.depth=2", "train.batch_size=128", "trai
 
 def one_step_run(coupler, tmp_path, quiet):
     """Mean distance of one-step samples from the data mean (the origin), that of the data, metrics."""
-    run = build_run(compose(objective="flow-matching", backbone="mlp", data="gmm8", coupler=coupler,
+    run = Trainer(compose(objective="flow-matching", backbone="mlp", data="gmm8", coupler=coupler,
                             overrides=[f"output_dir={tmp_path}/{coupler}", *quiet[1:], *SMALL]), console=False)
     metrics = run.fit()["metrics"]
     return run.sample(1000).norm(dim=1).mean(), run.reference(1000)[0].norm(dim=1).mean(), metrics

@@ -248,14 +248,16 @@ def test_train_compile_trains_like_eager_and_compiles_each_block(tmp_path):
 
     from torch._dynamo.utils import counters
 
-    from onestep.api import build_run, compose
+    from onestep.api import compose
+
+    from onestep.trainer import Trainer
 
     losses = {}
     for compiled in (False, True):
         cfg = compose(objective="flow-matching", backbone="dit", data="mnist", overrides=[
             f"output_dir={tmp_path}/{compiled}", "train.progress=false", "train.log_every=1", "train.steps=4",
             "train.batch_size=16", "backbone.size=P/7", "eval.metrics=[]", "sample.grid=4", f"train.compile={compiled}"])
-        run = build_run(cfg, console=False)
+        run = Trainer(cfg, console=False)
         blocks = run.nets["generator"].module.blocks
         assert [b._compiled_call_impl is not None for b in blocks] == [compiled] * len(blocks)
         graphs = counters["stats"]["unique_graphs"]

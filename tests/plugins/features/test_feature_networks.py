@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import onestep_features.conv_mae as conv_mae
-from onestep.api import build_run, compose
+from onestep.api import compose
+from onestep.trainer import Trainer
 from onestep.errors import ConfigError, OnestepError
 from onestep.interfaces import DataSpec
 from onestep_features import ConvEncoder, EncoderArch, save_encoder
@@ -115,13 +116,13 @@ def test_features_reach_only_objectives_that_take_them_and_sampling_never_needs_
     cfg = compose(objective="flow-matching", backbone="mlp", data="gmm8", features="identity", registry=registry,
                   overrides=quiet)
     with pytest.raises(ConfigError, match="features 'identity': objective 'flow-matching'") as err:
-        build_run(cfg, registry=registry, console=False)
+        Trainer(cfg, registry=registry, console=False)
     assert "\n" not in str(err.value)
     # a weights file that does not exist is no obstacle to building (what sample/export do) ...
     cfg = compose(objective="wflow", backbone="mlp", data="digits", registry=registry,
                   overrides=quiet + ["features.name=latent-mae", f"features.path={tmp_path}/none.safetensors",
                                      "train.steps=1", "eval.metrics=[]"])
-    run = build_run(cfg, registry=registry, console=False)
+    run = Trainer(cfg, registry=registry, console=False)
     assert isinstance(run.objective.features, LatentMAEFeatures) and run.sample(4).shape == (4, 1, 8, 8)
     # ... but training says which file is missing, in one line
     with pytest.raises(ConfigError, match="features.path: file .*none.safetensors.* not found"):

@@ -109,7 +109,8 @@ def test_af_with_classifier_guidance_obeys_labels_better_on_digits(registry, tmp
     Measured at 400 steps, seeds 0 / 1: class accuracy 0.86 / 0.91 -> 0.99 / 0.995, FID 40.6 /
     36.6 -> 15.1 / 14.3 (data classifier features; real digits score 0.972). The scale is 100x
     the default 0.003, which is set for the paper's latents, not 64-pixel images."""
-    from onestep.api import build_run, compose
+    from onestep.api import compose
+    from onestep.trainer import Trainer
 
     pytest.importorskip("torch_fidelity")
     out = {}
@@ -117,7 +118,7 @@ def test_af_with_classifier_guidance_obeys_labels_better_on_digits(registry, tmp
         cfg = compose(objective="adversarial-flow", backbone="mlp", data="digits", guidance=guidance, registry=registry,
                       overrides=[f"output_dir={tmp_path}/{guidance}", *digits_label_metrics,
                                  *(["guidance.scale=0.3"] if guidance else [])])
-        m = build_run(cfg, registry=registry, console=False).fit()["metrics"]
+        m = Trainer(cfg, registry=registry, console=False).fit()["metrics"]
         out[guidance] = m["class_accuracy[onestep-digits-classifier]"], m["fid[onestep-digits-classifier]"]
     (acc, fid), (acc_guided, fid_guided) = out[None], out["classifier"]
     assert acc_guided > acc + 0.04 and acc_guided > 0.95, out

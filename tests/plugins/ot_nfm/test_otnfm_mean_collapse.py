@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from conftest import assert_same_checkpoint_weights
-from onestep.api import build_run, compose
+from onestep.api import compose
+from onestep.trainer import Trainer
 
 # 2,000 training points seen ~10 times each, so the online coupler's kept pairs are revisited
 SMALL = ["backbone.width=128", "backbone.depth=2", "train.batch_size=128", "train.steps=150", "objective.lr=2e-3",
@@ -12,7 +13,7 @@ SMALL = ["backbone.width=128", "backbone.depth=2", "train.batch_size=128", "trai
 
 
 def train(coupler, quiet, extra=()):
-    run = build_run(compose(objective="ot-nfm", backbone="mlp", data="gmm8", coupler=coupler,
+    run = Trainer(compose(objective="ot-nfm", backbone="mlp", data="gmm8", coupler=coupler,
                             overrides=[*quiet, *SMALL, *extra]), console=False)
     summary = run.fit()
     return run, summary["metrics"]
@@ -49,7 +50,7 @@ def test_online_coupler_resumes_exactly(quiet, tmp_path):
     short = ["train.steps=20", "train.checkpoint_every=10", "train.keep_checkpoints=3", "eval.metrics=[sinkhorn]",
              "eval.num_samples=200", "sample.num=100"]
     straight, _ = train("online", [f"output_dir={tmp_path}/a", *quiet[1:]], short)
-    resumed = build_run(compose(objective="ot-nfm", backbone="mlp", data="gmm8", coupler="online",
+    resumed = Trainer(compose(objective="ot-nfm", backbone="mlp", data="gmm8", coupler="online",
                                 overrides=[f"output_dir={tmp_path}/b", *quiet[1:], *SMALL, *short]), console=False)
     resumed.fit(resume=f"{tmp_path}/a/checkpoints/step-0000010")
     assert_same_checkpoint_weights(tmp_path / "a", tmp_path / "b", 20)

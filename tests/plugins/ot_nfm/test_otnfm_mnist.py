@@ -6,7 +6,9 @@ import json
 import torch
 from PIL import Image
 
-from onestep.api import build_run, compose
+from onestep.api import compose
+
+from onestep.trainer import Trainer
 from onestep.metrics.toy import sinkhorn_divergence
 
 SHORT = ["train.steps=30", "train.batch_size=32", "train.log_every=1", "backbone.width=64", "backbone.depth=1",
@@ -14,7 +16,7 @@ SHORT = ["train.steps=30", "train.batch_size=32", "train.log_every=1", "backbone
 
 
 def test_mnist_short_run_learns_and_writes_a_sample_grid(quiet, tmp_path):
-    run = build_run(compose(objective="ot-nfm", backbone="mlp", data="mnist", coupler="online",
+    run = Trainer(compose(objective="ot-nfm", backbone="mlp", data="mnist", coupler="online",
                             overrides=[*quiet, *SHORT]), console=False)
     summary = run.fit()
     losses = [r["flow-map/loss"] for r in map(json.loads, open(f"{summary['out_dir']}/metrics.jsonl")) if "step" in r

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import assert_same_checkpoint_weights
-from onestep.api import build_run, compose
+from onestep.api import compose
+from onestep.trainer import Trainer
 from onestep.metrics.toy import mode_masses
 
 CORNERS = torch.tensor([[3.0, 3.0], [-3.0, 3.0], [-3.0, -3.0], [3.0, -3.0]])  # 20 std apart
@@ -25,7 +26,7 @@ def test_few_samples_between_modes_and_every_mode_covered(quiet, tmp_path, one_t
     g = torch.Generator().manual_seed(0)
     x = CORNERS[torch.randint(0, 4, (4000,), generator=g)] + STD * torch.randn(4000, 2, generator=g)
     np.savez(tmp_path / "corners.npz", x=x.numpy())
-    run = build_run(compose(objective="ot-nfm", backbone="mlp", coupler="semidiscrete-ot", overrides=[
+    run = Trainer(compose(objective="ot-nfm", backbone="mlp", coupler="semidiscrete-ot", overrides=[
         f"output_dir={tmp_path}/run", *quiet[1:], "data.name=npz", f"data.path={tmp_path}/corners.npz",
         "data.kind=points", "backbone.width=256", "backbone.depth=3", "train.batch_size=256", "train.steps=1500",
         "train.warmup_steps=50", "train.ema_decay=0.99", "objective.lr=3e-3", "objective.predict=data",
@@ -38,10 +39,10 @@ def test_few_samples_between_modes_and_every_mode_covered(quiet, tmp_path, one_t
 
 
 def test_semidiscrete_run_resumes_exactly(quiet, tmp_path):
-    straight = build_run(compose(objective="ot-nfm", backbone="mlp", data="gmm8", coupler="semidiscrete-ot",
+    straight = Trainer(compose(objective="ot-nfm", backbone="mlp", data="gmm8", coupler="semidiscrete-ot",
                                  overrides=[f"output_dir={tmp_path}/a", *quiet[1:], *GMM8]), console=False)
     straight.fit()
-    resumed = build_run(compose(objective="ot-nfm", backbone="mlp", data="gmm8", coupler="semidiscrete-ot",
+    resumed = Trainer(compose(objective="ot-nfm", backbone="mlp", data="gmm8", coupler="semidiscrete-ot",
                                 overrides=[f"output_dir={tmp_path}/b", *quiet[1:], *GMM8,
                                            "coupler.seed=5"]),  # a refit in prepare would give other potentials
                         console=False)

@@ -1,4 +1,4 @@
-"""W-Flow end to end through compose/build_run/fit, plus the velocity's math (pixel and feature
+"""W-Flow end to end through compose/Trainer/fit, plus the velocity's math (pixel and feature
 space, against independent computations), the memory bank, CFG conditioning and config errors."""
 import json
 import math
@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from conftest import assert_same_checkpoint_weights
-from onestep.api import build_run, compose
+from onestep.api import compose
+from onestep.trainer import Trainer
 from onestep.errors import ConfigError
 from onestep.interfaces import DataSpec, FeatureNetwork
 from onestep.metrics.toy import sinkhorn_divergence
@@ -220,7 +221,7 @@ def test_feature_families_read_places_patches_and_globals():
 def test_wflow_matches_gmm8(registry, quiet):
     cfg = compose(objective="wflow", backbone="mlp", data="gmm8", registry=registry,
                   overrides=quiet + TOY)
-    run = build_run(cfg, registry=registry, console=False)
+    run = Trainer(cfg, registry=registry, console=False)
     ref = torch.stack([run.source.dataset("test")[i][0] for i in range(1000)])
     before = sinkhorn_divergence(run.sample(1000), ref)
     summary = run.fit()
@@ -243,7 +244,7 @@ def test_wflow_covers_the_rare_distant_modes_of_the_imbalanced_mixture(registry,
     # were 0.002 / 0.002 at 10 iterations, 0.007-0.008 at 100 (seeds 0, 1)
     cfg = compose(objective="wflow", backbone="mlp", data="gmm-imbalanced", registry=registry,
                   overrides=quiet + TOY + ["train.steps=400", "eval.num_samples=2000", "objective.sinkhorn_iters=100"])
-    summary = build_run(cfg, registry=registry, console=False).fit()
+    summary = Trainer(cfg, registry=registry, console=False).fit()
     m = summary["metrics"]
     # modes 6 and 7 carry 2% each at distance 10; "covered" = at least 10% of the true weight
     assert m["modes_covered"] == 8, m
@@ -257,7 +258,7 @@ def test_wflow_trains_on_mnist_with_a_recursive_dit_and_writes_a_grid(registry, 
     cfg = compose(objective="wflow", backbone="dit-recursive", data="mnist", registry=registry,
                   overrides=quiet + ["backbone.size=P/7", "train.steps=40", "train.batch_size=64", "sample.grid=20",
                                      "eval.metrics=[]", "train.log_every=5", "objective.per_class=16"])
-    summary = build_run(cfg, registry=registry, console=False).fit()
+    summary = Trainer(cfg, registry=registry, console=False).fit()
     png = summary["samples_png"]
     assert png and png.endswith(".png") and (tmp_path / "run" / "samples").is_dir()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -271,7 +272,7 @@ def test_bad_settings_are_one_line_errors_naming_the_field(registry, quiet):
     cfg = compose(objective="wflow", backbone="mlp", data="gmm8", registry=registry,
                   overrides=quiet + ["objective.self_term=three-batch"])
     with pytest.raises(ConfigError, match="objective.self_term") as err:
-        build_run(cfg, registry=registry, console=False)
+        Trainer(cfg, registry=registry, console=False)
     assert "\n" not in str(err.value) and "two-batch" in str(err.value)
     with pytest.raises(ConfigError, match="objective.eta"):
         compose(objective="wflow", data="gmm8", registry=registry, overrides=["objective.eta=fast"])
@@ -279,7 +280,7 @@ def test_bad_settings_are_one_line_errors_naming_the_field(registry, quiet):
                             ("objective.epsilon=[0.05,-1]", "epsilon"), ("objective.per_class=0", "per_class")):
         cfg = compose(objective="wflow", backbone="mlp", data="gmm8", registry=registry, overrides=quiet + [override])
         with pytest.raises(ConfigError, match=f"objective.{field}") as err:
-            build_run(cfg, registry=registry, console=False)
+            Trainer(cfg, registry=registry, console=False)
         assert "\n" not in str(err.value)
     spec = DataSpec(shape=(1, 8, 8), num_classes=10, kind="images")
     with pytest.raises(ConfigError, match="objective.guidance_scale") as err:
@@ -303,7 +304,7 @@ def test_cfg_scale_chosen_at_sampling_raises_class_accuracy_monotonically(regist
     cfg = compose(objective="wflow", backbone="mlp", data="digits", registry=registry, overrides=[
         *digits_label_metrics, f"output_dir={tmp_path}/run", "objective.guidance_min=-1.0", "objective.guidance_max=1.0",
         "objective.per_class=25", "eval.metrics=[class-accuracy]"])
-    run = build_run(cfg, registry=registry, console=False)
+    run = Trainer(cfg, registry=registry, console=False)
     summary = run.fit()
     assert run.objective.networks()["generator"].time_inputs == 1  # w enters through the time input
     acc = {}
@@ -343,7 +344,7 @@ def test_feature_space_run_resumes_bit_identically(tmp_path):
                                  "sample.grid=10", "objective.per_class=8", "objective.bank_per_class=16",
                                  "features.width=4", "features.stages=2", "features.epochs=1",
                                  f"features.cache_dir={tmp_path}/cache"])
-        trainer = build_run(cfg, registry=registry, console=False)
+        trainer = Trainer(cfg, registry=registry, console=False)
         trainer.fit(resume=resume)
         return trainer
 
