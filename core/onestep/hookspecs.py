@@ -63,5 +63,6 @@ def onestep_commands(subparsers) -> None:
     """Add subcommands to ``onestep``: call ``subparsers.add_parser(NAME, help=...)`` (an
     :mod:`argparse` sub-parsers object) and set the parser's ``func`` default to a function
     ``func(args) -> int`` (the exit code). Raise :class:`onestep.errors.OnestepError` for errors
-    the user can act on: the command prints it on one line and exits with code 2. A name that
-    another plugin already added is refused with both plugins named."""
+    the user can act on: the command prints it on one line and exits with code 2. A hook that
+    raises (e.g. argparse refusing a command name already taken) is recorded as a broken plugin,
+    named by ``onestep plugins``; the other commands stay."""
