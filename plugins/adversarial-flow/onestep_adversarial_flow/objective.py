@@ -4,7 +4,9 @@ A generator G transports noise to data in one (or a few) steps and is trained ad
 against a critic D, with an optimal-transport regulariser that picks the unique W2-optimal map
 out of the many maps that match the data distribution (Sec. 3.2).
 
-Times and interpolation (Sec. 3.3, Eq. 15): ``x_s = (1 - s) x + s z``. One-step models
+Times and interpolation (Sec. 3.3, Eq. 15): ``x_s = (1 - s) x + s z``. These are the paper's
+times, the reverse of onestep's convention (``onestep.interfaces.TIME_CONVENTION``: noise at
+t = 0): s, t here are 1 - t there, and the networks receive them as they are written here. One-step models
 (``time_inputs=0``) use s = 1, t = 0, so ``x_s = z`` and D sees clean data. Any-step models
 (``time_inputs=2``) draw s ~ U(0, 1), t ~ U(0, s); the target ``x_t`` interpolates the same data
 with independent noise. G(x_s, s, t) = x_s - (s - t) g(x_s, s, t) (residual form, Eq. 31/32) or

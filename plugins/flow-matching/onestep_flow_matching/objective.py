@@ -1,7 +1,8 @@
 """Flow matching (rectified flow): the multi-step baseline the one-step methods are measured
 against.
 
-Straight paths x_t = (1 - t) z + t x between noise z (t = 0) and data x (t = 1); the network
+Straight paths x_t = (1 - t) z + t x between noise z (t = 0) and data x (t = 1), onestep's time
+convention (``onestep.interfaces.interpolate``); the network
 regresses the constant velocity v = x - z (Lipman et al. 2023, Liu et al. 2023). Sampling
 integrates dx/dt = v(x, t) with ``nfe`` Euler steps. With a coupler (e.g. ``minibatch-ot``) the
 pairs (z, x) come from it: that is OT-CFM (Tong et al. 2024). Class-conditional data trains with
@@ -13,7 +14,7 @@ import attrs
 import torch
 
 from onestep.errors import ConfigError
-from onestep.interfaces import Batch, NetworkRequest, Networks, Objective, Phase, StepInfo
+from onestep.interfaces import Batch, NetworkRequest, Networks, Objective, Phase, StepInfo, interpolate
 
 
 @attrs.define
@@ -57,8 +58,7 @@ class FlowMatching(Objective):
             drop = torch.rand(len(y), device=y.device) < self.config.class_dropout
             y = torch.where(drop, torch.full_like(y, self.spec.null_label), y)
         t = torch.rand(len(x), device=x.device)
-        tb = t.view(-1, *([1] * (x.dim() - 1)))
-        xt = (1 - tb) * z + tb * x
+        xt = interpolate(z, x, t)
         v = nets["generator"](xt, t=t, y=y)
         loss = (v.float() - (x - z).float()).pow(2).mean()
         return loss, {}

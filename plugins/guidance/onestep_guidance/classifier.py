@@ -8,6 +8,7 @@ log-probability of its label over noised copies of its samples:
     L_cg = scale * E_{z', t'} [ -log softmax(C(interp(G(z, y), z', t'), t'))_y ]      (Eq. 26)
 
 with t' ~ U(t_min, t_max) (the range plays the role of CFG's active timesteps; t' = 0 is Eq. 24).
+Times are Adversarial Flow's (data at t' = 0), the reverse of ``onestep.interfaces.TIME_CONVENTION``.
 The classifier owns network ``classifier`` and trains in its own phase (run before the
 objective's) with cross-entropy on noised real data, t' ~ U(0, 1). ``start_step`` holds the
 generator term at zero until the classifier has had time to learn.

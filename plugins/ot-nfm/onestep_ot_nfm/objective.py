@@ -45,7 +45,7 @@ import attrs
 import torch
 
 from onestep.errors import ConfigError
-from onestep.interfaces import Batch, NetworkRequest, Networks, Objective, Phase, StepInfo
+from onestep.interfaces import Batch, NetworkRequest, Networks, Objective, Phase, StepInfo, interpolate
 
 
 PREDICTIONS = ("velocity", "data")
@@ -105,8 +105,7 @@ class OTNFM(Objective):
         x, y = batches[0].x, (batches[0].y if self.conditional else None)
         z, x, y = self.coupler.pair(torch.randn_like(x), x, y)
         t = self.times(len(x), x.device)
-        tb = t.view(-1, *([1] * (x.dim() - 1)))
-        target = (1 - tb) * z + tb * x
+        target = interpolate(z, x, t)
         loss = (self.flow_map(nets["generator"], z, t, y).float() - target.float()).pow(2).mean()
         return loss, {"pair_cost": (x - z).detach().float().pow(2).flatten(1).sum(1).mean()}
 
