@@ -92,7 +92,8 @@ def test_single_process_cpu_training_needs_no_compiler(tmp_path):
     assert shutil.which("c++", path=path) is None and shutil.which("gcc", path=path) is None
     env = {**os.environ, "PATH": path, "TORCH_EXTENSIONS_DIR": str(tmp_path / "no-cached-ops"), "OMP_NUM_THREADS": "1"}
     env = {k: v for k, v in env.items() if k not in ("CC", "CXX", "RANK", "WORLD_SIZE", "DS_ACCELERATOR")}
-    cmd = [sys.executable, "-m", "onestep.cli", "run", "--data", "gmm8", "--out", str(tmp_path / "run"),
+    cmd = [sys.executable, "-m", "onestep.cli", "run", "--objective", "flow-matching", "--backbone", "mlp", "--data", "gmm8",
+           "--out", str(tmp_path / "run"),
            "train.steps=5", "train.batch_size=64", "train.progress=false", "train.zero_stage=2", "backbone.width=32",
            "backbone.depth=1", "objective.nfe=2", "eval.metrics=[sinkhorn]", "eval.num_samples=200", "sample.num=200"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
