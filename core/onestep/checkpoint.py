@@ -286,6 +286,34 @@ def load_weights(folder: Path, state: TrainingState) -> int:
     return int(saved["step"])
 
 
+def load_initial_weights(folder: Path, state: TrainingState, from_ema: bool) -> dict[str, str]:
+    """Start the networks of ``state`` from checkpoint ``folder``'s weights (a fine-tuning stage):
+    each live network from the checkpoint's EMA copy where ``from_ema`` and the checkpoint has one,
+    else from its live weights; each EMA from the checkpoint's EMA (else the same start). Nothing
+    else is read. Returns, per network, the file it started from."""
+    from .errors import ConfigError
+
+    saved = load_state(folder / "trainer.pt")["networks"]
+    missing = sorted(set(state.engines) - set(saved))
+    if missing:
+        raise ConfigError(f"train.init_from: checkpoint {str(folder)!r} has no network {missing[0]!r} (it holds "
+                          f"{', '.join(saved)}); start from a run of the same objective")
+    used = {}
+    for name, e in state.engines.items():
+        ema_file = folder / f"{name}.ema.safetensors"
+        file = ema_file if from_ema and ema_file.is_file() else folder / f"{name}.safetensors"
+        weights = load_tensors(file)
+        try:
+            load_full_state_dict(e.module, weights, state.zero_stage)
+            if name in state.ema:
+                state.ema[name].module.load_state_dict(load_tensors(ema_file) if ema_file.is_file() else weights)
+        except RuntimeError as exc:
+            raise ConfigError(f"train.init_from: {str(file)!r} does not fit network {name!r} of this run "
+                              f"({' '.join(str(exc).split())[:160]})") from None
+        used[name] = file.name
+    return used
+
+
 def load_full_state_dict(module: Any, weights: dict[str, torch.Tensor], zero_stage: int) -> None:
     """``module.load_state_dict(weights)``, gathering ZeRO-3's partitioned parameters around it."""
     if zero_stage != 3:

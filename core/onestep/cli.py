@@ -34,7 +34,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise OnestepError("--resume and --resume-from: give one (--resume continues the output folder's newest checkpoint)")
     reg = Registry.discover()
     choices = {s: getattr(args, s) for s in COMPONENT_SECTIONS}
-    overrides = list(args.overrides) + ([f"output_dir={args.out}"] if args.out else [])
+    overrides = list(args.overrides) + ([f"output_dir={args.out}"] if args.out else []) + \
+        ([f"train.init_from={args.init_from}"] if args.init_from else [])
     raw = assemble(args.config, choices, overrides)
     resume = args.resume_from or (resumed_folder(raw, reg) if args.resume else None)
     if resume is not None:  # continue the run as it was configured; files, names and overrides amend it
@@ -192,6 +193,9 @@ def build_parser(registry: Registry | None = None) -> argparse.ArgumentParser:
                         "(amended by --config, names and overrides)")
     p.add_argument("--resume-from", metavar="CHECKPOINT",
                    help="continue from this checkpoint (a step-N or run folder), with its saved config")
+    p.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="start the networks from this checkpoint's weights (the generator from its EMA), a new run "
+                        "otherwise (sets train.init_from): a fine-tuning stage such as guidance")
     p.add_argument("--overwrite", action="store_true",
                    help="replace what an earlier run left in the output folder (its checkpoints, metrics, config)")
     p.add_argument("--start-gate", metavar="DIR",

@@ -98,6 +98,14 @@ class TrainConfig:
     max_minutes: float = attrs.field(default=0.0, validator=at_least(0, "no limit"))  # training-clock limit in minutes (evaluations, samples and checkpoints pause the clock); 0: none
     eval_every_minutes: float = attrs.field(default=0.0, validator=at_least(0, "never"))  # evaluate each time the training clock passes a multiple of this; 0: never
     checkpoint_every_minutes: float = attrs.field(default=0.0, validator=at_least(0, "never"))  # checkpoint each time the training clock passes a multiple of this; 0: never
+    init_from: Optional[str] = None
+    """A checkpoint (run or step folder) whose network weights start this run (``onestep run
+    --init-from``): a fine-tuning stage, e.g. guidance from an unguided run. Only weights are
+    read: step, optimizers, schedules, data order and component state start afresh. Every network
+    of this run must be in it (extra ones are ignored). Ignored when resuming."""
+    init_from_ema: bool = True
+    """With ``init_from``: start a network the checkpoint keeps an EMA of (the generator) from that
+    EMA, as the paper's guided fine-tuning does; false: from its live weights. Others start live."""
 
 
 @attrs.define

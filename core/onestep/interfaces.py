@@ -25,9 +25,10 @@ ROLES = ("generator", "critic", "classifier")
 TIME_CONVENTION = "t = 0 is noise, t = 1 is data: x_t = (1 - t) * noise + t * data"
 """The one time convention of onestep: a scalar time ``t`` in [0, 1] runs from noise (``t = 0``)
 to data (``t = 1``) along ``x_t = (1 - t) * noise + t * data`` (:func:`interpolate`), so a
-sampler integrates from t = 0 up to t = 1. Objectives and guidance state their times in it. A
-method that keeps its paper's reversed time (Adversarial Flow and its classifier guidance: data at
-tau = 0, tau = 1 - t) says so in its module docstring, and its networks' time inputs are tau."""
+sampler integrates from t = 0 up to t = 1. Objectives and guidance state their times in it; a
+guidance's networks always take times in it (see :class:`Guidance`), so one guidance serves every
+objective. A method that keeps its paper's reversed time (Adversarial Flow: data at tau = 0,
+tau = 1 - t) says so in its module docstring, and its own networks' time inputs are tau."""
 
 
 def interpolate(noise: torch.Tensor, data: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -258,9 +259,18 @@ class _TrainsNetworks(Component):
 
 
 class Guidance(_TrainsNetworks):
-    """Adds guidance to an objective. It may own networks and phases (e.g. a classifier and its
-    training phase, run before the objective's phases) and contributes a generator loss term
-    through :meth:`generator_term`, which an objective that supports guidance calls."""
+    """Adds guidance to an objective: a generator loss term through :meth:`generator_term`, which
+    an objective that declares ``uses_guidance`` calls in its generator phase. It may own networks
+    and phases (run before the objective's), or hold a frozen pre-trained network that it loads in
+    :meth:`prepare` (then the trainer builds, optimises and checkpoints nothing of it).
+
+    Time convention: :data:`TIME_CONVENTION`, whatever the objective's own. ``generator_term``
+    receives ``x_fake``, the generator's CLEAN samples (the data end, t = 1) as one differentiable
+    batch ``[B, *spec.shape]``, the noise ``[B, *spec.shape]`` they were generated from and their
+    labels ``y`` ``[B]``; a guidance that looks at noised copies makes them with
+    :func:`interpolate` (t = 1 is the clean sample) and passes its networks t in that convention.
+    So any objective whose generator yields a clean sample in one evaluation (Adversarial Flow,
+    W-Flow, OT-NFM) can take any guidance without converting times."""
 
     kind: ClassVar[str] = "guidance"
     hook: ClassVar[str] = "onestep_guidance"
@@ -324,7 +334,10 @@ class Objective(_TrainsNetworks):
     with neither coupler nor guidance, whatever it declares: ``sample`` must not need them.
 
     ``sample`` draws ``noise.shape[0]`` samples with ``nfe`` network evaluations using the EMA
-    networks (``nets.ema(name)``); ``default_nfe()`` is 1 for one-step methods.
+    networks (``nets.ema(name)``); ``default_nfe()`` is 1 for one-step methods. An objective that
+    trains a network for other runs to use rather than a generator (the guidance plugin's
+    time-conditional classifier) sets ``draws_samples = False``: the trainer then draws no sample
+    pictures and runs no evaluation, and its ``sample`` raises a one-line ``OnestepError``.
     ``ema_networks`` names the networks the trainer keeps an EMA of. Times follow
     :data:`TIME_CONVENTION`."""
 
@@ -334,6 +347,7 @@ class Objective(_TrainsNetworks):
     uses_coupler: ClassVar[bool] = False
     requires_coupler: ClassVar[bool] = False
     uses_guidance: ClassVar[bool] = False
+    draws_samples: ClassVar[bool] = True
 
     def __init__(
         self, config: Any, *, spec: DataSpec, coupler: Coupler | None = None,

@@ -24,7 +24,7 @@ from .data.loader import BatchStream
 from .divergence import DivergenceCheck
 from .distributed import barrier, init_process_group, resolve_device
 from .engine import EMA, make_engine, resolve_optim
-from .errors import ConfigError, Interrupted
+from .errors import CheckpointError, ConfigError, Interrupted
 from .interfaces import Networks, StepInfo
 from .interrupt import DeferredSigint
 from .logs import MetricsWriter, configure
@@ -231,6 +231,8 @@ class Trainer:
         """Before the training clock: load the resumed checkpoint, check and clean the output
         folder (see :mod:`onestep.runfolder`), prepare the components, write the run's config."""
         resumed_from = self.load(resume) if resume is not None else None
+        if resumed_from is None and self.config.train.init_from:
+            self.init_from(self.config.train.init_from)
         discard = runfolder.check(self.out_dir, self.step, resumed_from, overwrite, damaged=self.damaged)
         barrier()  # every rank has looked before rank 0 changes anything
         if self.rank == 0:
@@ -374,7 +376,7 @@ class Trainer:
                                 title=f"{self.objective.name} / {self.backbone.name} / {self.config.data.name}")
 
     def save_sample_plot(self) -> Path | None:
-        if self.rank != 0:
+        if self.rank != 0 or not self.objective.draws_samples:
             return None
         s = self.config.sample
         n = s.grid if len(self.spec.shape) == 3 else s.num
@@ -395,8 +397,9 @@ class Trainer:
                  nfe: int | None = None) -> dict[str, float]:
         """Metrics of EMA samples drawn with ``nfe`` evaluations (None: :meth:`sample_nfe`) against
         held-out data; logged to metrics.jsonl. ``metrics`` None: the run's ``eval.metrics``, and
-        when that is unset every installed metric for the data."""
-        if self.rank != 0:
+        when that is unset every installed metric for the data. Nothing for an objective that
+        draws no samples."""
+        if self.rank != 0 or not self.objective.draws_samples:
             return {}
         nfe = nfe or self.sample_nfe()
         out = evaluate(lambda n, y: self.sample(n, nfe=nfe, y=y), self.source, num_samples or self.config.eval.num_samples,
@@ -422,6 +425,19 @@ class Trainer:
         self.log.info("checkpoint", step=self.step, path=str(final))
         self.metrics.write({"step": self.step, "train_minutes": self.train_seconds / 60.0, "checkpoint": final.name})
         return final
+
+    def init_from(self, path: str | Path) -> Path:
+        """Start this run's networks from checkpoint ``path``'s weights (``train.init_from``; see
+        :func:`onestep.checkpoint.load_initial_weights`); the step stays 0. Returns the folder read."""
+        try:
+            folder, skipped = ckpt.newest_intact(path)
+        except CheckpointError as exc:
+            raise CheckpointError(f"train.init_from: {exc}") from None
+        for _, reason in skipped:
+            self.log.warning("damaged checkpoint skipped", reason=reason, using=str(folder))
+        used = ckpt.load_initial_weights(folder, self._state(), self.config.train.init_from_ema)
+        self.log.info("initialised", path=str(folder), **used)
+        return folder
 
     def load(self, path: str | Path, weights_only: bool = False) -> Path:
         """Restore a checkpoint (a run folder or a step folder). ``weights_only`` restores the

@@ -20,7 +20,8 @@ expectation over n ~ N(0, I) is w ||grad_v D||^2 up to O(eps).
 Generator loss (Eq. 14): relativistic ``softplus(-(D(phi(G)) - D(x_t)))`` + lambda_ot L_ot with
 L_ot = ||G - x_s||^2 / (n w(s, t)) (Eq. 11, 20), w = max(|s - t|, delta) (Eq. 21); lambda_ot decays
 (cosine) from ``lambda_ot`` to the floor ``lambda_ot_end`` (Table 2), plus the guidance term when a
-guidance is configured (Eq. 25-26). phi (Eq. 23) is the identity forward; backward it divides
+guidance is configured (Eq. 25-26; it receives G's clean one-step sample and keeps its own times
+in onestep's convention). phi (Eq. 23) is the identity forward; backward it divides
 the incoming gradient by sqrt(n * EMA(||g||^2)) so the adversarial gradient reaching G has a
 fixed scale (norm 1/sqrt(numel) over the batch, like the OT gradient's) whatever D's scale.
 """

@@ -1,50 +1,118 @@
 """Flow-based classifier guidance (Adversarial Flow, arXiv 2511.22475, Sec. 3.5, Eq. 24-26).
 
-A classifier on clean samples gives a one-step generator almost no gradient where classes are
-well separated (Fig. 3c). Instead a timestep-conditional classifier C(x_t', t') predicts p(y | x_t')
-along the flow x_t' = (1 - t') x + t' z', and the generator is pushed to maximise the expected
-log-probability of its label over noised copies of its samples:
+A classifier of clean samples gives a one-step generator almost no gradient where classes are
+well separated (Fig. 3c). A time-conditional classifier C(x_t, t) instead predicts p(y | x_t)
+along the flow, and the generator is pushed to raise the log-probability of its label over
+slightly noised copies of its samples:
 
-    L_cg = scale * E_{z', t'} [ -log softmax(C(interp(G(z, y), z', t'), t'))_y ]      (Eq. 26)
+    L_cg = scale * E_{z', t} [ -log softmax(C(x_t, t))_y ],  x_t = (1 - t) z' + t G(z, y)   (Eq. 26)
 
-with t' ~ U(t_min, t_max) (the range plays the role of CFG's active timesteps; t' = 0 is Eq. 24).
-Times are Adversarial Flow's (data at t' = 0), the reverse of ``onestep.interfaces.TIME_CONVENTION``.
-The classifier owns network ``classifier`` and trains in its own phase (run before the
-objective's) with cross-entropy on noised real data, t' ~ U(0, 1). ``start_step`` holds the
-generator term at zero until the classifier has had time to learn.
+Times follow ``onestep.interfaces.TIME_CONVENTION`` (t = 1 is data), so the guidance serves any
+objective whose generator gives a clean sample in one evaluation; the paper writes t' = 1 - t
+(data at t' = 0). Three stages, as in the authors' public code (ByteDance-Seed/
+Adversarial-Flow-Models):
+
+1. ``objective noised-classifier`` pre-trains C in its own run: cross-entropy on noised real data,
+   t ~ U(0, 1), AdamW (lr 1e-4, betas (0.9, 0.95), weight decay 0.01) and an EMA of C
+   (train_adversarial_flow_classifier.py, configs/train/afm/train_afm_classifier.yaml).
+2. ``guidance classifier`` loads that run's EMA classifier (``guidance.weights``) and keeps it
+   frozen: it declares no network and no phase, so nothing of it is optimised or checkpointed.
+   t ~ U(t_min, t_max) = U(0.9, 1.0), i.e. the paper's t' in [0, 0.1], with scale 0.003: the
+   authors' one-step guided config (configs/train/afm/train_afm_1nfe_cg.yaml: cg_timestep_lo 0.0,
+   cg_timestep_hi 0.1, cg 0.003 on SD-VAE latents; one noised copy per sample). The scale suits
+   those latents; pixel data of other size needs its own.
+3. The guided run is a fine-tuning stage from the unguided run (``onestep run ... --init-from
+   UNGUIDED``: the generator starts from its EMA, the critic from its weights), as the authors'
+   guided config starts from the last unguided EMA and critic.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
 import attrs
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from onestep.errors import ConfigError
-from onestep.interfaces import Batch, Guidance, NetworkRequest, Networks, Phase, StepInfo
+from onestep.errors import CheckpointError, ConfigError, OnestepError
+from onestep.interfaces import (Batch, DataSpec, Guidance, NetworkRequest, Networks, Objective, Phase, StepInfo,
+                                interpolate)
+
+CLASSIFIER = "classifier"
+CLASSIFIER_REQUEST = NetworkRequest(CLASSIFIER, time_inputs=1, class_conditional=False)
+"""C(x_t, t) -> [B, num_classes] logits: one time input, no label input."""
 
 
-def noised(x: torch.Tensor, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """x_t = (1 - t) x + t z (AF Eq. 15)."""
-    t = t.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
-    return (1 - t) * x + t * z
+def noised_logits(classifier: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """C(x_t, t) in fp32 for clean ``x`` noised to time ``t`` [B] with fresh noise (t = 1: ``x``)."""
+    return classifier(interpolate(torch.randn_like(x), x, t), t=t).float()
 
 
+def _labelled(spec: DataSpec, who: str) -> None:
+    if spec.num_classes < 1:
+        raise ConfigError(f"{who}: needs labelled data (num_classes > 0); this data source has no labels")
+
+
+# --------------------------------------------------------------------------------- stage 1
+@attrs.define
+class NoisedClassifierConfig:
+    lr: float = 1e-4  # the authors' classifier stage
+    weight_decay: float = 0.01
+
+
+class NoisedClassifier(Objective):
+    """Pre-trains the time-conditional classifier C(x_t, t) that ``guidance classifier`` loads:
+    cross-entropy on real data noised to t ~ U(0, 1). Draws no samples."""
+
+    name = "noised-classifier"
+    Config = NoisedClassifierConfig
+    ema_networks = (CLASSIFIER,)
+    draws_samples = False
+
+    def __init__(self, config, *, spec, coupler=None, guidance=None) -> None:
+        super().__init__(config, spec=spec, coupler=coupler, guidance=guidance)
+        _labelled(spec, f"objective {self.name}")
+        if config.lr <= 0:
+            raise ConfigError(f"objective.lr: expected > 0, got {config.lr}")
+
+    def networks(self) -> dict[str, NetworkRequest]:
+        return {CLASSIFIER: CLASSIFIER_REQUEST}
+
+    def phases(self) -> Sequence[Phase]:
+        return [Phase(CLASSIFIER, CLASSIFIER)]
+
+    def optim_defaults(self, network: str) -> dict[str, Any]:
+        return {"lr": self.config.lr, "betas": (0.9, 0.95), "weight_decay": self.config.weight_decay}
+
+    def loss(self, phase: str, nets: Networks, batches: Sequence[Batch], info: StepInfo):
+        if phase != CLASSIFIER:
+            return super().loss(phase, nets, batches, info)
+        x = torch.cat([b.x for b in batches])
+        y = torch.cat([b.y for b in batches])
+        t = torch.rand(x.shape[0], device=x.device)
+        logits = noised_logits(nets[CLASSIFIER], x, t)
+        return F.cross_entropy(logits, y), {"accuracy": (logits.argmax(1) == y).float().mean().detach()}
+
+    def sample(self, nets, noise, y, nfe):
+        raise OnestepError(f"objective {self.name}: draws no samples; it trains the classifier that a guided "
+                           "run names in guidance.weights")
+
+
+# --------------------------------------------------------------------------------- stage 2
 @attrs.define
 class ClassifierGuidanceConfig:
-    scale: float = 0.003  # lambda_cg (Eq. 25)
-    num_times: int = 4  # noised copies (t', z') of each generated sample per step
-    t_min: float = 0.0  # t' ~ U(t_min, t_max) in the generator term
+    weights: Optional[str] = None
+    """Required: the pre-trained classifier, a ``noised-classifier`` run folder or one of its
+    step-N folders (its EMA weights are used)."""
+    scale: float = 0.003  # lambda_cg (Eq. 25), the authors' one-step value on SD-VAE latents
+    num_times: int = 1  # noised copies (t, z') of each generated sample per step
+    t_min: float = 0.9  # t ~ U(t_min, t_max), t = 1 the clean sample: the paper's t' = 1 - t in [0, 0.1]
     t_max: float = 1.0
-    start_step: int = 0  # iterations before the generator term switches on
-    train: bool = True  # train the classifier in its own phase every iteration
-    lr: float = 3e-4
-    weight_decay: float = 0.0
 
 
 class ClassifierGuidance(Guidance):
-    """Flow-based classifier guidance: a time-conditional classifier on noised data (AF Eq. 26)."""
+    """Flow-based classifier guidance (AF Eq. 26) with a frozen, pre-trained C(x_t, t)."""
 
     name = "classifier"
     Config = ClassifierGuidanceConfig
@@ -52,35 +120,23 @@ class ClassifierGuidance(Guidance):
     def __init__(self, config, *, spec) -> None:
         super().__init__(config, spec=spec)
         c = config
-        if spec.num_classes < 1:
-            raise ConfigError("guidance classifier: needs labelled data (num_classes > 0); this data source has no labels")
+        _labelled(spec, "guidance classifier")
+        if c.weights is None:
+            raise ConfigError("guidance.weights: required: the run folder of a pre-trained classifier "
+                              "(onestep run --objective noised-classifier ...; see docs/PLUGINS.md, guidance)")
+        if not Path(c.weights).exists():
+            raise ConfigError(f"guidance.weights: {c.weights!r} not found (expected the run or step folder of an "
+                              "`onestep run --objective noised-classifier` run)")
         if not 0.0 <= c.t_min <= c.t_max <= 1.0:
             raise ConfigError(f"guidance.t_min/t_max: expected 0 <= t_min <= t_max <= 1, got {c.t_min}, {c.t_max}")
         if c.num_times < 1:
             raise ConfigError(f"guidance.num_times: expected >= 1, got {c.num_times}")
         if c.scale < 0:
             raise ConfigError(f"guidance.scale: expected >= 0, got {c.scale}")
-        if c.lr <= 0:
-            raise ConfigError(f"guidance.lr: expected > 0, got {c.lr}")
+        self.classifier: nn.Module | None = None
 
-    def networks(self) -> dict[str, NetworkRequest]:
-        return {"classifier": NetworkRequest("classifier", time_inputs=1, class_conditional=False)}
-
-    def phases(self) -> Sequence[Phase]:
-        return [Phase("classifier", "classifier", stream="classifier")] if self.config.train else []
-
-    def optim_defaults(self, network: str) -> dict[str, Any]:
-        return {"lr": self.config.lr, "betas": (0.9, 0.999), "weight_decay": self.config.weight_decay}
-
-    def loss(self, phase: str, nets: Networks, batches: Sequence[Batch], info: StepInfo):
-        if phase != "classifier":
-            return super().loss(phase, nets, batches, info)
-        x = torch.cat([b.x for b in batches])
-        y = torch.cat([b.y for b in batches])
-        t = torch.rand(x.shape[0], device=x.device)
-        logits = nets["classifier"](noised(x, torch.randn_like(x), t), t=t).float()
-        loss = F.cross_entropy(logits, y)
-        return loss, {"accuracy": (logits.argmax(1) == y).float().mean().detach()}
+    def prepare(self, source, device) -> None:
+        self.classifier = load_classifier(self.config.weights, self.spec, device)
 
     def generator_term(
         self, nets: Networks, x_fake: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None, info: StepInfo,
@@ -88,12 +144,41 @@ class ClassifierGuidance(Guidance):
         c = self.config
         if y is None:
             raise ValueError("guidance classifier: generator_term needs the labels y of the generated samples")
-        if info.step < c.start_step or c.scale == 0:
+        if self.classifier is None:
+            raise RuntimeError("guidance classifier: prepare() loads the classifier before generator_term")
+        if c.scale == 0:
             return x_fake.new_zeros(()).float(), {}
-        k = c.num_times
-        xs = x_fake.repeat(k, *([1] * (x_fake.dim() - 1)))
-        ys = y.repeat(k)
+        xs = x_fake.repeat(c.num_times, *([1] * (x_fake.dim() - 1)))
+        ys = y.repeat(c.num_times)
         t = c.t_min + (c.t_max - c.t_min) * torch.rand(xs.shape[0], device=xs.device)
-        logits = nets["classifier"](noised(xs, torch.randn_like(xs), t), t=t).float()
+        logits = noised_logits(self.classifier, xs, t)
         ce = F.cross_entropy(logits, ys)
         return c.scale * ce, {"cross_entropy": ce.detach(), "accuracy": (logits.argmax(1) == ys).float().mean().detach()}
+
+
+def load_classifier(path: str, spec: DataSpec, device) -> nn.Module:
+    """The frozen EMA classifier of ``noised-classifier`` run ``path``, rebuilt with that run's
+    backbone for ``spec``; every failure is a one-line ``ConfigError`` naming ``guidance.weights``."""
+    from onestep import checkpoint as ckpt
+    from onestep.config import build_config, read_file
+    from onestep.registry import Registry
+
+    try:
+        folder, _ = ckpt.newest_intact(path)
+        run = read_file(folder / "config.yaml")
+        file = folder / f"{CLASSIFIER}.ema.safetensors"
+        weights = ckpt.load_tensors(file)
+    except CheckpointError as exc:
+        raise ConfigError(f"guidance.weights: {exc}") from None
+    registry = Registry.discover()
+    config = build_config(run, registry)
+    if config.objective.name != NoisedClassifier.name:
+        raise ConfigError(f"guidance.weights: {str(folder)!r} is a run of objective {config.objective.name!r}; "
+                          f"expected a {NoisedClassifier.name!r} run")
+    classifier = registry.build("backbone", config.backbone.name, config.backbone.config).build(CLASSIFIER_REQUEST, spec)
+    try:
+        classifier.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise ConfigError(f"guidance.weights: {str(file)!r} does not fit this run's data "
+                          f"({' '.join(str(exc).split())[:160]})") from None
+    return classifier.to(device).eval().requires_grad_(False)

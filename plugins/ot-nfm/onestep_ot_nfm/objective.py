@@ -34,6 +34,11 @@ only valid ``nfe`` is 1. With labelled data and ``class_conditional`` (the defau
 map per class (the coupler pairs within classes; no label dropout, so no classifier-free
 guidance); ``class_conditional: false`` ignores the labels and learns one unconditional map.
 
+Guidance (``--guidance classifier``, optional): the rows trained at t = 1 are one-step samples
+F(z, 1) of the current map; they go to ``guidance.generator_term`` (clean samples, the
+``onestep.interfaces.TIME_CONVENTION`` data end) and its term is added to the regression loss.
+It needs labels (``class_conditional``) and ``one_step_share > 0``.
+
 Deviation from the paper: neural flows keep F invertible by bounding the Lipschitz constant of
 u_theta (spectral normalisation); here u_theta is whatever the chosen backbone builds, so F is
 a flow map by its parameterisation but not guaranteed invertible. One-step sampling does not
@@ -66,6 +71,7 @@ class OTNFM(Objective):
     Config = OTNFMConfig
     ema_networks = ("generator",)
     uses_coupler = requires_coupler = True  # minibatch-ot, online or semidiscrete-ot; independent reproduces mean collapse
+    uses_guidance = True  # on the one-step rows F(z, 1)
 
     def __init__(self, config, *, spec, coupler=None, guidance=None) -> None:
         super().__init__(config, spec=spec, coupler=coupler, guidance=guidance)
@@ -76,6 +82,11 @@ class OTNFM(Objective):
         if config.predict not in PREDICTIONS:
             raise ConfigError(f"objective.predict: expected one of {', '.join(PREDICTIONS)}, got {config.predict!r}")
         self.conditional = spec.num_classes > 0 and config.class_conditional
+        if guidance is not None and not self.conditional:
+            raise ConfigError(f"guidance {guidance.name!r}: needs labelled data and objective.class_conditional=true")
+        if guidance is not None and config.one_step_share <= 0:
+            raise ConfigError(f"objective.one_step_share: guidance {guidance.name!r} acts on the rows trained at t = 1; "
+                              f"expected > 0, got {config.one_step_share}")
 
     def networks(self):
         return {"generator": NetworkRequest("generator", time_inputs=1, class_conditional=self.conditional)}
@@ -95,10 +106,16 @@ class OTNFM(Objective):
             return z + tb * (out - z)
         return z + tb * out
 
+    def one_step_rows(self, n: int) -> int:
+        """Rows of a batch of ``n`` trained at t = 1: round(one_step_share * n), at least one when
+        the share is positive."""
+        share = self.config.one_step_share
+        return max(1, round(share * n)) if share > 0 else 0
+
     def times(self, n: int, device: torch.device) -> torch.Tensor:
-        """t ~ U(0, 1), with the first round(one_step_share * n) rows at t = 1."""
+        """t ~ U(0, 1), with the first :meth:`one_step_rows` rows at t = 1."""
         t = torch.rand(n, device=device)
-        t[: round(self.config.one_step_share * n)] = 1.0
+        t[: self.one_step_rows(n)] = 1.0
         return t
 
     def loss(self, phase: str, nets: Networks, batches: list[Batch], info: StepInfo):
@@ -106,8 +123,15 @@ class OTNFM(Objective):
         z, x, y = self.coupler.pair(torch.randn_like(x), x, y)
         t = self.times(len(x), x.device)
         target = interpolate(z, x, t)
-        loss = (self.flow_map(nets["generator"], z, t, y).float() - target.float()).pow(2).mean()
-        return loss, {"pair_cost": (x - z).detach().float().pow(2).flatten(1).sum(1).mean()}
+        mapped = self.flow_map(nets["generator"], z, t, y)
+        loss = (mapped.float() - target.float()).pow(2).mean()
+        logs = {"pair_cost": (x - z).detach().float().pow(2).flatten(1).sum(1).mean()}
+        if self.guidance is not None:
+            k = self.one_step_rows(len(x))
+            term, extra = self.guidance.generator_term(nets, mapped[:k], z[:k], y[:k], info)
+            loss = loss + term
+            logs.update({f"guidance_{key}": v for key, v in extra.items()})
+        return loss, logs
 
     @torch.no_grad()
     def sample(self, nets, noise, y, nfe):

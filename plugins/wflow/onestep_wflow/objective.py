@@ -52,6 +52,10 @@ distribution q_{w|c}); the generator is conditioned on w through its scalar time
 ``onestep export`` takes the same override). Sampling stays one evaluation ``x = f(z, y, t)``.
 Scales below 0 (down to -1) extend the paper's range toward the unconditional flow: at w = -1,
 ``V_w = T_{q|c,p_u} - T_{q|c,q'|c}`` pulls every class to all the data.
+
+A guidance plugin (``--guidance classifier``, optional, class-conditional runs) adds its term on
+the generated batch x = f(z, y) (clean samples, whatever CFG level t conditions them) to the
+regression loss.
 """
 from __future__ import annotations
 
@@ -165,7 +169,8 @@ class WFlow(Objective):
     in pixel space or in the features of a frozen network (the paper's recipe)."""
 
     name = "wflow"
-    Config = WFlowConfig  # no coupler (its transport plans are its own), no guidance plugin (CFG is built in)
+    Config = WFlowConfig  # no coupler (its transport plans are its own); CFG is built in
+    uses_guidance = True  # a guidance plugin's term on the generated batch
 
     def __init__(self, config: WFlowConfig, *, spec, coupler=None, guidance=None, features=None) -> None:
         super().__init__(config, spec=spec, coupler=coupler, guidance=guidance)
@@ -173,6 +178,8 @@ class WFlow(Objective):
         self.features = features
         self.conditional = spec.num_classes > 0 and config.class_conditional
         self.guided = (config.guidance_min, config.guidance_max) != (0.0, 0.0)
+        if guidance is not None and not self.conditional:
+            raise ConfigError(f"guidance {guidance.name!r}: needs labelled data and objective.class_conditional=true")
         # plans ~ exp(-|x - y|^2) on coordinates pre-divided by sqrt(R S): epsilon 1/2 for the cost |x - y|^2 / 2
         self.solver = SinkhornSolver(0.5, max_iters=config.sinkhorn_iters, check_every=config.sinkhorn_iters,
                                      tol=0.0, anneal=False, precision=config.precision,
@@ -352,7 +359,8 @@ class WFlow(Objective):
             t = torch.rand(k, device=data.device)
             w = c.guidance_min + t * (c.guidance_max - c.guidance_min)
             cond["t"] = t.repeat_interleave(n)
-        x = gen(torch.randn(k * n, *data.shape[1:], device=data.device), y=y, **cond)
+        noise = torch.randn(k * n, *data.shape[1:], device=data.device)
+        x = gen(noise, y=y, **cond)
         fam_x = self.phi(x)
         with torch.no_grad():
             fam_x2 = None
@@ -371,7 +379,12 @@ class WFlow(Objective):
         for xf, vf, sf in zip(fam_x, v, scales):
             uf = xf.view(k, n, *xf.shape[1:]) / sf
             losses.append((uf - (uf.detach() + vf)).pow(2).mean())
-        return torch.stack(losses).mean(), {"velocity_rms": raw_rms}
+        loss, logs = torch.stack(losses).mean(), {"velocity_rms": raw_rms}
+        if self.guidance is not None:
+            term, extra = self.guidance.generator_term(nets, x, noise, y, info)
+            loss = loss + term
+            logs.update({f"guidance_{key}": v for key, v in extra.items()})
+        return loss, logs
 
     # ------------------------------------------------------------------------- sampling
     @torch.no_grad()
