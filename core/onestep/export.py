@@ -47,6 +47,9 @@ GENERATOR = "generator"
 
 def generator_request(objective: Objective) -> NetworkRequest:
     request = objective.networks().get(GENERATOR)
+    if not objective.draws_samples:
+        raise ConfigError(f"objective {objective.name!r} draws no samples (it trains a network for other runs to use); "
+                          "nothing to sample or export")
     if request is None:
         raise ConfigError(f"objective {objective.name!r} declares no {GENERATOR!r} network; nothing to export")
     return request
@@ -88,9 +91,10 @@ def load_run_generator(checkpoint: str | Path, overrides: Sequence[str] = (), re
     config = build_config(assemble(base=read_file(folder / "config.yaml"), overrides=overrides), reg)
     built = build_components(config, reg, sampling=True)
     objective = built.objective
+    request = generator_request(objective)
     name = f"{GENERATOR}.ema.safetensors" if GENERATOR in objective.ema_networks else f"{GENERATOR}.safetensors"
     weights = ckpt.load_tensors(folder / name)
-    generator = build_generator(built.backbone, generator_request(objective), built.spec, weights, str(folder / name))
+    generator = build_generator(built.backbone, request, built.spec, weights, str(folder / name))
     step = int(ckpt.load_state(folder / "trainer.pt")["step"])
     return RunGenerator(config, built.source, built.spec, objective, weights, generator, step, folder)
 

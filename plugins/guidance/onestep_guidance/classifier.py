@@ -163,18 +163,17 @@ def load_classifier(path: str, spec: DataSpec, device) -> nn.Module:
     from onestep.config import build_config, read_file
     from onestep.registry import Registry
 
+    registry = Registry.discover()
     try:
         folder, _ = ckpt.newest_intact(path)
-        run = read_file(folder / "config.yaml")
+        config = build_config(read_file(folder / "config.yaml"), registry)
+        if config.objective.name != NoisedClassifier.name:
+            raise ConfigError(f"guidance.weights: {str(folder)!r} is a run of objective {config.objective.name!r}; "
+                              f"expected a {NoisedClassifier.name!r} run")
         file = folder / f"{CLASSIFIER}.ema.safetensors"
         weights = ckpt.load_tensors(file)
     except CheckpointError as exc:
         raise ConfigError(f"guidance.weights: {exc}") from None
-    registry = Registry.discover()
-    config = build_config(run, registry)
-    if config.objective.name != NoisedClassifier.name:
-        raise ConfigError(f"guidance.weights: {str(folder)!r} is a run of objective {config.objective.name!r}; "
-                          f"expected a {NoisedClassifier.name!r} run")
     classifier = registry.build("backbone", config.backbone.name, config.backbone.config).build(CLASSIFIER_REQUEST, spec)
     try:
         classifier.load_state_dict(weights)
