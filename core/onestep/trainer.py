@@ -220,7 +220,7 @@ class Trainer:
                               "continue with --resume")
         plot = self.save_sample_plot()
         metrics = self.evaluate() if self.config.eval.at_end else {}
-        if self.rank == 0 and self.config.eval.at_end:
+        if self.rank == 0 and self.config.eval.at_end and self.objective.draws_samples:
             line = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not k.startswith("mode_mass_"))
             print(f"metrics step={self.step} {line}", flush=True)
         return {"step": self.step, "steps_run": self.step - start_step, "train_seconds": train_seconds,

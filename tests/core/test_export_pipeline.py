@@ -161,8 +161,12 @@ def test_an_export_loads_in_a_fresh_process_without_coupler_guidance_or_training
     weights.write_bytes(b"only needed by image metrics on the training machine")
     small = ["train.progress=false", "train.steps=3", "train.batch_size=32", "backbone.width=16", "backbone.depth=1",
              "data.labelled=true", "data.size=500", "eval.at_end=false", "sample.num=50", f"eval.feature_weights={weights}"]
+    classifier = compose(objective="noised-classifier", backbone="mlp", data="gmm8", overrides=[
+        *small, f"output_dir={tmp_path}/classifier"])
+    Trainer(classifier, console=False).fit()
     runs = {"coupled": dict(objective="flow-matching", coupler="minibatch-ot", overrides=["objective.nfe=2"]),
-            "guided": dict(objective="adversarial-flow", guidance="classifier", overrides=["objective.conditional=true"])}
+            "guided": dict(objective="adversarial-flow", guidance="classifier",
+                           overrides=["objective.conditional=true", f"guidance.weights={tmp_path}/classifier"])}
     args, expected = [], {}
     for name, choice in runs.items():
         overrides = small + choice.pop("overrides") + [f"output_dir={tmp_path}/{name}"]
