@@ -102,21 +102,27 @@ def test_the_guidance_term_moves_samples_toward_the_requested_class(classifier_r
     assert all(p.grad is None for p in guidance.classifier.parameters())
 
 
-def test_ot_nfm_takes_the_guidance(classifier_run, tmp_path):
-    """A non-AF one-step objective: OT-NFM hands its one-step rows F(z, 1) to the guidance, so
-    its samples land in the requested mode more often than the same run's without guidance
-    (the overlapping modes leave the unguided map the data's own ambiguity)."""
+ONE_STEP_OBJECTIVES = {"ot-nfm": (["objective.lr=2e-3"], {"coupler": "minibatch-ot"}), "wflow": ([], {})}
+
+
+@pytest.mark.parametrize("objective", sorted(ONE_STEP_OBJECTIVES))
+def test_other_one_step_objectives_take_the_guidance(classifier_run, tmp_path, objective):
+    """Objectives other than AF: OT-NFM hands the guidance its one-step rows F(z, 1), W-Flow its
+    generated batch, so their samples land in the requested mode more often than the same run's
+    without guidance (the overlapping modes leave an unguided map the data's own ambiguity).
+    Measured at 150 / 100 steps: OT-NFM 0.85 -> 0.98 (seeds 0, 1), W-Flow 0.83 -> 0.98."""
     out, _, _ = classifier_run
+    extra, kw = ONE_STEP_OBJECTIVES[objective]
+    steps = 150 if objective == "ot-nfm" else 100
     acc = {}
-    for name, guidance, extra in (("plain", None, []), ("guided", "classifier", [f"guidance.weights={out}",
-                                                                                  "guidance.scale=2.0"])):
-        run = Trainer(compose_run(tmp_path / name, "ot-nfm", guidance, [
-            "train.steps=150", "objective.lr=2e-3", "eval.at_end=false", "sample.num=50", *extra],
-            coupler="minibatch-ot"), console=False)
+    for name, guidance, guided in (("plain", None, []),
+                                   ("guided", "classifier", [f"guidance.weights={out}", "guidance.scale=2.0"])):
+        run = Trainer(compose_run(tmp_path / name, objective, guidance, [
+            f"train.steps={steps}", "eval.at_end=false", "sample.num=50", *extra, *guided], **kw), console=False)
         run.fit()
         y = torch.arange(2000) % 8
         acc[name] = bayes_accuracy(run.sample(2000, y=y), y)
-    assert acc["guided"] > acc["plain"] + 0.1, acc
+    assert acc["guided"] > acc["plain"] + 0.06 and acc["guided"] > 0.95, acc
 
 
 def test_missing_or_wrong_weights_are_one_line_config_errors(classifier_run, tmp_path, capsys):
