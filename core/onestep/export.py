@@ -29,6 +29,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from .config import RunConfig, assemble, build_config, read_file, unstructure
+from .engine import sampling_autocast
 from .errors import CheckpointError, ConfigError, OnestepError
 from .interfaces import DataSpec, NetworkRequest, Networks, Objective
 from .registry import Registry
@@ -208,6 +209,8 @@ class OneStepPipeline:
         self.default_nfe, self.decoder, self.meta = default_nfe, decoder, meta or {}
         self.nets = Networks({GENERATOR: generator}, {GENERATOR: generator})
         self.source = None  # the data source, for pipelines loaded from a training checkpoint
+        # bf16 autocast on a GPU when the generator was trained in bf16 (see sampling_autocast); set "fp32" to force full precision
+        self.precision = str(self.meta.get("run", {}).get("train", {}).get("precision", "fp32"))
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
@@ -292,7 +295,8 @@ class OneStepPipeline:
                 noise = torch.randn(m, *self.spec.shape, device=device)
                 yy = y[i:i + m].to(device) if y is not None else None
                 try:
-                    x = self.objective.sample(self.nets, noise, yy, nfe)
+                    with sampling_autocast(self.precision, device):
+                        x = self.objective.sample(self.nets, noise, yy, nfe)
                 except KeyError as exc:
                     raise OnestepError(f"objective {self.objective.name!r} samples with network {exc.args[0]!r}, "
                                        f"which an export does not carry (only {GENERATOR!r})") from None
