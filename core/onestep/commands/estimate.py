@@ -1,5 +1,7 @@
 """``onestep estimate``: time a few real training steps of a recipe on the local GPU(s) and project
-its full length on N GPUs (hours or weeks?); see :mod:`onestep.estimate`."""
+its full length on N GPUs (hours or weeks?); see :mod:`onestep.estimate`. One process measures one
+GPU; ``torchrun --nproc_per_node W -m onestep.cli estimate ...`` measures W GPUs together (their
+gradient all-reduce included), and only the GPUs beyond W are projected."""
 from __future__ import annotations
 
 import argparse
@@ -27,6 +29,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     recipe = swap + list(args.overrides)
     plan = build_config(assemble(args.config, overrides=recipe), reg)  # the recipe as it would run
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.gpus < world:
+        raise ConfigError(f"--gpus: {args.gpus} is fewer than the {world} processes measuring; project to >= {world} GPUs")
     share = per_gpu_batch(plan.train, args.gpus)
     with tempfile.TemporaryDirectory(prefix="onestep-estimate-") as tmp:
         forced = QUIET + [f"train.batch_size={share * world}", f"output_dir={args.out or tmp}"]
@@ -47,7 +51,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("estimate", help="time a few training steps of a recipe and project its cost on N GPUs")
+    p = subparsers.add_parser("estimate", help="time a few training steps of a recipe and project its cost on N GPUs",
+                              description="Time a few real training steps of a recipe (one GPU per process; under "
+                                          "torchrun, several) and project its full length on --gpus GPUs.")
     p.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML/TOML recipe (repeatable)")
     p.add_argument("--gpus", type=int, default=1, metavar="N",
                    help="GPUs of the projected run; each local GPU runs its share of the batch (default 1)")
