@@ -4,8 +4,9 @@ to the recipe's full length on N GPUs.
 The steps run through the trainer's own path (``Trainer`` builds the engines, streams and
 components from the config; ``Trainer.train_step`` runs every phase) with each GPU holding the
 share of the global batch it would hold in the N-GPU run (``batch_size / N``, with the recipe's
-``grad_accum``). By default the data section is replaced by ``synthetic-latents`` of the same
-shape, so no dataset is needed; the step time does not depend on the values of the data.
+``grad_accum``). By default the data section is replaced by ``synthetic-latents`` (4 x 32 x 32,
+1000 classes: ImageNet-256's SD-VAE latents; ``data.shape=[C,H,W] data.num_classes=K`` for other
+recipes), so no dataset is needed; the step time does not depend on the values of the data.
 
 Projection. One GPU of an N-GPU data-parallel run does the same work as the measured GPU plus
 the gradient all-reduce. That cost is taken from a measurement (tools/RESULTS.md, "Data-parallel
