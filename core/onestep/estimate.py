@@ -127,7 +127,7 @@ def measure(config: RunConfig, registry, steps: int, warmup: int, planned_steps:
         if trainer.world > 1:
             torch.distributed.all_reduce(mem, op=torch.distributed.ReduceOp.MAX)
         peak, reserved = (float(v) / 2**30 for v in mem.tolist())
-    device = f"{trainer.world} x {torch.cuda.get_device_name(trainer.device)}" if cuda else f"cpu ({trainer.world} process)"
+    device = f"{trainer.world} x {torch.cuda.get_device_name(trainer.device)}" if cuda else f"cpu ({trainer.world} process{'es' if trainer.world > 1 else ''})"
     return Measurement(times, config.train.batch_size // trainer.world, trainer.world, device, peak, reserved,
                        {n: sum(p.numel() for p in e.module.parameters()) for n, e in trainer.engines.items()})
 
