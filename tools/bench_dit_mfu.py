@@ -197,7 +197,7 @@ def run_attempt(size: str, batch: int, attempt: str, device, shape, steps: int, 
             module.compile()
         engines[name] = build_engine(module, objective.optim_defaults(name), train, fused, "bf16params" in options,
                                      "gradnorm" in options, "timers" in options)
-    nets = Networks(engines)
+    nets = Networks(engines, plain={n: e.module for n, e in engines.items()})  # as the trainer hands them out
     x = torch.randn(batch, *shape, device=device)
     y = torch.randint(1000, (batch,), device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
@@ -208,7 +208,7 @@ def run_attempt(size: str, batch: int, attempt: str, device, shape, steps: int, 
             for name, e in engines.items():
                 e.module.requires_grad_(name == phase.network)
             with autocast:
-                loss, _ = objective.loss(phase.name, nets, [Batch(x, y)], info)
+                loss, _ = objective.loss(phase.name, nets.training(phase.network), [Batch(x, y)], info)
             engines[phase.network].backward(loss)
             engines[phase.network].step()
 

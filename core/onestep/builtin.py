@@ -11,9 +11,10 @@ def onestep_data_sources():
     from .data.idx import IDX_SOURCES
     from .data.images import IMAGE_SOURCES
     from .data.latents import Latents
+    from .data.synthetic import SyntheticLatents
     from .data.toy import TOY_SOURCES
 
-    return [*TOY_SOURCES, *IMAGE_SOURCES, *IDX_SOURCES, Latents]
+    return [*TOY_SOURCES, *IMAGE_SOURCES, *IDX_SOURCES, Latents, SyntheticLatents]
 
 
 @hookimpl

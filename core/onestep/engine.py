@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator
 
 import attrs
@@ -15,6 +15,14 @@ from .config import OptimConfig, TrainConfig
 from .errors import ConfigError
 
 BASE_OPTIM = {"lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 0.0, "eps": 1e-8}
+
+
+def sampling_autocast(precision: str, device: torch.device):
+    """The precision a network samples in: bf16 autocast on a GPU for a network trained in bf16
+    (as it was trained, and 5-10x faster than full fp32 matmuls), else plain fp32."""
+    if precision == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def resolve_optim(name: str, defaults: dict[str, Any], train: TrainConfig) -> dict[str, Any]:

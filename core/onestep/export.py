@@ -8,8 +8,9 @@ earlier export, never a folder onestep did not write)::
     DIR/config.json         format/version, the objective, backbone and feature-network sections
                             of the run config (``components``; nothing else of the run: no
                             coupler, guidance, data or evaluation settings), data spec, the
-                            generator's NetworkRequest, default nfe, training step, and for latent
-                            data the VAE reference with its scaling/shift factors
+                            generator's NetworkRequest, default nfe, the training precision (the
+                            sampling precision on a GPU), training step, and for latent data the
+                            VAE reference with its scaling/shift factors
     DIR/vae/                the VAE (diffusers save_pretrained) when the data are latents
 
 :class:`OneStepPipeline` rebuilds the generator through the registry from ``config.json``,
@@ -34,6 +35,7 @@ from . import checkpoint as ckpt
 from .components import build_components
 from .config import RunConfig, SamplerConfig, SAMPLER_SECTIONS, assemble, build_config, build_sampler_config, read_file, unstructure
 from .distributed import resolve_device
+from .engine import sampling_autocast
 from .errors import CheckpointError, ConfigError, OnestepError
 from .interfaces import Backbone, DataSpec, NetworkRequest, Networks, Objective
 from .registry import Registry
@@ -179,7 +181,7 @@ def _write_export(tmp: Path, config: RunConfig, source, spec: DataSpec, objectiv
         "spec": {"shape": list(spec.shape), "num_classes": spec.num_classes, "kind": spec.kind},
         "network": {"role": request.role, "time_inputs": request.time_inputs,
                     "class_conditional": request.class_conditional},
-        "vae": vae, "components": unstructure(SamplerConfig.of(config)),
+        "vae": vae, "components": unstructure(SamplerConfig.of(config)), "precision": config.train.precision,
     }
     (tmp / "config.json").write_text(json.dumps(meta, indent=1, default=list))
 
@@ -221,6 +223,8 @@ class OneStepPipeline:
         self.default_nfe, self.decoder, self.meta = default_nfe, decoder, meta or {}
         self.nets = Networks({GENERATOR: generator}, {GENERATOR: generator})
         self.source = None  # the data source, for pipelines loaded from a training checkpoint
+        # bf16 autocast on a GPU when the generator was trained in bf16 (see sampling_autocast); set "fp32" to force full precision
+        self.precision = str(self.meta.get("precision") or self.meta.get("run", {}).get("train", {}).get("precision", "fp32"))
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
@@ -283,6 +287,15 @@ class OneStepPipeline:
             raise ConfigError(f"class_labels: expected labels in 0..{k - 1}, got {y.tolist()}")
         return y.clone(), len(y)
 
+    def _sample_batch(self, noise: torch.Tensor, y: torch.Tensor | None, nfe: int) -> torch.Tensor:
+        """The objective's sampler on one batch, in the precision the generator trained in."""
+        try:
+            with sampling_autocast(self.precision, noise.device):
+                return self.objective.sample(self.nets, noise, y, nfe)
+        except KeyError as exc:
+            raise OnestepError(f"objective {self.objective.name!r} samples with network {exc.args[0]!r}, "
+                               f"which an export does not carry (only {GENERATOR!r})") from None
+
     @torch.no_grad()
     def __call__(self, class_labels: int | Sequence[int] | torch.Tensor | None = None, num_images: int | None = None,
                  seed: int | None = None, nfe: int | None = None, output_type: str = "pt",
@@ -307,12 +320,7 @@ class OneStepPipeline:
                 m = min(batch_size, n - i)
                 noise = torch.randn(m, *self.spec.shape, device=device)
                 yy = y[i:i + m].to(device) if y is not None else None
-                try:
-                    x = self.objective.sample(self.nets, noise, yy, nfe)
-                except KeyError as exc:
-                    raise OnestepError(f"objective {self.objective.name!r} samples with network {exc.args[0]!r}, "
-                                       f"which an export does not carry (only {GENERATOR!r})") from None
-                out.append(x.float())
+                out.append(self._sample_batch(noise, yy, nfe).float())
         x = torch.cat(out)
         if output_type != "model" and self.decoder is not None:
             x = self.decoder(x)

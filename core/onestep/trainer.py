@@ -23,7 +23,7 @@ from .config import RunConfig, unstructure
 from .data.loader import BatchStream
 from .divergence import DivergenceCheck
 from .distributed import barrier, init_process_group, resolve_device
-from .engine import EMA, make_engine, resolve_optim
+from .engine import EMA, make_engine, resolve_optim, sampling_autocast
 from .errors import CheckpointError, ConfigError, Interrupted
 from .interfaces import Networks, StepInfo
 from .interrupt import DeferredSigint
@@ -365,7 +365,8 @@ class Trainer:
                 m = min(batch_size, n - i)
                 noise = torch.randn(m, *self.spec.shape, device=self.device)
                 yy = y[i:i + m].to(self.device) if y is not None else None
-                out.append(self.objective.sample(self.nets, noise, yy, nfe).float().cpu())
+                with sampling_autocast(self.config.train.precision, self.device):
+                    out.append(self.objective.sample(self.nets, noise, yy, nfe).float().cpu())
         return torch.cat(out)
 
     def save_loss_curves(self) -> Path | None:

@@ -28,7 +28,7 @@ def _records(out):
 
 def test_a_second_run_into_a_used_folder_is_refused_with_one_line(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["run", "--data", "moons", "--out", str(out), *TINY, "train.steps=6", "train.checkpoint_every=3"]
+    args = ["run", "--objective", "flow-matching", "--backbone", "mlp", "--data", "moons", "--out", str(out), *TINY, "train.steps=6", "train.checkpoint_every=3"]
     assert main(args) == 0
     before = (out / "metrics.jsonl").read_text(), sorted(p.name for p in (out / "checkpoints").iterdir())
     capsys.readouterr()

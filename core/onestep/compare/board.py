@@ -187,53 +187,74 @@ def run_board(s: BoardSettings, registry: Registry | None = None, log=print) -> 
     deadline = started + 60.0 * s.deadline if s.deadline else None
     codes = train_together(plan.argv, out, deadline, StartGate(out / "start"), log)
     log(f"board: training done in {(time.perf_counter() - started) / 60:.1f} min (wall clock, with start-up and checkpoints)")
-    reference, reference_labels = held_out(plan.source, plan.n_eval)
-    labels = reference_labels[torch.arange(plan.n_eval) % len(reference_labels)] if reference_labels is not None else None
-    scorer = Scorer(labels, reference, reference_labels, plan.source, plan.metrics, registry, {})
+    n_eval, source = plan.n_eval, plan.source
+    reference, reference_labels = held_out(source, n_eval)
+    labels = reference_labels[torch.arange(n_eval) % len(reference_labels)] if reference_labels is not None else None
+    scorer = Scorer(labels, reference, reference_labels, source, plan.metrics, registry, {})
+    meta = board_meta(s, plan.spec, n_eval, plan.n_test)
     rows: list[BoardRow] = []
     grids: dict[str, torch.Tensor] = {}
-    for m in s.methods:
-        score_method(m, s, plan, codes[m], scorer, rows, grids, log)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    from .report import write_board
-
-    write_board(rows, grids, board_meta(s, plan.spec, plan.n_eval, plan.n_test), out, plan.source)
+    for m in s.methods:  # the table first, then the curves: a board cut short by its caller still has its table
+        rows.extend(score_end(s, m, codes[m], out, plan.files_of[m], scorer, n_eval, grids, log))
+        write_outputs(rows, grids, meta, out, source)
+    for row in rows:
+        if row.curve:
+            score_marks(row, Path(row.out_dir), scorer, min(s.mark_samples or n_eval, n_eval), log)
+            write_outputs(rows, grids, meta, out, source)
     return rows
 
 
-def score_method(m: str, s: BoardSettings, plan: BoardPlan, code: int, scorer: "Scorer", rows: list[BoardRow],
-                 grids: dict[str, torch.Tensor], log) -> None:
-    """Score method ``m``'s run (exit ``code``) alone on the device: each checkpoint at a minute
-    mark (its curve), then the final one at its default NFE and, for a multi-step method, at the
-    board's few-step NFEs; one row each (or one failure row) and its sample grid."""
-    run_dir = Path(s.out_dir) / "runs" / m
-    n_eval, files, peer = plan.n_eval, plan.files_of[m], objective_of(m) == PEER
+def write_outputs(rows, grids, meta, out: Path, source) -> None:
+    from .report import write_board
+
+    write_board(rows, grids, meta, out, source)
+
+
+def score_end(s: BoardSettings, m: str, code: int, out: Path, files: list[str], scorer: "Scorer", n_eval: int,
+              grids: dict, log) -> list[BoardRow]:
+    """The rows of method ``m`` from its last checkpoint: at its NFE (whose curve starts with this
+    end point) and, for a multi-step method, at the few-step NFEs; their grids go into ``grids``."""
+    run_dir = out / "runs" / m
+    reference = objective_of(m) == PEER
     if code not in (0, INTERRUPTED) or not (run_dir / "checkpoints").is_dir():
-        rows.append(BoardRow(m, 0, {}, 0.0, 0, 0.0, str(run_dir), files, peer, error=last_line(Path(s.out_dir) / f"{m}.log")))
-        log(f"board: {m} failed: {rows[-1].error}")
-        return
-    marks, end = checkpoint_records(run_dir)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    curve = []
-    for mark in marks:
-        pipe = OneStepPipeline.from_checkpoint(run_dir / "checkpoints" / mark["checkpoint"], device=device, registry=scorer.registry)
-        values = scorer(pipe, pipe.default_nfe, min(s.mark_samples or n_eval, n_eval))
-        curve.append({"minutes": mark["train_minutes"], "step": mark["step"], "metrics": values})
-        log(f"board: {m} mark {mark['train_minutes']:.1f} min step={mark['step']} fid={fid_of(values):.4g}")
-    pipe = OneStepPipeline.from_checkpoint(run_dir, device=device, registry=scorer.registry)
+        log(f"board: {m} failed: {last_line(out / f'{m}.log')}")
+        return [BoardRow(m, 0, {}, 0.0, 0, 0.0, str(run_dir), files, reference, error=last_line(out / f"{m}.log"))]
+    _, end = checkpoint_records(run_dir)
+    pipe = OneStepPipeline.from_checkpoint(run_dir, device="cuda" if torch.cuda.is_available() else "cpu",
+                                           registry=scorer.registry)
     nfes = [pipe.default_nfe] + ([k for k in s.few_steps if k != pipe.default_nfe] if pipe.default_nfe > 1 else [])
+    rows = []
     for nfe in nfes:
         values = scorer(pipe, nfe, n_eval)
-        if nfe == pipe.default_nfe:
-            curve.append({"minutes": end["train_minutes"], "step": end["step"], "metrics": values})
-        row = BoardRow(m, nfe, values, pipeline_throughput(pipe, nfe, s.speed_samples), end["step"],
-                       end["train_minutes"], str(run_dir), files, peer, curve if nfe == pipe.default_nfe else [],
-                       cut=code == INTERRUPTED)
+        curve = [{"minutes": end["train_minutes"], "step": end["step"], "metrics": values}] if nfe == pipe.default_nfe else []
+        row = BoardRow(m, nfe, values, pipeline_throughput(pipe, nfe, s.speed_samples), end["step"], end["train_minutes"],
+                       str(run_dir), files, reference, curve, cut=code == INTERRUPTED)
         rows.append(row)
         grids[row_label(row)] = grid_samples(pipe, nfe)
         log(f"board: {row_label(row)} steps={row.steps} " + " ".join(
             f"{k}={v:.4g}" for k, v in values.items() if not k.startswith("mode_mass_")))
+    release(pipe)
+    return rows
+
+
+def score_marks(row: BoardRow, run_dir: Path, scorer: "Scorer", n: int, log) -> None:
+    """Put the scores of the run's checkpoints at the marks in front of the row's end point."""
+    marks, _ = checkpoint_records(run_dir)
+    points = []
+    for mark in marks:
+        pipe = OneStepPipeline.from_checkpoint(run_dir / "checkpoints" / mark["checkpoint"],
+                                               device="cuda" if torch.cuda.is_available() else "cpu", registry=scorer.registry)
+        values = scorer(pipe, row.nfe, n)
+        points.append({"minutes": mark["train_minutes"], "step": mark["step"], "metrics": values})
+        log(f"board: {row.method} at {mark['train_minutes']:.1f} min (step {mark['step']}): fid={fid_of(values):.4g}")
+        release(pipe)
+    row.curve[:0] = points
+
+
+def release(pipe: OneStepPipeline) -> None:
+    pipe.generator.to("cpu")
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def prepare_feature_network(source, eval_config, registry: Registry, metrics: Sequence[str]) -> None:

@@ -16,11 +16,14 @@ class SinkhornDivergenceConfig:
 
 
 def sinkhorn_divergence(a: torch.Tensor, b: torch.Tensor, blur: float = 0.05, scaling: float = 0.8) -> float:
-    """Debiased Sinkhorn divergence S_eps(a, b) between two point clouds (flattened), p = 2."""
+    """Debiased Sinkhorn divergence S_eps(a, b) between two point clouds (flattened), p = 2; on the
+    GPU when there is one (an N x N cost matrix and tens of iterations over it)."""
     from geomloss import SamplesLoss
 
     loss = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=scaling, debias=True, backend="tensorized")
     a = a.reshape(len(a), -1).float()
+    if a.device.type == "cpu" and torch.cuda.is_available():
+        a = a.cuda()
     b = b.reshape(len(b), -1).float().to(a.device)
     with torch.no_grad():
         return float(loss(a, b))

@@ -104,7 +104,7 @@ class SemiDiscreteOT(Coupler):
                 raise ConfigError(f"coupler {self.name!r}: the checkpoint's potentials were fitted to other training "
                                   "data (data section or split changed); start a new run")
             return
-        self.fit(self.config.fit_steps, torch.Generator(device="cpu").manual_seed(self.config.seed))
+        self.fit(self.config.fit_steps, torch.Generator(device=device).manual_seed(self.config.seed))
 
     def set_points(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
         """Use samples ``x`` [N, *shape] (labels ``y`` [N] or None: one group) as the target set."""
@@ -121,6 +121,10 @@ class SemiDiscreteOT(Coupler):
         self.points = flat[order].contiguous()
         self.half_sq = 0.5 * self.points.pow(2).sum(1)
         self.spread = [float(self.points[a:b].var(0, unbiased=False).sum().sqrt()) for a, b in self.groups]
+        sizes = torch.tensor([b - a for a, b in self.groups], device=x.device)
+        self.column_group = torch.repeat_interleave(torch.arange(len(self.groups), device=x.device), sizes)
+        self.column_size = sizes[self.column_group].float()  # N_g of each cell's group
+        self.column_spread = torch.tensor(self.spread, device=x.device)[self.column_group]
         self.shape = tuple(x.shape[1:])
         if not self._loaded:
             self.psi = torch.zeros(len(x), device=x.device)
@@ -134,12 +138,13 @@ class SemiDiscreteOT(Coupler):
             self.fingerprint = self._fingerprint()
 
     def fit(self, steps: int, generator: torch.Generator) -> None:
-        """``steps`` averaged-SGD steps of (2) with ``fit_batch`` fresh noises per group each."""
+        """``steps`` averaged-SGD steps of (2) with ``fit_batch`` fresh noises per group each
+        (``generator`` lives on the points' device: the noise is drawn where it is used)."""
         dim = self.points.shape[1]
         for _ in range(steps):
-            for g, (start, end) in enumerate(self.groups):
-                z = torch.randn(self.config.fit_batch, dim, generator=generator).to(self.points.device)
-                self._sgd_step(g, self.assign(z, torch.full((len(z),), g, device=z.device), potentials=self.psi))
+            for g in range(len(self.groups)):
+                z = torch.randn(self.config.fit_batch, dim, generator=generator, device=generator.device).to(self.points.device)
+                self._sgd_step(g, self._assign_group(z, g, self.psi))
             self._average()
 
     def _sgd_step(self, g: int, rows: torch.Tensor) -> None:
@@ -150,6 +155,17 @@ class SemiDiscreteOT(Coupler):
         share = torch.bincount(rows - start, minlength=n).float() / len(rows)
         step = self.config.lr * self.spread[g] / math.sqrt(float(self.steps) + 1.0)
         self.psi[start:end] += step * (1.0 - n * share).clamp_min(-self.config.max_excess)
+
+    def _sgd_step_all(self, rows: torch.Tensor, groups: torch.Tensor) -> None:
+        """The step of :meth:`_sgd_step` for every group at once from a mixed batch (rows of any
+        group; a group without rows in the batch keeps its potentials): no host synchronisation,
+        so a training step's refinement does not stall the device queue."""
+        counts = torch.bincount(rows, minlength=len(self.psi)).float()
+        per_group = torch.bincount(groups, minlength=len(self.groups)).float()[self.column_group]
+        share = counts / per_group.clamp_min(1.0)
+        step = self.config.lr * self.column_spread / math.sqrt(float(self.steps) + 1.0)
+        update = step * (1.0 - self.column_size * share).clamp_min(-self.config.max_excess)
+        self.psi += torch.where(per_group > 0, update, torch.zeros_like(update))
 
     def _average(self) -> None:
         """Average of the iterates weighted by their step number (iterate k has weight ~ k), so
@@ -167,22 +183,37 @@ class SemiDiscreteOT(Coupler):
             return self._assign(z, groups, self.psi_avg if potentials is None else potentials)
 
     def _assign(self, z: torch.Tensor, groups: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
+        """(1) for a batch of mixed groups: every row is scored against every training sample in
+        blocks of ``chunk``, other groups' samples masked out. More arithmetic than one product
+        per group, but no host synchronisation (no data-dependent shapes)."""
         z = z.reshape(len(z), -1).float()
-        out = torch.empty(len(z), dtype=torch.long, device=z.device)
-        for g in torch.unique(groups).tolist():
-            rows = (groups == g).nonzero().squeeze(1)
-            start, end = self.groups[g]
-            best_val = torch.full((len(rows),), -torch.inf, device=z.device)
-            best_idx = torch.zeros(len(rows), dtype=torch.long, device=z.device)
+        best_val = torch.full((len(z),), -torch.inf, device=z.device)
+        best_idx = torch.zeros(len(z), dtype=torch.long, device=z.device)
+        for a in range(0, len(self.points), self.config.chunk):
+            b = min(a + self.config.chunk, len(self.points))
+            score = z @ self.points[a:b].T - self.half_sq[a:b] + psi[a:b]
+            score = score.masked_fill(self.column_group[a:b] != groups[:, None], -torch.inf)
+            val, idx = score.max(1)
+            better = val > best_val
+            best_val = torch.where(better, val, best_val)
+            best_idx = torch.where(better, idx + a, best_idx)
+        return best_idx
+
+    @torch.no_grad()
+    def _assign_group(self, z: torch.Tensor, g: int, psi: torch.Tensor) -> torch.Tensor:
+        """(1) for rows all of group ``g``: scored against that group's samples only."""
+        start, end = self.groups[g]
+        with torch.autocast(z.device.type, enabled=False):
+            z = z.reshape(len(z), -1).float()
+            best_val = torch.full((len(z),), -torch.inf, device=z.device)
+            best_idx = torch.zeros(len(z), dtype=torch.long, device=z.device)
             for a in range(start, end, self.config.chunk):
                 b = min(a + self.config.chunk, end)
-                score = z[rows] @ self.points[a:b].T - self.half_sq[a:b] + psi[a:b]
-                val, idx = score.max(1)
+                val, idx = (z @ self.points[a:b].T - self.half_sq[a:b] + psi[a:b]).max(1)
                 better = val > best_val
                 best_val = torch.where(better, val, best_val)
                 best_idx = torch.where(better, idx + a, best_idx)
-            out[rows] = best_idx
-        return out
+        return best_idx
 
     def pair(self, noise, data, y=None):
         _check_batches(self.name, noise, data, y)
@@ -194,8 +225,7 @@ class SemiDiscreteOT(Coupler):
         groups = self._groups_of(y, len(data), data.device)
         rows = self.assign(noise, groups)
         if self.config.refine:
-            for g in torch.unique(groups).tolist():
-                self._sgd_step(g, self.assign(noise[groups == g], groups[groups == g], potentials=self.psi))
+            self._sgd_step_all(self.assign(noise, groups, potentials=self.psi), groups)
             self._average()
         return noise, self.points[rows].reshape(data.shape).to(data.dtype), y
 

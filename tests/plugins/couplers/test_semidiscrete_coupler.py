@@ -105,3 +105,28 @@ def test_pairs_under_bf16_autocast_equal_fp32_pairs():
     exact = c.assign(z, torch.zeros(256, dtype=torch.long))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(c.assign(z, torch.zeros(256, dtype=torch.long)), exact)
+
+
+def test_refinement_on_a_mixed_batch_is_the_per_class_rule():
+    """A training batch mixes classes (and may miss some): the one-shot refinement moves every
+    class's potentials exactly as the per-class SGD step of (2) would, and leaves absent classes."""
+    x, y = clusters(n=400, k=5, seed=3)
+    c = fitted(x, y, k=5, fit_steps=20)
+    g = torch.Generator().manual_seed(4)
+    noise = torch.randn(96, x.shape[1], generator=g)
+    labels = torch.randint(0, 4, (96,), generator=g)  # class 4 absent from this batch
+    groups = c._groups_of(labels, len(labels), labels.device)
+    rows = c.assign(noise, groups, potentials=c.psi)
+    expected = c.psi.clone()
+    per_class = SemiDiscreteOT(c.config)
+    per_class.__dict__.update({k: v for k, v in c.__dict__.items()})
+    per_class.psi = c.psi.clone()
+    for grp in range(4):
+        per_class._sgd_step(grp, rows[groups == grp])
+    c._sgd_step_all(rows, groups)
+    assert torch.allclose(c.psi, per_class.psi, atol=1e-6)
+    a, b = c.groups[4]
+    assert torch.equal(c.psi[a:b], expected[a:b]) and not torch.equal(c.psi, expected)
+    # and the masked all-groups assignment picks, for each row, the best cell of its own class
+    for grp in range(4):
+        assert torch.equal(rows[groups == grp], c._assign_group(noise[groups == grp], grp, expected))

@@ -1,0 +1,70 @@
+"""The presets under configs/: every one loads and validates (its components build), and each
+ImageNet-256 recipe, shrunk to tiny sizes on synthetic latents, trains 2 steps on CPU through the
+trainer, checkpoints, and resumes to the same weights as an uninterrupted run."""
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import assert_same_checkpoint_weights
+from onestep.api import compose
+from onestep.compare.presets import presets_by_objective
+from onestep.config import assemble, build_config
+from onestep.interfaces import DataSpec
+from onestep.trainer import Trainer
+
+CONFIGS = Path(__file__).parents[2] / "configs"
+PRESETS = sorted(CONFIGS.rglob("*.yaml"))
+IMAGENET = sorted((CONFIGS / "imagenet256").glob("*.yaml"))
+# what a data source that needs a dataset file or package would report (no file is read here)
+SPECS = {"latents": DataSpec((4, 32, 32), 1000, "latents"), "mnist-full": DataSpec((1, 28, 28), 10, "images"),
+         "mnist": DataSpec((1, 28, 28), 10, "images")}
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_preset_loads_and_builds_its_components(registry, path):
+    config = build_config(assemble([path]), registry)
+    data = config.data.name
+    spec = SPECS.get(data) or registry.build("data", data, config.data.config).spec()
+    objective = registry.build_objective(config, spec)
+    backbone = registry.build("backbone", config.backbone.name, config.backbone.config)
+    assert objective.networks() and objective.phases()
+    assert backbone.name == config.backbone.name
+
+
+def test_imagenet_presets_exist_and_stay_out_of_method_preset_discovery():
+    names = {p.stem for p in IMAGENET}
+    assert {"af-b2", "af-xl2", "af-xl2-2nfe", "af-xl2-deep56", "wflow-b2", "wflow-l2", "wflow-xl2"} <= names
+    found = {p for runs in presets_by_objective(CONFIGS).values() for p, _ in runs}
+    assert not any("imagenet256" in str(p) for p in found)
+
+
+def tiny(preset: Path) -> list[str]:
+    """The preset at toy size: a 2-block DiT on 4 x 8 x 8 synthetic latents of 4 classes."""
+    common = ["backbone.size=P/2", "data.name=synthetic-latents", "data.shape=[4,8,8]", "data.num_classes=4",
+              "data.size=64", "train.progress=false", "eval.at_end=false", "sample.grid=4", "train.log_every=1"]
+    if preset.stem.startswith("wflow"):
+        return common + ["train.batch_size=16", "train.grad_accum=2", "objective.per_class=4",
+                         "objective.bank_per_class=8", "features.width=4", "features.batch_size=32"]
+    return common + ["train.batch_size=8"]
+
+
+def _fit(registry, preset, out, steps, resume=None):
+    overrides = tiny(preset) + [f"output_dir={out}", f"train.steps={steps}", "train.checkpoint_every=1",
+                                f"features.cache_dir={out.parent / 'features'}" if preset.stem.startswith("wflow") else "seed=0"]
+    run = Trainer(compose(files=[preset], overrides=overrides, registry=registry), registry=registry, console=False)
+    run.fit(resume=resume)
+    return run
+
+
+@pytest.mark.parametrize("preset", IMAGENET, ids=lambda p: p.stem)
+def test_imagenet_preset_trains_two_steps_checkpoints_and_resumes(registry, tmp_path, preset, one_thread):
+    full = _fit(registry, preset, tmp_path / "full", 2)
+    _fit(registry, preset, tmp_path / "half", 1)
+    resumed = _fit(registry, preset, tmp_path / "half", 2, resume=str(tmp_path / "half"))
+    assert full.step == resumed.step == 2
+    names = [f"{n}.safetensors" for n in sorted(full.engines)] + ["generator.ema.safetensors"]
+    after = assert_same_checkpoint_weights(tmp_path / "full", tmp_path / "half", 2, names)
+    first = load_file(str(tmp_path / "full/checkpoints/step-0000001/generator.safetensors"))
+    assert any(not torch.equal(after[k], first[k]) for k in after)  # the second step changed the generator
