@@ -22,9 +22,13 @@ SPECS = {"latents": DataSpec((4, 32, 32), 1000, "latents"), "mnist-full": DataSp
          "mnist": DataSpec((1, 28, 28), 10, "images")}
 
 
+STACKED = {CONFIGS / "guidance" / "af-mnist-guided.yaml": CONFIGS / "af-mnist.yaml"}
+"""Stage presets given after the preset they amend (``--config BASE --config STAGE``)."""
+
+
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_preset_loads_and_builds_its_components(registry, path):
-    config = build_config(assemble([path]), registry)
+    config = build_config(assemble([STACKED[path], path] if path in STACKED else [path]), registry)
     data = config.data.name
     spec = SPECS.get(data) or registry.build("data", data, config.data.config).spec()
     objective = registry.build_objective(config, spec)

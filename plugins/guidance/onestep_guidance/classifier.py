@@ -112,7 +112,8 @@ class ClassifierGuidanceConfig:
 
 
 class ClassifierGuidance(Guidance):
-    """Flow-based classifier guidance (AF Eq. 26) with a frozen, pre-trained C(x_t, t)."""
+    """Flow-based classifier guidance (AF Eq. 26) with a frozen, pre-trained C(x_t, t). Reads no
+    file when built; :meth:`prepare` (before training) loads the classifier."""
 
     name = "classifier"
     Config = ClassifierGuidanceConfig
@@ -124,9 +125,6 @@ class ClassifierGuidance(Guidance):
         if c.weights is None:
             raise ConfigError("guidance.weights: required: the run folder of a pre-trained classifier "
                               "(onestep run --objective noised-classifier ...; see docs/PLUGINS.md, guidance)")
-        if not Path(c.weights).exists():
-            raise ConfigError(f"guidance.weights: {c.weights!r} not found (expected the run or step folder of an "
-                              "`onestep run --objective noised-classifier` run)")
         if not 0.0 <= c.t_min <= c.t_max <= 1.0:
             raise ConfigError(f"guidance.t_min/t_max: expected 0 <= t_min <= t_max <= 1, got {c.t_min}, {c.t_max}")
         if c.num_times < 1:
@@ -163,6 +161,9 @@ def load_classifier(path: str, spec: DataSpec, device) -> nn.Module:
     from onestep.config import build_config, read_file
     from onestep.registry import Registry
 
+    if not Path(path).exists():
+        raise ConfigError(f"guidance.weights: {path!r} not found (expected the run or step folder of an "
+                          "`onestep run --objective noised-classifier` run)")
     registry = Registry.discover()
     try:
         folder, _ = ckpt.newest_intact(path)
