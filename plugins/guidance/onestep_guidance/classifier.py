@@ -124,7 +124,7 @@ class ClassifierGuidance(Guidance):
         _labelled(spec, "guidance classifier")
         if c.weights is None:
             raise ConfigError("guidance.weights: required: the run folder of a pre-trained classifier "
-                              "(onestep run --objective noised-classifier ...; see docs/PLUGINS.md, guidance)")
+                              "(onestep run --objective noised-classifier ...; README: Guided fine-tuning)")
         if not 0.0 <= c.t_min <= c.t_max <= 1.0:
             raise ConfigError(f"guidance.t_min/t_max: expected 0 <= t_min <= t_max <= 1, got {c.t_min}, {c.t_max}")
         if c.num_times < 1:

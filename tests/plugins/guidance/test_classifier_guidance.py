@@ -12,8 +12,9 @@ from onestep.api import compose
 from onestep.cli import main
 from onestep.errors import ConfigError
 from onestep.interfaces import DataSpec, StepInfo
+from onestep.registry import Registry
 from onestep.trainer import Trainer
-from onestep_guidance.classifier import ClassifierGuidance, ClassifierGuidanceConfig, noised_logits
+from onestep_guidance.classifier import ClassifierGuidance, ClassifierGuidanceConfig, NoisedClassifier, noised_logits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -142,6 +143,20 @@ def test_missing_or_wrong_weights_are_one_line_config_errors(classifier_run, tmp
         ClassifierGuidance(ClassifierGuidanceConfig(weights=str(tmp_path / "af")), spec=SPEC).prepare(None, "cpu")
     assert main(["sample", str(out)]) == 2
     assert "draws no samples" in capsys.readouterr().err
+
+
+def test_registered_and_bad_settings_refused():
+    registry = Registry.discover()
+    assert registry.get("guidance", "classifier").cls is ClassifierGuidance
+    assert registry.get("objective", "noised-classifier").cls is NoisedClassifier
+    for bad, field in ((dict(t_min=0.8, t_max=0.2), "guidance.t_min"), (dict(num_times=0), "guidance.num_times"),
+                       (dict(scale=-1.0), "guidance.scale")):
+        with pytest.raises(ConfigError, match=f"^{field}"):
+            ClassifierGuidance(ClassifierGuidanceConfig(weights="anywhere", **bad), spec=SPEC)
+    for cls, config in ((ClassifierGuidance, ClassifierGuidanceConfig(weights="anywhere")),
+                        (NoisedClassifier, NoisedClassifier.Config())):
+        with pytest.raises(ConfigError, match="needs labelled data"):
+            cls(config, spec=DataSpec((2,)))
 
 
 @pytest.mark.slow
