@@ -13,7 +13,7 @@ set -euo pipefail
 MINUTES=${1:-4}
 FINE=${2:-1.5}
 OUT=${3:-runs/guided-mnist}
-SCALES=${SCALES:-0.01 0.03 0.1}
+SCALES=${SCALES:-0.03 0.1 0.3}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 run() { python3 -m onestep.cli run train.progress=false "$@" ${EXTRA:-}; }
 mkdir -p "$OUT"
