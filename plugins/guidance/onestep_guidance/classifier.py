@@ -62,8 +62,9 @@ class NoisedClassifierConfig:
 
 
 class NoisedClassifier(Objective):
-    """Pre-trains the time-conditional classifier C(x_t, t) that ``guidance classifier`` loads:
-    cross-entropy on real data noised to t ~ U(0, 1). Draws no samples."""
+    """Pre-trains the time-conditional classifier C(x_t, t) for guidance; draws no samples.
+
+    Cross-entropy on real data noised to t ~ U(0, 1); ``guidance classifier`` loads its EMA."""
 
     name = "noised-classifier"
     Config = NoisedClassifierConfig
@@ -112,8 +113,9 @@ class ClassifierGuidanceConfig:
 
 
 class ClassifierGuidance(Guidance):
-    """Flow-based classifier guidance (AF Eq. 26) with a frozen, pre-trained C(x_t, t). Reads no
-    file when built; :meth:`prepare` (before training) loads the classifier."""
+    """Flow-based classifier guidance (AF Eq. 26) with a frozen, pre-trained C(x_t, t).
+
+    Reads no file when built; :meth:`prepare` (before training) loads the classifier."""
 
     name = "classifier"
     Config = ClassifierGuidanceConfig
