@@ -17,8 +17,8 @@ from onestep.trainer import Trainer
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def train(tmp_path, name, data, overrides, **kw):
-    cfg = compose(objective="adversarial-flow", backbone="mlp", data=data, overrides=[
+def train(tmp_path, name, data, overrides, backbone="mlp", **kw):
+    cfg = compose(objective="adversarial-flow", backbone=backbone, data=data, overrides=[
         f"output_dir={tmp_path}/{name}", "train.progress=false", "train.log_every=50", *overrides], **kw)
     run = Trainer(cfg, console=False)
     return run, run.fit()
@@ -104,7 +104,7 @@ def test_1d_two_seeds_learn_the_same_monotone_ot_map_on_two_targets(tmp_path, fo
 def test_mnist_with_the_dit_backbone_runs_end_to_end(tmp_path, guidance):
     run, summary = train(tmp_path, f"mnist-{guidance}", "mnist", [
         "backbone.size=P/7", "train.steps=6", "train.batch_size=16", "train.log_every=3", "eval.metrics=[]",
-        "sample.grid=20"], files=["configs/af-mnist.yaml"], guidance=guidance)
+        "sample.grid=20"], backbone=None, files=["configs/af-mnist.yaml"], guidance=guidance)
     assert summary["samples_png"] and summary["samples_png"].endswith(".png")
     rows = [json.loads(line) for line in open(f"{tmp_path}/mnist-{guidance}/metrics.jsonl")]
     losses = {k: v for r in rows for k, v in r.items() if k.endswith("loss")}
