@@ -10,7 +10,6 @@ from scipy.optimize import linear_sum_assignment
 from torch.distributions import Normal
 
 from onestep.api import compose
-
 from onestep.trainer import Trainer
 
 
