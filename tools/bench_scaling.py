@@ -31,7 +31,6 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     from onestep.api import compose
-
     from onestep.trainer import Trainer
 
     overrides = [

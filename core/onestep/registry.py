@@ -112,7 +112,7 @@ class Registry:
         try:
             classes = list(impl.function() or ())
         except Exception as exc:
-            self.broken[name] = f"{package}: {impl.function.__name__}() raised {type(exc).__name__}: {exc}"
+            self.broken[name] = f"{package}: {KINDS[kind].hook}() raised {type(exc).__name__}: {exc}"
             return
         for c in classes:
             try:

@@ -7,9 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from onestep.api import compose
-
-from onestep.trainer import Trainer
 from onestep.errors import DivergenceError
+from onestep.trainer import Trainer
 
 
 def test_nan_loss_stops_before_the_next_checkpoint(registry, tmp_path):

@@ -6,11 +6,10 @@ import pytest
 import torch
 
 from onestep.api import compose
-
-from onestep.trainer import Trainer
 from onestep.cli import main
 from onestep.errors import CheckpointError, ConfigError
 from onestep.export import OneStepPipeline, export_checkpoint
+from onestep.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

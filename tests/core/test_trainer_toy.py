@@ -3,9 +3,8 @@ settings from the run config reach the metrics."""
 import torch
 
 from onestep.api import compose
-
-from onestep.trainer import Trainer
 from onestep.metrics.toy import sinkhorn_divergence
+from onestep.trainer import Trainer
 
 
 def test_flow_matching_matches_gmm8(registry, quiet):

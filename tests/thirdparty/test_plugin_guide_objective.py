@@ -6,10 +6,9 @@ import types
 from pathlib import Path
 
 from onestep.api import compose
-
-from onestep.trainer import Trainer
 from onestep.hookspecs import hookimpl
 from onestep.registry import Registry
+from onestep.trainer import Trainer
 
 GUIDE = Path(__file__).parents[2] / "docs" / "PLUGINS.md"
 

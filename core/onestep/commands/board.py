@@ -50,7 +50,7 @@ def register(subparsers) -> None:
                    help="samples scored at each mark, for the curve (default: as many as at the end)")
     p.add_argument("--metrics", help="comma-separated metric names (default: every installed metric for the data)")
     p.add_argument("--few-steps", type=_ints, default=[1, 2, 4], metavar="N,M",
-                   help="extra NFE rows of multi-step methods (default 1,2,4)")
+                   help="extra NFE rows of the multi-step baseline, flow matching (default 1,2,4)")
     p.add_argument("--deadline", type=float, default=None, metavar="M",
                    help="wall-clock minutes after which runs still training are stopped (they checkpoint; rows say so)")
     p.add_argument("--speed-samples", type=int, default=1000, help="samples per throughput timing")

@@ -17,7 +17,8 @@ How it runs:
    and says which runs were cut short.
 3. When all have stopped, every checkpoint's EMA generator is loaded back (no trainer), alone on
    the device, and scored there: the marks' checkpoints give the curve, the last one the table, at
-   its own NFE and, for multi-step rows, at ``few_steps`` NFE. Scoring after training, not inside
+   its own NFE and, for the multi-step baseline (flow matching), at ``few_steps`` NFE: what a one-step
+   model buys. Scoring after training, not inside
    the runs, keeps every evaluation off the other runs' device time and makes its cost the same
    for every row. Sampling speed is timed at every row's NFE, and every row draws its grid from the
    same noise and labels. The reference features are extracted once for all rows.
@@ -222,7 +223,8 @@ def score_end(s: BoardSettings, m: str, code: int, out: Path, files: list[str], 
     _, end = checkpoint_records(run_dir)
     pipe = OneStepPipeline.from_checkpoint(run_dir, device="cuda" if torch.cuda.is_available() else "cpu",
                                            registry=scorer.registry)
-    nfes = [pipe.default_nfe] + ([k for k in s.few_steps if k != pipe.default_nfe] if pipe.default_nfe > 1 else [])
+    few = [k for k in s.few_steps if k != pipe.default_nfe] if pipe.default_nfe > 1 and objective_of(m) == BASELINE else []
+    nfes = [pipe.default_nfe] + few
     rows = []
     for nfe in nfes:
         values = scorer(pipe, nfe, n_eval)

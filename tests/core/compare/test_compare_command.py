@@ -6,11 +6,10 @@ import matplotlib.image
 import pytest
 
 from onestep.api import compose
-
-from onestep.trainer import Trainer
 from onestep.cli import main
 from onestep.errors import ConfigError
 from onestep.interfaces import StepInfo
+from onestep.trainer import Trainer
 
 BUDGET_S = 3.0
 

@@ -3,9 +3,8 @@ run's own eval.metrics list said."""
 import json
 
 from onestep.api import compose
-
-from onestep.trainer import Trainer
 from onestep.cli import main
+from onestep.trainer import Trainer
 
 
 def test_eval_without_metrics_reports_fid_on_an_image_run(tmp_path, capsys, monkeypatch, registry):

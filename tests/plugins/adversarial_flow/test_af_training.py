@@ -10,7 +10,6 @@ from scipy.optimize import linear_sum_assignment
 from torch.distributions import Normal
 
 from onestep.api import compose
-
 from onestep.trainer import Trainer
 
 
@@ -108,10 +107,10 @@ def test_mnist_with_the_dit_backbone_runs_end_to_end(tmp_path, guidance):
         classifier = compose(objective="noised-classifier", backbone="dit", data="mnist", overrides=[
             *small, f"output_dir={tmp_path}/classifier", "train.progress=false", "train.steps=2"])
         Trainer(classifier, console=False).fit()
-        train(tmp_path, "unguided", "mnist", [*small, "train.steps=2"], "dit", files=["configs/af-mnist.yaml"])
+        train(tmp_path, "unguided", "mnist", [*small, "train.steps=2"], backbone=None, files=["configs/af-mnist.yaml"])
         extra = [f"guidance.weights={tmp_path}/classifier", f"train.init_from={tmp_path}/unguided"]
-    run, summary = train(tmp_path, f"mnist-{guidance}", "mnist", [*small, "sample.grid=20", *extra], "dit",
-                         files=["configs/af-mnist.yaml"], guidance=guidance)
+    run, summary = train(tmp_path, f"mnist-{guidance}", "mnist", [*small, "sample.grid=20", *extra],
+                         backbone=None, files=["configs/af-mnist.yaml"], guidance=guidance)
     assert summary["samples_png"] and summary["samples_png"].endswith(".png")
     rows = [json.loads(line) for line in open(f"{tmp_path}/mnist-{guidance}/metrics.jsonl")]
     losses = {k: v for r in rows for k, v in r.items() if k.endswith("loss")}

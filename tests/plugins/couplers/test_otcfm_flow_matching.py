@@ -5,7 +5,6 @@ eight modes."""
 import torch
 
 from onestep.api import compose
-
 from onestep.trainer import Trainer
 
 SMALL = ["backbone.width=128", "backbone.depth=2", "train.batch_size=128", "train.steps=150", "train.optim.lr=2e-3",

@@ -249,7 +249,6 @@ def test_train_compile_trains_like_eager_and_compiles_each_block(tmp_path):
     from torch._dynamo.utils import counters
 
     from onestep.api import compose
-
     from onestep.trainer import Trainer
 
     losses = {}
@@ -258,7 +257,7 @@ def test_train_compile_trains_like_eager_and_compiles_each_block(tmp_path):
             f"output_dir={tmp_path}/{compiled}", "train.progress=false", "train.log_every=1", "train.steps=4",
             "train.batch_size=16", "backbone.size=P/7", "eval.metrics=[]", "sample.grid=4", f"train.compile={compiled}"])
         run = Trainer(cfg, console=False)
-        blocks = run.nets["generator"].module.blocks
+        blocks = run.engines["generator"].module.blocks
         assert [b._compiled_call_impl is not None for b in blocks] == [compiled] * len(blocks)
         graphs = counters["stats"]["unique_graphs"]
         run.fit()

@@ -7,9 +7,8 @@ import torch
 from PIL import Image
 
 from onestep.api import compose
-
-from onestep.trainer import Trainer
 from onestep.metrics.toy import sinkhorn_divergence
+from onestep.trainer import Trainer
 
 SHORT = ["train.steps=30", "train.batch_size=32", "train.log_every=1", "backbone.width=64", "backbone.depth=1",
          "objective.lr=2e-3", "objective.class_conditional=false", "eval.metrics=[]", "sample.grid=64"]
