@@ -3,8 +3,9 @@
 # in one device call: (1) unguided AF (configs/af-mnist.yaml) and (2) the noised classifier
 # (configs/guidance/classifier-mnist.yaml) train side by side; then (3) from the unguided run's EMA,
 # guided fine-tuning at each scale of SCALES and, for a fair comparison, an unguided continuation of
-# the same length, side by side. Every AF run ends with FID, precision/recall and class accuracy on
-# 2,000 samples (metrics.jsonl, last "eval" record); the table compares them.
+# the same length, side by side, all holding AF's OT weight where the unguided run left it. Every AF
+# run ends with FID, precision/recall and class accuracy on 2,000 samples (metrics.jsonl, last "eval"
+# record); the table compares them.
 #   bash tools/guided_mnist.sh [UNGUIDED_MINUTES] [FINE_TUNE_MINUTES] [OUT]
 #   e.g. on one H200 (a device call is limited to 10 minutes): bash tools/guided_mnist.sh 4 1.5 runs/guided
 # EXTRA adds overrides to every run, e.g. a CPU smoke run: EXTRA="data=mnist backbone.size=P/7 train.steps=3
@@ -21,12 +22,15 @@ run --config configs/af-mnist.yaml --out "$OUT/unguided" train.max_minutes="$MIN
 run --config configs/guidance/classifier-mnist.yaml --out "$OUT/classifier" train.max_minutes="$MINUTES" \
   > "$OUT/classifier.log" 2>&1 &
 wait
+# the fine-tuning runs start at step 0: hold AF's OT weight where the unguided run left it
+LAMBDA=$(python3 -c "import json, sys; print([r for r in map(json.loads, open(sys.argv[1])) if 'generator/lambda_ot' in r][-1]['generator/lambda_ot'])" "$OUT/unguided/metrics.jsonl")
+OT=(objective.lambda_ot="$LAMBDA" objective.lambda_ot_end="$LAMBDA")
 run --config configs/af-mnist.yaml --init-from "$OUT/unguided" --out "$OUT/continued" train.max_minutes="$FINE" \
-  > "$OUT/continued.log" 2>&1 &
+  "${OT[@]}" > "$OUT/continued.log" 2>&1 &
 for s in $SCALES; do
   run --config configs/af-mnist.yaml --config configs/guidance/af-mnist-guided.yaml --out "$OUT/guided-$s" \
     --init-from "$OUT/unguided" guidance.weights="$OUT/classifier" guidance.scale="$s" train.max_minutes="$FINE" \
-    > "$OUT/guided-$s.log" 2>&1 &
+    "${OT[@]}" > "$OUT/guided-$s.log" 2>&1 &
 done
 wait
 python3 - "$OUT" <<'PY'
