@@ -193,15 +193,21 @@ def run_board(s: BoardSettings, registry: Registry | None = None, log=print) -> 
     labels = reference_labels[torch.arange(n_eval) % len(reference_labels)] if reference_labels is not None else None
     scorer = Scorer(labels, reference, reference_labels, source, plan.metrics, registry, {})
     meta = board_meta(s, plan.spec, n_eval, plan.n_test)
-    rows: list[BoardRow] = []
+    rows_of: dict[str, list[BoardRow]] = {}
     grids: dict[str, torch.Tensor] = {}
-    for m in s.methods:  # the table first, then the curves: a board cut short by its caller still has its table
-        rows.extend(score_end(s, m, codes[m], out, plan.files_of[m], scorer, n_eval, grids, log))
+    # The table before the curves, and the cheap one-step rows before the multi-step ones (a 50-step
+    # row costs as much as a dozen one-step rows): a board cut short by its caller keeps the most.
+    for one_step_only in (True, False):
+        for m in s.methods:
+            if m not in rows_of:
+                got = score_end(s, m, codes[m], out, plan.files_of[m], scorer, n_eval, grids, log, one_step_only)
+                if got is not None:
+                    rows_of[m] = got
+                    write_outputs([r for k in s.methods for r in rows_of.get(k, [])], grids, meta, out, source)
+    rows = [r for m in s.methods for r in rows_of[m]]
+    for row in sorted((r for r in rows if r.curve), key=lambda r: r.nfe):
+        score_marks(row, Path(row.out_dir), scorer, min(s.mark_samples or n_eval, n_eval), log)
         write_outputs(rows, grids, meta, out, source)
-    for row in rows:
-        if row.curve:
-            score_marks(row, Path(row.out_dir), scorer, min(s.mark_samples or n_eval, n_eval), log)
-            write_outputs(rows, grids, meta, out, source)
     return rows
 
 
@@ -212,9 +218,10 @@ def write_outputs(rows, grids, meta, out: Path, source) -> None:
 
 
 def score_end(s: BoardSettings, m: str, code: int, out: Path, files: list[str], scorer: "Scorer", n_eval: int,
-              grids: dict, log) -> list[BoardRow]:
+              grids: dict, log, one_step_only: bool = False) -> list[BoardRow] | None:
     """The rows of method ``m`` from its last checkpoint: at its NFE (whose curve starts with this
-    end point) and, for a multi-step method, at the few-step NFEs; their grids go into ``grids``."""
+    end point) and, for the multi-step baseline, at the few-step NFEs; their grids go into ``grids``.
+    None when ``one_step_only`` and the method samples in several steps (it is scored later)."""
     run_dir = out / "runs" / m
     reference = objective_of(m) == PEER
     if code not in (0, INTERRUPTED) or not (run_dir / "checkpoints").is_dir():
@@ -223,6 +230,9 @@ def score_end(s: BoardSettings, m: str, code: int, out: Path, files: list[str], 
     _, end = checkpoint_records(run_dir)
     pipe = OneStepPipeline.from_checkpoint(run_dir, device="cuda" if torch.cuda.is_available() else "cpu",
                                            registry=scorer.registry)
+    if one_step_only and pipe.default_nfe > 1:
+        release(pipe)
+        return None
     few = [k for k in s.few_steps if k != pipe.default_nfe] if pipe.default_nfe > 1 and objective_of(m) == BASELINE else []
     nfes = [pipe.default_nfe] + few
     rows = []
