@@ -3,14 +3,19 @@
 # preset in configs/ (plus the 50-step flow-matching baseline and torchcfm's OT-CFM), trained together
 # for MINUTES minutes each, checkpointed every MARKS minutes and at the end; after training every
 # checkpoint is scored alone on the device against all 10,000 held-out digits (MARK_SAMPLES samples for the
-# curve's marks). One device call is limited to 10 minutes: start-up, training and the scoring must fit;
-# DEADLINE (wall-clock minutes from launch) stops runs still training then, and the table marks them.
+# curve's marks), with the table: FID, KID, precision/recall, class accuracy.
+# One device call is limited to 10 minutes: start-up, training and the scoring must fit. Measured
+# 2026-12-01 (tools/RESULTS.md): start-up ~45 s (install, classifier; carry .onestep-cache and set
+# ONESTEP_CACHE to skip the classifier), 6.5 min of wall clock for 6 training minutes, ~70 s for the
+# table (one-step rows first) and ~30 s for the curves. DEADLINE (wall-clock minutes from launch, default
+# MINUTES + 0.6) stops runs still training then, and the table marks them.
 #   bash tools/board_mnist.sh [MINUTES] [OUT] [board flags/overrides...]
 set -euo pipefail
 MINUTES=${1:-6}
 OUT=${2:-runs/board-mnist}
 shift $(( $# < 2 ? $# : 2 ))
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
-python3 -m onestep.cli board --data mnist-full --minutes "$MINUTES" --marks "${MARKS:-2}" --deadline "${DEADLINE:-7.2}" \
-  ${MARK_SAMPLES:+--mark-samples "$MARK_SAMPLES"} \
+DEADLINE=${DEADLINE:-$(python3 -c "print($MINUTES + 0.6)")}
+python3 -m onestep.cli board --data mnist-full --minutes "$MINUTES" --marks "${MARKS:-2}" --deadline "$DEADLINE" \
+  --mark-samples "${MARK_SAMPLES:-1000}" --speed-samples 500 --metrics fid,kid,precision-recall,class-accuracy \
   --out "$OUT" "$@"
