@@ -27,8 +27,9 @@ TIME_CONVENTION = "t = 0 is noise, t = 1 is data: x_t = (1 - t) * noise + t * da
 to data (``t = 1``) along ``x_t = (1 - t) * noise + t * data`` (:func:`interpolate`), so a
 sampler integrates from t = 0 up to t = 1. Objectives and guidance state their times in it; a
 guidance's networks always take times in it (see :class:`Guidance`), so one guidance serves every
-objective. A method that keeps its paper's reversed time (Adversarial Flow: data at tau = 0,
-tau = 1 - t) says so in its module docstring, and its own networks' time inputs are tau."""
+objective. Every network's time input is in it. A method whose paper writes the reversed time
+(Adversarial Flow: data at tau = 0, tau = 1 - t) may keep the paper's tau in its own math, says
+so in its module docstring, and converts at its edges (interpolation and network inputs)."""
 
 
 def interpolate(noise: torch.Tensor, data: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

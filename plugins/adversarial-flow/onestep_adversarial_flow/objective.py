@@ -4,9 +4,12 @@ A generator G transports noise to data in one (or a few) steps and is trained ad
 against a critic D, with an optimal-transport regulariser that picks the unique W2-optimal map
 out of the many maps that match the data distribution (Sec. 3.2).
 
-Times and interpolation (Sec. 3.3, Eq. 15): ``x_s = (1 - s) x + s z``. These are the paper's
-times, the reverse of onestep's convention (``onestep.interfaces.TIME_CONVENTION``: noise at
-t = 0): s, t here are 1 - t there, and the networks receive them as they are written here. One-step models
+Times and interpolation (Sec. 3.3, Eq. 15): ``x_s = (1 - s) x + s z``. The math below keeps the
+paper's times s, t (data at 0, noise at 1) so that it reads against the paper's equations; they
+are the reverse of onestep's convention (``onestep.interfaces.TIME_CONVENTION``: noise at 0, data
+at 1), and everything that leaves this module follows the convention: x_s is
+``interpolate(noise, data, 1 - s)``, and G and D receive their time inputs as 1 - s and 1 - t (a
+guidance or a third-party critic sees the same times whichever objective it serves). One-step models
 (``time_inputs=0``) use s = 1, t = 0, so ``x_s = z`` and D sees clean data. Any-step models
 (``time_inputs=2``) draw s ~ U(0, 1), t ~ U(0, s); the target ``x_t`` interpolates the same data
 with independent noise. G(x_s, s, t) = x_s - (s - t) g(x_s, s, t) (residual form, Eq. 31/32) or
@@ -36,7 +39,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from onestep.errors import ConfigError
-from onestep.interfaces import Batch, NetworkRequest, Networks, Objective, Phase, StepInfo
+from onestep.interfaces import Batch, NetworkRequest, Networks, Objective, Phase, StepInfo, interpolate
 
 
 GP_PRECISIONS = ("fp32", "autocast")
@@ -46,10 +49,14 @@ def cat2(v: torch.Tensor | None) -> torch.Tensor | None:
     return torch.cat([v, v]) if v is not None else None
 
 
-def interpolate(x: torch.Tensor, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Eq. 15 with A(t) = 1 - t, B(t) = t."""
-    t = t.view(-1, *([1] * (x.dim() - 1)))
-    return (1 - t) * x + t * z
+def at_paper_time(x: torch.Tensor, z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Eq. 15, x_s = (1 - s) x + s z at the paper's time s: onestep's :func:`interpolate` at 1 - s."""
+    return interpolate(z, x, 1 - s)
+
+
+def convention(time: torch.Tensor) -> torch.Tensor:
+    """A paper time (data at 0) as the network input of onestep's convention (data at 1)."""
+    return 1 - time
 
 
 def relativistic(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -215,7 +222,7 @@ class AdversarialFlow(Objective):
 
     def transport(self, generator, x_s, s, t, y) -> torch.Tensor:
         """G(x_s, s, t) (Eq. 29-32)."""
-        times = {"s": s, "t": t} if self.config.time_inputs == 2 else {}
+        times = {"s": convention(s), "t": convention(t)} if self.config.time_inputs == 2 else {}
         g = generator(x_s, y=y, **times)
         if not self.config.residual:
             return g
@@ -224,7 +231,7 @@ class AdversarialFlow(Objective):
     def critic_inputs(self, t: torch.Tensor, y) -> dict[str, Any]:
         cond: dict[str, Any] = {"y": y}
         if self.config.time_inputs:
-            cond["t"] = t
+            cond["t"] = convention(t)
         return cond
 
     def _draw(self, batches: Sequence[Batch]):
@@ -232,8 +239,8 @@ class AdversarialFlow(Objective):
         y = torch.cat([b.y for b in batches]) if self.conditional else None
         s, t = self.times(x.shape[0], x.device)
         z = torch.randn_like(x)
-        x_s = interpolate(x, z, s)
-        x_t = x if self.config.time_inputs == 0 else interpolate(x, torch.randn_like(x), t)
+        x_s = at_paper_time(x, z, s)
+        x_t = x if self.config.time_inputs == 0 else at_paper_time(x, torch.randn_like(x), t)
         return x_s, x_t, z, y, s, t
 
     # ----------------------------------------------------------------------------- losses

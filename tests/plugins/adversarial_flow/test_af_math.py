@@ -192,3 +192,29 @@ def test_ot_weight_is_one_over_the_time_gap():
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ConfigError, match=f"objective.{field}"):
         AdversarialFlow(AdversarialFlowConfig(**{field: value}), spec=POINTS)
+
+
+class TimeSpy(nn.Module):
+    """Records the time inputs it receives; outputs zeros (a critic's logits or g = 0)."""
+
+    def __init__(self, critic: bool) -> None:
+        super().__init__()
+        self.critic, self.seen = critic, []
+        self.w = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, s=None, t=None, y=None):
+        self.seen.append({"s": s, "t": t})
+        return (x.flatten(1).sum(1) if self.critic else x) * self.w
+
+
+def test_networks_take_times_in_onestep_convention_data_at_one():
+    """AF's math runs on the paper's times (data at 0), but G and D receive onestep's convention
+    (interfaces.TIME_CONVENTION, data at 1): on the one-step grid (s = 1 noise, t = 0 data) the
+    generator is told s = 0 (noise end) and t = 1, and the critic, which sees clean data, t = 1."""
+    obj = AdversarialFlow(AdversarialFlowConfig(time_inputs=2, steps=1), spec=POINTS)
+    gen, critic = TimeSpy(False), TimeSpy(True)
+    x = torch.randn(6, 2)
+    obj.loss("generator", Networks({"generator": gen, "critic": critic}), [Batch(x)], StepInfo(0, 10))
+    torch.testing.assert_close(gen.seen[0]["s"], torch.zeros(6))
+    torch.testing.assert_close(gen.seen[0]["t"], torch.ones(6))
+    assert all(torch.equal(call["t"], torch.ones_like(call["t"])) for call in critic.seen)
