@@ -5,9 +5,9 @@
 # checkpoint is scored alone on the device against all 10,000 held-out digits (MARK_SAMPLES samples for the
 # curve's marks), with the table: FID, KID, precision/recall, class accuracy.
 # One device call is limited to 10 minutes: start-up, training and the scoring must fit. Measured
-# 2026-12-01 (tools/RESULTS.md): start-up ~45 s (install, classifier; carry .onestep-cache and set
-# ONESTEP_CACHE to skip the classifier: tools/feature_classifier.py makes it), 6.5 min of wall clock for 6 training minutes, ~70 s for the
-# table (one-step rows first) and ~30 s for the curves. DEADLINE (wall-clock minutes from launch, default
+# 2026-12-01 (tools/RESULTS.md): start-up ~45 s (install, classifier; to skip the classifier, make it
+# with tools/feature_classifier.py, carry .onestep-cache and set ONESTEP_CACHE to it), 6.5 min of wall
+# clock for 6 training minutes, ~70 s for the table (one-step rows first) and ~30 s for the curves. DEADLINE (wall-clock minutes from launch, default
 # MINUTES + 0.6) stops runs still training then, and the table marks them.
 #   bash tools/board_mnist.sh [MINUTES] [OUT] [board flags/overrides...]
 set -euo pipefail
