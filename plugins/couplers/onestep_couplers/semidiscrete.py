@@ -144,22 +144,15 @@ class SemiDiscreteOT(Coupler):
         for _ in range(steps):
             for g in range(len(self.groups)):
                 z = torch.randn(self.config.fit_batch, dim, generator=generator, device=generator.device).to(self.points.device)
-                self._sgd_step(g, self._assign_group(z, g, self.psi))
+                self._sgd_step(self._assign_group(z, g, self.psi), torch.full((len(z),), g, device=z.device))
             self._average()
 
-    def _sgd_step(self, g: int, rows: torch.Tensor) -> None:
-        """psi_j += lr * spread_g / sqrt(k) * max(1 - N_g * share_j, -max_excess), share_j the
-        fraction of ``rows`` (assigned noises of group g) in cell j."""
-        start, end = self.groups[g]
-        n = end - start
-        share = torch.bincount(rows - start, minlength=n).float() / len(rows)
-        step = self.config.lr * self.spread[g] / math.sqrt(float(self.steps) + 1.0)
-        self.psi[start:end] += step * (1.0 - n * share).clamp_min(-self.config.max_excess)
-
-    def _sgd_step_all(self, rows: torch.Tensor, groups: torch.Tensor) -> None:
-        """The step of :meth:`_sgd_step` for every group at once from a mixed batch (rows of any
-        group; a group without rows in the batch keeps its potentials): no host synchronisation,
-        so a training step's refinement does not stall the device queue."""
+    def _sgd_step(self, rows: torch.Tensor, groups: torch.Tensor) -> None:
+        """psi_j += lr * spread_g / sqrt(k) * max(1 - N_g * share_j, -max_excess) for every cell j
+        of every group g with rows in the batch, share_j the fraction of g's ``rows`` (assigned
+        noises) in cell j; a group without rows keeps its potentials. One pass over all groups,
+        with no host synchronisation, so a training step's refinement does not stall the device
+        queue."""
         counts = torch.bincount(rows, minlength=len(self.psi)).float()
         per_group = torch.bincount(groups, minlength=len(self.groups)).float()[self.column_group]
         share = counts / per_group.clamp_min(1.0)
@@ -183,36 +176,33 @@ class SemiDiscreteOT(Coupler):
             return self._assign(z, groups, self.psi_avg if potentials is None else potentials)
 
     def _assign(self, z: torch.Tensor, groups: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
-        """(1) for a batch of mixed groups: every row is scored against every training sample in
-        blocks of ``chunk``, other groups' samples masked out. More arithmetic than one product
-        per group, but no host synchronisation (no data-dependent shapes)."""
-        z = z.reshape(len(z), -1).float()
-        best_val = torch.full((len(z),), -torch.inf, device=z.device)
-        best_idx = torch.zeros(len(z), dtype=torch.long, device=z.device)
-        for a in range(0, len(self.points), self.config.chunk):
-            b = min(a + self.config.chunk, len(self.points))
-            score = z @ self.points[a:b].T - self.half_sq[a:b] + psi[a:b]
-            score = score.masked_fill(self.column_group[a:b] != groups[:, None], -torch.inf)
-            val, idx = score.max(1)
-            better = val > best_val
-            best_val = torch.where(better, val, best_val)
-            best_idx = torch.where(better, idx + a, best_idx)
-        return best_idx
+        """(1) for a batch of mixed groups: every row is scored against every training sample,
+        other groups' samples masked out. More arithmetic than one product per group, but no host
+        synchronisation (no data-dependent shapes)."""
+        return self._best(z, 0, len(self.points), psi, groups)
 
     @torch.no_grad()
     def _assign_group(self, z: torch.Tensor, g: int, psi: torch.Tensor) -> torch.Tensor:
         """(1) for rows all of group ``g``: scored against that group's samples only."""
-        start, end = self.groups[g]
         with torch.autocast(z.device.type, enabled=False):
-            z = z.reshape(len(z), -1).float()
-            best_val = torch.full((len(z),), -torch.inf, device=z.device)
-            best_idx = torch.zeros(len(z), dtype=torch.long, device=z.device)
-            for a in range(start, end, self.config.chunk):
-                b = min(a + self.config.chunk, end)
-                val, idx = (z @ self.points[a:b].T - self.half_sq[a:b] + psi[a:b]).max(1)
-                better = val > best_val
-                best_val = torch.where(better, val, best_val)
-                best_idx = torch.where(better, idx + a, best_idx)
+            return self._best(z, *self.groups[g], psi)
+
+    def _best(self, z: torch.Tensor, start: int, end: int, psi: torch.Tensor,
+              groups: torch.Tensor | None = None) -> torch.Tensor:
+        """argmax_j of the scores of (1) over the samples ``start:end`` (and, with ``groups``, only
+        the row's own group's), in blocks of ``chunk`` samples (memory)."""
+        z = z.reshape(len(z), -1).float()
+        best_val = torch.full((len(z),), -torch.inf, device=z.device)
+        best_idx = torch.zeros(len(z), dtype=torch.long, device=z.device)
+        for a in range(start, end, self.config.chunk):
+            b = min(a + self.config.chunk, end)
+            score = z @ self.points[a:b].T - self.half_sq[a:b] + psi[a:b]
+            if groups is not None:
+                score = score.masked_fill(self.column_group[a:b] != groups[:, None], -torch.inf)
+            val, idx = score.max(1)
+            better = val > best_val
+            best_val = torch.where(better, val, best_val)
+            best_idx = torch.where(better, idx + a, best_idx)
         return best_idx
 
     def pair(self, noise, data, y=None):
@@ -225,7 +215,7 @@ class SemiDiscreteOT(Coupler):
         groups = self._groups_of(y, len(data), data.device)
         rows = self.assign(noise, groups)
         if self.config.refine:
-            self._sgd_step_all(self.assign(noise, groups, potentials=self.psi), groups)
+            self._sgd_step(self.assign(noise, groups, potentials=self.psi), groups)
             self._average()
         return noise, self.points[rows].reshape(data.shape).to(data.dtype), y
 

@@ -1,6 +1,8 @@
 """semidiscrete-ot: its pairs are the global OT map of the training set (W2 at the global optimum,
 below minibatch OT's), consistent across batches, within classes, and its fitted state survives
 a checkpoint."""
+import math
+
 import pytest
 import torch
 
@@ -118,13 +120,14 @@ def test_refinement_on_a_mixed_batch_is_the_per_class_rule():
     groups = c._groups_of(labels, len(labels), labels.device)
     rows = c.assign(noise, groups, potentials=c.psi)
     expected = c.psi.clone()
-    per_class = SemiDiscreteOT(c.config)
-    per_class.__dict__.update({k: v for k, v in c.__dict__.items()})
-    per_class.psi = c.psi.clone()
+    per_class = c.psi.clone()  # (2) class by class: psi_j += lr spread_g / sqrt(k) max(1 - N_g share_j, -max_excess)
+    step = c.config.lr / math.sqrt(float(c.steps) + 1.0)
     for grp in range(4):
-        per_class._sgd_step(grp, rows[groups == grp])
-    c._sgd_step_all(rows, groups)
-    assert torch.allclose(c.psi, per_class.psi, atol=1e-6)
+        start, end = c.groups[grp]
+        share = torch.bincount(rows[groups == grp] - start, minlength=end - start).float() / int((groups == grp).sum())
+        per_class[start:end] += step * c.spread[grp] * (1.0 - (end - start) * share).clamp_min(-c.config.max_excess)
+    c._sgd_step(rows, groups)
+    assert torch.allclose(c.psi, per_class, atol=1e-6)
     a, b = c.groups[4]
     assert torch.equal(c.psi[a:b], expected[a:b]) and not torch.equal(c.psi, expected)
     # and the masked all-groups assignment picks, for each row, the best cell of its own class
