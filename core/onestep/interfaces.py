@@ -14,7 +14,7 @@ the methods declared here. Shapes in docstrings are examples, not constraints.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import attrs
 import torch
@@ -36,6 +36,16 @@ def interpolate(noise: torch.Tensor, data: torch.Tensor, t: torch.Tensor) -> tor
     """``x_t = (1 - t) * noise + t * data`` (:data:`TIME_CONVENTION`) with ``t`` of shape ``[B]``."""
     t = t.view(-1, *([1] * (data.dim() - 1))).to(data.dtype)
     return (1 - t) * noise + t * data
+
+
+def euler(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], noise: torch.Tensor, nfe: int) -> torch.Tensor:
+    """From ``noise`` at t = 0 to t = 1 (:data:`TIME_CONVENTION`) in ``nfe`` Euler steps of
+    dx/dt = ``velocity(x, t)`` on the uniform grid, ``t`` of shape ``[B]``."""
+    x = noise
+    ts = torch.linspace(0, 1, nfe + 1, device=noise.device)
+    for i in range(nfe):
+        x = x + (ts[i + 1] - ts[i]) * velocity(x, ts[i].expand(len(x)))
+    return x
 
 
 @attrs.frozen

@@ -14,7 +14,7 @@ import attrs
 import torch
 
 from onestep.errors import ConfigError
-from onestep.interfaces import Batch, NetworkRequest, Networks, Objective, Phase, StepInfo, interpolate
+from onestep.interfaces import Batch, NetworkRequest, Networks, Objective, Phase, StepInfo, euler, interpolate
 
 
 @attrs.define
@@ -74,9 +74,4 @@ class FlowMatching(Objective):
     @torch.no_grad()
     def sample(self, nets, noise, y, nfe):
         net = nets.ema("generator")
-        x = noise
-        ts = torch.linspace(0, 1, nfe + 1, device=noise.device)
-        for i in range(nfe):
-            t = ts[i].expand(len(x))
-            x = x + (ts[i + 1] - ts[i]) * self.velocity(net, x, t, y)
-        return x
+        return euler(lambda x, t: self.velocity(net, x, t, y), noise, nfe)

@@ -15,7 +15,7 @@ import attrs
 import torch
 
 from onestep.errors import ConfigError
-from onestep.interfaces import NetworkRequest, Objective, Phase
+from onestep.interfaces import NetworkRequest, Objective, Phase, euler
 
 
 @attrs.define
@@ -65,8 +65,4 @@ class TorchCFMOTCFM(Objective):
     @torch.no_grad()
     def sample(self, nets, noise, y, nfe):
         net = nets.ema("generator")
-        x = noise
-        ts = torch.linspace(0, 1, nfe + 1, device=noise.device)
-        for i in range(nfe):
-            x = x + (ts[i + 1] - ts[i]) * net(x, t=ts[i].expand(len(x)), y=y if self.conditional else None)
-        return x
+        return euler(lambda x, t: net(x, t=t, y=y if self.conditional else None), noise, nfe)
