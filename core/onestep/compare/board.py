@@ -193,22 +193,24 @@ def run_board(s: BoardSettings, registry: Registry | None = None, log=print) -> 
     labels = reference_labels[torch.arange(n_eval) % len(reference_labels)] if reference_labels is not None else None
     scorer = Scorer(labels, reference, reference_labels, source, plan.metrics, registry, {})
     meta = board_meta(s, plan.spec, n_eval, plan.n_test)
+    ends = {m: scorer.load(out / "runs" / m, "cpu") if finished(out / "runs" / m, codes[m]) else None for m in s.methods}
     rows_of: dict[str, list[BoardRow]] = {}
     grids: dict[str, torch.Tensor] = {}
     # The table before the curves, and the cheap one-step rows before the multi-step ones (a 50-step
     # row costs as much as a dozen one-step rows): a board cut short by its caller keeps the most.
-    for one_step_only in (True, False):
-        for m in s.methods:
-            if m not in rows_of:
-                got = score_end(s, m, codes[m], out, plan.files_of[m], scorer, n_eval, grids, log, one_step_only)
-                if got is not None:
-                    rows_of[m] = got
-                    write_outputs([r for k in s.methods for r in rows_of.get(k, [])], grids, meta, out, source)
+    for m in sorted(s.methods, key=lambda m: ends[m].default_nfe if ends[m] else 0):
+        rows_of[m] = score_end(s, m, ends.pop(m), codes[m], out, plan.files_of[m], scorer, n_eval, grids, log)
+        write_outputs([r for k in s.methods for r in rows_of.get(k, [])], grids, meta, out, source)
     rows = [r for m in s.methods for r in rows_of[m]]
     for row in sorted((r for r in rows if r.curve), key=lambda r: r.nfe):
         score_marks(row, Path(row.out_dir), scorer, min(s.mark_samples or n_eval, n_eval), log)
         write_outputs(rows, grids, meta, out, source)
     return rows
+
+
+def finished(run_dir: Path, code: int) -> bool:
+    """Whether a run ended with a checkpoint to score (done, or stopped at the deadline)."""
+    return code in (0, INTERRUPTED) and (run_dir / "checkpoints").is_dir()
 
 
 def write_outputs(rows, grids, meta, out: Path, source) -> None:
@@ -217,22 +219,18 @@ def write_outputs(rows, grids, meta, out: Path, source) -> None:
     write_board(rows, grids, meta, out, source)
 
 
-def score_end(s: BoardSettings, m: str, code: int, out: Path, files: list[str], scorer: "Scorer", n_eval: int,
-              grids: dict, log, one_step_only: bool = False) -> list[BoardRow] | None:
-    """The rows of method ``m`` from its last checkpoint: at its NFE (whose curve starts with this
-    end point) and, for the multi-step baseline, at the few-step NFEs; their grids go into ``grids``.
-    None when ``one_step_only`` and the method samples in several steps (it is scored later)."""
+def score_end(s: BoardSettings, m: str, pipe: OneStepPipeline | None, code: int, out: Path, files: list[str],
+              scorer: "Scorer", n_eval: int, grids: dict, log) -> list[BoardRow]:
+    """The rows of method ``m`` from its last checkpoint (``pipe``; None: the run failed): at its NFE
+    (whose curve starts with this end point) and, for the multi-step baseline, at the few-step NFEs;
+    their grids go into ``grids``."""
     run_dir = out / "runs" / m
     reference = objective_of(m) == PEER
-    if code not in (0, INTERRUPTED) or not (run_dir / "checkpoints").is_dir():
+    if pipe is None:
         log(f"board: {m} failed: {last_line(out / f'{m}.log')}")
         return [BoardRow(m, 0, {}, 0.0, 0, 0.0, str(run_dir), files, reference, error=last_line(out / f"{m}.log"))]
     _, end = checkpoint_records(run_dir)
-    pipe = OneStepPipeline.from_checkpoint(run_dir, device="cuda" if torch.cuda.is_available() else "cpu",
-                                           registry=scorer.registry)
-    if one_step_only and pipe.default_nfe > 1:
-        release(pipe)
-        return None
+    pipe.to(scorer.device)
     few = [k for k in s.few_steps if k != pipe.default_nfe] if pipe.default_nfe > 1 and objective_of(m) == BASELINE else []
     nfes = [pipe.default_nfe] + few
     rows = []
@@ -254,8 +252,7 @@ def score_marks(row: BoardRow, run_dir: Path, scorer: "Scorer", n: int, log) -> 
     marks, _ = checkpoint_records(run_dir)
     points = []
     for mark in marks:
-        pipe = OneStepPipeline.from_checkpoint(run_dir / "checkpoints" / mark["checkpoint"],
-                                               device="cuda" if torch.cuda.is_available() else "cpu", registry=scorer.registry)
+        pipe = scorer.load(run_dir / "checkpoints" / mark["checkpoint"])
         values = scorer(pipe, row.nfe, n)
         points.append({"minutes": mark["train_minutes"], "step": mark["step"], "metrics": values})
         log(f"board: {row.method} at {mark['train_minutes']:.1f} min (step {mark['step']}): fid={fid_of(values):.4g}")
@@ -353,6 +350,11 @@ class Scorer:
     metrics: list[str]
     registry: Registry
     cache: dict
+    device: str = attrs.field(factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
+
+    def load(self, checkpoint: Path, device: str | None = None) -> OneStepPipeline:
+        """The EMA generator of a run or step folder, without its trainer."""
+        return OneStepPipeline.from_checkpoint(checkpoint, device=device or self.device, registry=self.registry)
 
     def __call__(self, pipe: OneStepPipeline, nfe: int, n: int) -> dict[str, float]:
         labels = self.labels[:n] if self.labels is not None else None
