@@ -62,6 +62,7 @@ def at_least(low: float, zero: str | None = None) -> Callable[[Any, attrs.Attrib
 
 
 POSITIVE = check(lambda v: v > 0, "> 0")
+LR_DECAYS = ("none", "linear", "cosine")
 
 
 @attrs.define
@@ -82,11 +83,22 @@ class TrainConfig:
     optim: OptimConfig = attrs.Factory(OptimConfig)  # AdamW settings of every network
     networks: dict[str, OptimConfig] = attrs.Factory(dict)  # per-network overrides of ``optim``, e.g. networks.critic.lr
     warmup_steps: int = attrs.field(default=0, validator=at_least(0, "no warmup"))  # linear learning-rate warmup steps
+    lr_decay: str = attrs.field(default="none", validator=check(lambda v: v in LR_DECAYS, "one of " + ", ".join(LR_DECAYS)))
+    """Learning-rate decay after the warm-up, to 0 at the run's planned end: ``none`` (constant),
+    ``linear`` or ``cosine``. The end is ``train.steps``, or under ``train.max_minutes`` the step
+    count the measured rate reaches when the training clock runs out (re-estimated every step), so
+    a wall-clock budget ends at lr 0 whatever the device's speed (budgeted training: a decay to
+    zero within the budget beats a constant rate stopped early)."""
     grad_clip: float = attrs.field(default=0.0, validator=at_least(0, "no clipping"))  # clip the global gradient norm to this; 0 disables clipping
     ema_decay: float = attrs.field(default=0.999, validator=check(lambda v: 0.0 <= v < 1.0, "in [0, 1)"))  # decay of the EMA weights used for sampling
     ema_start: int = attrs.field(default=0, validator=at_least(0, "from the first step"))  # steps before the EMA starts tracking (copies weights until then)
     zero_stage: int = attrs.field(default=0, validator=check(lambda v: v in (0, 1, 2, 3), "0, 1, 2 or 3"))  # DeepSpeed ZeRO stage 0-3 (partitions optimizer state, gradients, weights)
     precision: str = attrs.field(default="fp32", validator=check(lambda v: v in ("fp32", "bf16"), "'fp32' or 'bf16'"))  # fp32 | bf16 (autocast)
+    tf32: bool = False
+    """On CUDA, compute the run's fp32 matmuls in TF32 (tensor cores, 10-bit mantissa; PyTorch
+    already does so for convolutions): all of them under ``precision: fp32``, and under bf16 the
+    calls that leave autocast on purpose (AF's finite-difference R1/R2, ``gp_precision: fp32``). The
+    AF authors train in fp32 with TF32 matmuls. A process-wide switch, set when the trainer is built."""
     log_every: int = attrs.field(default=50, validator=at_least(1))  # steps between loss records in metrics.jsonl
     sample_every: int = attrs.field(default=0, validator=at_least(0, "only at the end"))  # steps between sample pictures; 0: only at the end
     eval_every: int = attrs.field(default=0, validator=at_least(0, "only at the end"))  # steps between evaluations; 0: only at the end

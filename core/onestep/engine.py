@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from contextlib import contextmanager, nullcontext
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import attrs
 import torch
@@ -74,16 +75,31 @@ def deepspeed_config(train: TrainConfig, world: int) -> dict[str, Any]:
     }
 
 
-def make_engine(module: nn.Module, optim: dict[str, Any], train: TrainConfig, world: int):
-    """A DeepSpeed engine for ``module`` with AdamW and linear LR warmup."""
+def lr_factor(step: int, warmup: int, decay: str, horizon: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) as a share of the configured one:
+    linear warm-up over ``warmup`` steps, then ``decay`` (see ``TrainConfig.lr_decay``) to 0 at
+    step ``horizon``."""
+    warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    if decay == "none":
+        return warm
+    p = min(1.0, max(0.0, (step - warmup) / max(1, horizon - warmup)))
+    return warm * ((1.0 - p) if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * p)))
+
+
+def make_engine(module: nn.Module, optim: dict[str, Any], train: TrainConfig, world: int,
+                horizon: Callable[[], int] | None = None):
+    """A DeepSpeed engine for ``module`` with AdamW, linear LR warm-up and ``train.lr_decay`` to 0
+    at ``horizon()`` (read at every step: a wall-clock budget's planned end moves with the rate;
+    None: ``train.steps``)."""
     import deepspeed
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     opt = torch.optim.AdamW(module.parameters(), **optim)
-    warm = max(0, train.warmup_steps)
+    warm, decay = max(0, train.warmup_steps), train.lr_decay
+    end = horizon or (lambda: train.steps)
 
     def schedule(optimizer):
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warm, decay, end()))
 
     engine, _, _, _ = deepspeed.initialize(
         model=module, optimizer=opt, lr_scheduler=schedule, config=deepspeed_config(train, world)

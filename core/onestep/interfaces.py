@@ -164,6 +164,12 @@ class Networks(Mapping[str, nn.Module]):
     def ema(self, name: str) -> nn.Module:
         return self._ema.get(name, self._plain[name])
 
+    def plain(self, name: str) -> nn.Module:
+        """The plain module, even in the phase that trains it (its gradients still reach that
+        phase's optimizer): for a call that sets its own precision, since a DeepSpeed engine's
+        forward re-enters the run's bf16 autocast whatever the caller disabled."""
+        return self._plain[name]
+
     def training(self, name: str) -> "Networks":
         """The same networks as seen by a phase that trains ``name``."""
         return Networks(self._live, self._ema, self._plain, name)

@@ -96,11 +96,12 @@ class Trainer:
         self.log = configure(self.out_dir / "log.jsonl" if self.rank == 0 else None, console=console and self.rank == 0)
         self.metrics = MetricsWriter(self.out_dir / "metrics.jsonl" if self.rank == 0 else None)
         self._seed_everything(config.seed)
+        torch.backends.cuda.matmul.allow_tf32 = config.train.tf32
+        self.planned_steps = config.train.steps  # the LR schedule's horizon (re-planned under max_minutes)
         self._build_components()
         self._build_networks()
         self._build_streams()
         self.step = 0
-        self.planned_steps = config.train.steps
         self.train_seconds = 0.0  # the training clock of the current fit (chores excluded)
         self._reference_features: dict = {}  # the metrics' reference features (keyed by set size), kept across evaluations
         self.damaged: list[Path] = []  # checkpoints skipped by the last load for failing their checksums
@@ -135,7 +136,7 @@ class Trainer:
                 if t.compile:
                     self.backbone.compile(module)
                 optim = resolve_optim(name, owner.optim_defaults(name), t)
-                engines[name] = make_engine(module, optim, t, self.world)
+                engines[name] = make_engine(module, optim, t, self.world, horizon=lambda: self.planned_steps)
         self.engines = engines
         self.ema = ema
         for e in self.ema.values():

@@ -265,9 +265,10 @@ class AdversarialFlow(Objective):
         if c.gp_precision == "fp32":
             real, gen = nets["critic"](torch.cat([x_t, fake]), **self.critic_inputs(torch.cat([t, t]), cat2(y))).float().split([n, n])
             # R1/R2 (Eq. 4, 6) from a second critic call on [v, v + eps n] with autocast off: the
-            # difference of two logits must not be bf16 rounding.
+            # difference of two logits must not be bf16 rounding. The plain critic: its engine's
+            # forward would switch the run's autocast back on.
             with torch.autocast(x_t.device.type, enabled=False):
-                both = nets["critic"](torch.cat([moved, nudged]).float(), **self.critic_inputs(cat2(tk), cat2(yk))).float()
+                both = nets.plain("critic")(torch.cat([moved, nudged]).float(), **self.critic_inputs(cat2(tk), cat2(yk))).float()
             base_real, base_gen, moved_real, moved_gen = both.split([k, k, k, k])
         else:
             # One critic call on [real, fake, real[:k] + eps n, fake[:k] + eps n]: R1 and R2 share the

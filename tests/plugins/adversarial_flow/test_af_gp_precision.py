@@ -41,3 +41,26 @@ def test_finite_difference_r1_under_bf16_autocast(registry, precision, close):
         assert ratio == pytest.approx(1.0, abs=0.15), ratio
     else:
         assert abs(ratio - 1.0) > 0.5, ratio  # bf16 rounding dominates the difference of two logits
+
+
+@pytest.mark.parametrize("precision, r1r2_autocast", [("fp32", False), ("autocast", True)])
+def test_the_trainer_runs_the_fp32_r1r2_call_outside_autocast(registry, quiet, tmp_path, precision, r1r2_autocast):
+    """Through the trainer the critic is a DeepSpeed engine whose forward re-enters the run's bf16
+    autocast; the fp32 R1/R2 call must still run with autocast off (it did not, until the objective
+    called the plain critic), and the folded one inside it."""
+    from onestep.api import compose
+    from onestep.trainer import Trainer
+
+    cfg = compose(objective="adversarial-flow", backbone="dit", data="mnist", registry=registry,
+                  overrides=quiet + ["backbone.size=P/7", "train.steps=1", "train.batch_size=16", "train.precision=bf16",
+                                     "eval.metrics=[]", f"objective.gp_precision={precision}", f"output_dir={tmp_path}"])
+    run = Trainer(cfg, registry=registry, console=False)
+    calls = []
+    critic = run.engines["critic"].module
+    critic.register_forward_pre_hook(lambda _m, args: calls.append((len(args[0]), torch.is_autocast_enabled("cpu"))))
+    run.fit()
+    k = 4  # gp_fraction 0.25 of 16; the critic phase runs first, then the generator's two calls of 16
+    if precision == "fp32":
+        assert calls[:2] == [(2 * 16, True), (4 * k, r1r2_autocast)], calls  # [real, fake]; [moved, nudged]
+    else:
+        assert calls[0] == (2 * 16 + 2 * k, r1r2_autocast), calls  # one folded call: [real, fake, nudged]
