@@ -54,6 +54,38 @@ def test_two_processes_train_resume_and_write_once(tmp_path):
     assert second.stdout.count("metrics step=8") == 1
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_hosts_meet_at_a_rendezvous_endpoint_and_train_one_run(tmp_path):
+    """Multi-host as a cluster launches it: one launcher per host (here two launchers on this
+    machine, one process each), meeting at a c10d rendezvous endpoint; together they train one run
+    (world 2) and rank 0 alone writes its outputs."""
+    endpoint = f"127.0.0.1:{_free_port()}"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
+           f"--rdzv-endpoint={endpoint}", "--rdzv-id=onestep-two-hosts", "-m", "onestep.cli", "run", "--data", "gmm8",
+           "--objective", "flow-matching", "--backbone", "mlp", "--out", str(tmp_path / "run"), "train.steps=3",
+           "train.batch_size=64", "train.progress=false", "train.zero_stage=2", "train.log_every=1", "backbone.width=32",
+           "backbone.depth=1", "objective.nfe=2", "sample.num=200", "eval.metrics=[]"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    hosts = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**env, "OMP_NUM_THREADS": "1"}) for _ in range(2)]
+    outs = [h.communicate(timeout=600) for h in hosts]
+    assert [h.returncode for h in hosts] == [0, 0], [err[-2000:] for _, err in outs]
+    run = tmp_path / "run"
+    runs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"run"' in line]
+    assert [r["world"] for r in runs] == [2]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "velocity/loss" in r] == [1, 2, 3]
+    assert (run / "checkpoints" / "step-0000003").is_dir()
+
+
 def test_a_single_process_listens_on_loopback_only():
     code = LISTENING_SOCKETS + textwrap.dedent("""
         import json
