@@ -144,7 +144,7 @@ class SemiDiscreteOT(Coupler):
         for _ in range(steps):
             for g in range(len(self.groups)):
                 z = torch.randn(self.config.fit_batch, dim, generator=generator, device=generator.device).to(self.points.device)
-                self._sgd_step(self._assign_group(z, g, self.psi), torch.full((len(z),), g, device=z.device))
+                self._sgd_step(self.assign_group(z, g, self.psi), torch.full((len(z),), g, device=z.device))
             self._average()
 
     def _sgd_step(self, rows: torch.Tensor, groups: torch.Tensor) -> None:
@@ -182,8 +182,11 @@ class SemiDiscreteOT(Coupler):
         return self._best(z, 0, len(self.points), psi, groups)
 
     @torch.no_grad()
-    def _assign_group(self, z: torch.Tensor, g: int, psi: torch.Tensor) -> torch.Tensor:
-        """(1) for rows all of group ``g``: scored against that group's samples only."""
+    def assign_group(self, z: torch.Tensor, g: int, psi: torch.Tensor | None = None) -> torch.Tensor:
+        """(1) for rows all of group ``g`` (the g-th class in label order): scored against that
+        group's samples only, so 1/groups of the arithmetic of :meth:`assign` (which suits mixed
+        batches on a GPU). ``psi``: the averaged potentials unless given."""
+        psi = self.psi_avg if psi is None else psi
         with torch.autocast(z.device.type, enabled=False):
             return self._best(z, *self.groups[g], psi)
 

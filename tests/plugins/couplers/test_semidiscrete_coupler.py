@@ -132,4 +132,4 @@ def test_refinement_on_a_mixed_batch_is_the_per_class_rule():
     assert torch.equal(c.psi[a:b], expected[a:b]) and not torch.equal(c.psi, expected)
     # and the masked all-groups assignment picks, for each row, the best cell of its own class
     for grp in range(4):
-        assert torch.equal(rows[groups == grp], c._assign_group(noise[groups == grp], grp, expected))
+        assert torch.equal(rows[groups == grp], c.assign_group(noise[groups == grp], grp, expected))
