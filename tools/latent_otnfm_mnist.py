@@ -200,7 +200,7 @@ def main() -> None:
 
         return fit(net, torch.optim.Adam(net.parameters(), 1e-3), step_loss, kind)
 
-    def train_wflow() -> nn.Module:
+    def train_wflow():
         """The library's W-Flow objective (the MNIST preset's step rule: 128 per class, bank 1,024,
         R = [0.05, 0.01], normalised velocity, two-batch self term, AdamW (0.9, 0.95), clip 2) driving
         the same MLP on the latents."""
@@ -225,9 +225,10 @@ def main() -> None:
             return obj.loss("generator", Networks({"generator": gen}), [Batch(std_latents[rows], y[rows])],
                             StepInfo(step, a.steps))[0]
 
-        return fit(gen, torch.optim.AdamW(gen.parameters(), 1e-3, betas=(0.9, 0.95)), step_loss, "wflow", clip=2.0)
+        fit(gen, torch.optim.AdamW(gen.parameters(), 1e-3, betas=(0.9, 0.95)), step_loss, "wflow", clip=2.0)
+        return lambda noise, y: obj.sample(Networks({"generator": gen}), noise, y, 1)
 
-    def train_af() -> nn.Module:
+    def train_af():
         """The library's Adversarial Flow objective with the MNIST preset's settings (residual
         generator, relativistic loss, finite-difference R1/R2, OT weight 0.2 -> 0.005 over 2,000
         iterations, lr 3e-4, betas (0, 0.9)) on an MLP generator and an MLP critic of the same size;
@@ -264,7 +265,8 @@ def main() -> None:
             opt_c.step()
             return obj.loss("generator", nets.training("generator"), batch(), info)[0]
 
-        return fit(gen, opt_g, step_loss, "af")
+        fit(gen, opt_g, step_loss, "af")
+        return lambda noise, y: obj.sample(Networks({"generator": gen, "critic": critic}), noise, y, 1)  # G = z - g
 
     z, grid = torch.randn(len(ref), a.dim), None
     for kind in a.rows.split(","):
@@ -272,12 +274,12 @@ def main() -> None:
             gen = train_af()
             with torch.no_grad():
                 report(f"Adversarial Flow in the latent, {a.steps} steps, width {a.width} (1 NFE + decoder)",
-                       decode(gen(z, y=ref_y)))
+                       decode(gen(z, ref_y)))
             continue
         if kind == "wflow":
             gen = train_wflow()
             with torch.no_grad():
-                report(f"W-Flow in the latent, {a.steps} steps, width {a.width} (1 NFE + decoder)", decode(gen(z, y=ref_y)))
+                report(f"W-Flow in the latent, {a.steps} steps, width {a.width} (1 NFE + decoder)", decode(gen(z, ref_y)))
             continue
         net = train(kind)
         with torch.no_grad():
