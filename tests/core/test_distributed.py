@@ -29,12 +29,16 @@ LISTENING_SOCKETS = textwrap.dedent("""
 """)
 
 
+def tiny_run(tmp_path):
+    """`-m onestep.cli run` of a tiny flow-matching run on gmm8 (ZeRO-2, every step logged), for a launcher."""
+    return ["-m", "onestep.cli", "run", "--data", "gmm8", "--objective", "flow-matching", "--backbone", "mlp",
+            "--out", str(tmp_path / "run"), "train.batch_size=64", "train.progress=false", "train.zero_stage=2",
+            "train.log_every=1", "backbone.width=32", "backbone.depth=1", "sample.num=200"]
+
+
 def torchrun(args, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "onestep.cli",
-           "run", "--data", "gmm8", "--objective", "flow-matching", "--backbone", "mlp", "--out", str(tmp_path / "run"),
-           "train.batch_size=64", "train.progress=false", "train.zero_stage=2", "train.log_every=1",
-           "backbone.width=32", "backbone.depth=1", "objective.nfe=4", "sample.num=200", "eval.num_samples=200",
-           "eval.metrics=[sinkhorn]", *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *tiny_run(tmp_path),
+           "objective.nfe=4", "eval.num_samples=200", "eval.metrics=[sinkhorn]", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
@@ -69,10 +73,8 @@ def test_two_hosts_meet_at_a_rendezvous_endpoint_and_train_one_run(tmp_path):
     (world 2) and rank 0 alone writes its outputs."""
     endpoint = f"127.0.0.1:{_free_port()}"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
-           f"--rdzv-endpoint={endpoint}", "--rdzv-id=onestep-two-hosts", "-m", "onestep.cli", "run", "--data", "gmm8",
-           "--objective", "flow-matching", "--backbone", "mlp", "--out", str(tmp_path / "run"), "train.steps=3",
-           "train.batch_size=64", "train.progress=false", "train.zero_stage=2", "train.log_every=1", "backbone.width=32",
-           "backbone.depth=1", "objective.nfe=2", "sample.num=200", "eval.metrics=[]"]
+           f"--rdzv-endpoint={endpoint}", "--rdzv-id=onestep-two-hosts", *tiny_run(tmp_path), "train.steps=3",
+           "objective.nfe=2", "eval.metrics=[]"]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     hosts = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**env, "OMP_NUM_THREADS": "1"}) for _ in range(2)]
