@@ -25,7 +25,7 @@ import os
 import shutil
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import attrs
 import torch
@@ -174,6 +174,7 @@ def _write_export(tmp: Path, config: RunConfig, source, spec: DataSpec, objectiv
         if copy_vae:
             load_vae(decoder.ref, decoder.config).save_pretrained(str(tmp / "vae"), safe_serialization=True)
             vae.update(path="vae", config_dir=None)
+    own = None if isinstance(source, Latents) else source.export_decoder(tmp)
     ckpt.save_tensors(weights, tmp / "model.safetensors")
     meta = {
         "format": FORMAT, "version": VERSION, "objective": config.objective.name, "backbone": config.backbone.name,
@@ -182,6 +183,7 @@ def _write_export(tmp: Path, config: RunConfig, source, spec: DataSpec, objectiv
         "network": {"role": request.role, "time_inputs": request.time_inputs,
                     "class_conditional": request.class_conditional},
         "vae": vae, "components": unstructure(SamplerConfig.of(config)), "precision": config.train.precision,
+        "decoder": {"data": source.name, **own} if own else None,
     }
     (tmp / "config.json").write_text(json.dumps(meta, indent=1, default=list))
 
@@ -218,7 +220,7 @@ class OneStepPipeline:
     """
 
     def __init__(self, objective: Objective, generator: nn.Module, spec: DataSpec, default_nfe: int,
-                 decoder: LatentDecoder | None = None, meta: dict[str, Any] | None = None) -> None:
+                 decoder: Callable[[torch.Tensor], torch.Tensor] | None = None, meta: dict[str, Any] | None = None) -> None:
         self.objective, self.generator, self.spec = objective, generator, spec
         self.default_nfe, self.decoder, self.meta = default_nfe, decoder, meta or {}
         self.nets = Networks({GENERATOR: generator}, {GENERATOR: generator})
@@ -244,6 +246,13 @@ class OneStepPipeline:
             v = meta["vae"]
             ref = str(folder / v["path"]) if v["path"] == "vae" else v["path"]
             decoder = LatentDecoder(ref, float(v["scaling_factor"]), float(v["shift_factor"]), v.get("config_dir"))
+        elif meta.get("decoder"):
+            d = dict(meta["decoder"])
+            name = d.pop("data")
+            if name not in reg.names("data"):
+                raise CheckpointError(f"export {str(folder)!r}: its samples decode with data source {name!r}, which is "
+                                      "not installed (install its plugin)")
+            decoder = reg.get("data", name).cls.decoder_from_export(folder, d)
         return cls(built.objective, generator, spec, int(meta["default_nfe"]), decoder, meta).to(device)
 
     @classmethod

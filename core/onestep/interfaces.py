@@ -14,6 +14,7 @@ the methods declared here. Shapes in docstrings are examples, not constraints.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import attrs
@@ -415,6 +416,26 @@ class DataSource(Component):
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Map model space to viewable space (e.g. latents -> images); identity by default."""
         return x
+
+    def image_source(self) -> "DataSource":
+        """The source whose images image metrics judge against: its held-out images are the
+        reference and its classifier extracts the features. ``self`` by default; a source that
+        encodes another image source (``autoencoded``) returns that one, so its decoded samples
+        are scored against the real images rather than their reconstructions. Such a source's
+        ``test`` split must be the other's, item by item in the same order."""
+        return self
+
+    def export_decoder(self, folder: Path) -> dict | None:
+        """Write what :meth:`decode` needs into an export ``folder`` (``onestep export``) and return
+        its description for the export's config.json, or None when samples need no decoder of the
+        source's own (the default; VAE latents are exported by the core)."""
+        return None
+
+    @classmethod
+    def decoder_from_export(cls, folder: Path, description: dict) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The decoder :meth:`export_decoder` wrote into ``folder``: model space -> images, on the
+        input's device."""
+        raise NotImplementedError(f"data source {cls.name!r} writes no decoder into exports")
 
 
 @attrs.define

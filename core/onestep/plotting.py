@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +11,25 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+
+def savefig_atomic(fig, path: str | Path) -> Path:
+    """``fig.savefig(path)`` through a temporary file renamed into place: a run or board stopped
+    while drawing leaves the previous picture (or none), never a truncated one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    fig.savefig(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """``path.write_text(text)`` through a temporary file renamed into place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
 
 
 def image_grid(x: torch.Tensor, nrow: int | None = None) -> np.ndarray:
@@ -33,7 +53,9 @@ def save_samples(samples: torch.Tensor, path: Path, reference: torch.Tensor | No
     path.parent.mkdir(parents=True, exist_ok=True)
     s = samples.detach().float().cpu()
     if s.dim() == 4:
-        plt.imsave(path, image_grid(s, nrow), cmap="gray" if s.shape[1] == 1 else None, vmin=0, vmax=255)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+        plt.imsave(tmp, image_grid(s, nrow), cmap="gray" if s.shape[1] == 1 else None, vmin=0, vmax=255)
+        os.replace(tmp, path)
         return path
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     if s.shape[1] == 1:
@@ -50,7 +72,7 @@ def save_samples(samples: torch.Tensor, path: Path, reference: torch.Tensor | No
     ax.legend(loc="upper right", markerscale=4)
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path)
+    savefig_atomic(fig, path)
     plt.close(fig)
     return path
 
@@ -85,6 +107,6 @@ def save_loss_curves(metrics_jsonl: Path, path: Path, title: str = "") -> Path |
     axes[-1, 0].set_xlabel("step")
     axes[0, 0].set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    savefig_atomic(fig, path)
     plt.close(fig)
     return path

@@ -381,13 +381,13 @@ class Trainer:
         if self.rank != 0 or not self.objective.draws_samples:
             return None
         s = self.config.sample
-        n = s.grid if len(self.spec.shape) == 3 else s.num
-        samples = self.source.decode(self.sample(n))
+        images = self.spec.kind != "points"  # images, and latents that decode to images
+        samples = self.source.decode(self.sample(s.grid if images else s.num))
         reference = None
-        if len(self.spec.shape) == 1:
+        if len(self.spec.shape) == 1 and not images:
             ref_ds = self.source.dataset("test")
             reference = torch.stack([ref_ds[i][0] for i in range(min(len(ref_ds), s.num))])
-        nrow = self.spec.num_classes if 0 < self.spec.num_classes <= 16 and len(self.spec.shape) == 3 else None
+        nrow = self.spec.num_classes if 0 < self.spec.num_classes <= 16 and samples.dim() == 4 else None
         title = f"{self.objective.name} / {self.backbone.name} / step {self.step}"
         return save_samples(samples, self.out_dir / "samples" / f"step-{self.step:07d}.png", reference, title, nrow)
 

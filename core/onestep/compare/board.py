@@ -158,7 +158,7 @@ def plan_board(s: BoardSettings, registry: Registry) -> BoardPlan:
         raise ConfigError(f"--out {str(out)!r}: folder exists and is not empty; give a new folder")
     common, scoped = split_overrides(s.overrides, s.methods)
     files_of = method_files(s.methods, s.data, s.files, s.presets, required=True)
-    source = registry.build("data", s.data, registry.get("data", s.data).cls.Config())
+    source = board_source(s, files_of, common, scoped, registry)
     spec = source.spec()
     metrics = applicable_metrics(registry, spec) if s.metrics is None else list(s.metrics)
     check_applicable(registry, metrics, spec, s.data, "--metrics")
@@ -175,6 +175,23 @@ def plan_board(s: BoardSettings, registry: Registry) -> BoardPlan:
                    + [a for f in files_of[m] for a in ("--config", f)] + ["--out", str(out / "runs" / m)]
                    + ["--start-gate", str(out / "start")] + [*base, *common, *scoped[m]])
     return BoardPlan(source, spec, metrics, n_eval, n_test, files_of, argv)
+
+
+def board_source(s: BoardSettings, files_of: dict[str, list[str]], common: list[str], scoped: dict[str, list[str]],
+                 registry: Registry):
+    """The data every row trains on and is scored against: the data section the methods' configs
+    assemble to (presets and overrides included, e.g. ``data.path=...``), the same for all rows."""
+    from ..config import unstructure
+
+    sections = {m: compose(objective=objective_of(m), backbone=s.backbone, data=s.data, files=files_of[m], registry=registry,
+                           overrides=[*common, *scoped[m]]).data for m in s.methods}
+    first = s.methods[0]
+    for m, section in sections.items():
+        if unstructure(section) != unstructure(sections[first]):
+            raise ConfigError(f"board: method {m!r} would train on data {unstructure(section)} but {first!r} on "
+                              f"{unstructure(sections[first])}; every row must share one data section (give data options "
+                              "as overrides for all methods)")
+    return registry.build("data", sections[first].name, sections[first].config)
 
 
 def run_board(s: BoardSettings, registry: Registry | None = None, log=print) -> list[BoardRow]:
@@ -274,7 +291,7 @@ def prepare_feature_network(source, eval_config, registry: Registry, metrics: Se
 
     for name in metrics:
         config = metric_config(eval_config, name, registry)
-        if isinstance(config, FeatureConfig) and source.spec().kind == "images":
+        if isinstance(config, FeatureConfig) and source.spec().kind in ("images", "latents"):
             resolve_extractor(source, eval_config.feature_weights, config.classifier, config.cache_dir)
 
 
@@ -375,9 +392,10 @@ def row_label(row: BoardRow) -> str:
 
 
 def grid_samples(pipe: OneStepPipeline, nfe: int) -> torch.Tensor:
-    """The same noise and labels for every row: 10 per class in class columns, else 100."""
+    """The same noise and labels for every row: 10 per class in class columns, else 100 (images
+and latents, which the pipeline decodes to images); 2,000 for points."""
     k = pipe.spec.num_classes
-    if len(pipe.spec.shape) != 3:
+    if pipe.spec.kind == "points":
         return pipe(num_images=2000, seed=GRID_SEED, nfe=nfe)
     columns = k if 0 < k <= 16 else 10
     labels = (torch.arange(columns * 10) % columns) if k > 0 else None

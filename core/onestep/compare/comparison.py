@@ -174,9 +174,10 @@ def check_components(cfg, registry: Registry) -> None:
 
 
 def figure_samples(trainer, nfe: int) -> torch.Tensor:
-    """Samples for the figure: a class-ordered grid for images, a point cloud otherwise."""
+    """Samples for the figure: a class-ordered grid for images (and latents, decoded), a point
+    cloud for points."""
     spec, s = trainer.spec, trainer.config.sample
-    if len(spec.shape) != 3:
+    if spec.kind == "points":
         return trainer.sample(s.num, nfe=nfe, seed=0)
     k = grid_columns(spec)
     return trainer.source.decode(trainer.sample(k * -(-s.grid // k), nfe=nfe, seed=0))

@@ -11,7 +11,7 @@ from pathlib import Path
 import attrs
 import torch
 
-from ..plotting import image_grid
+from ..plotting import image_grid, savefig_atomic, write_text_atomic
 from .comparison import Comparison, row_label
 
 LOWER_IS_BETTER = ("fid", "kid", "sinkhorn", "mode_weight_tv", "off_mode_fraction")
@@ -53,8 +53,8 @@ def write_table(comparison: Comparison, out_dir: str | Path) -> tuple[Path, Path
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md, js = out_dir / "compare.md", out_dir / "compare.json"
-    md.write_text(markdown_table(comparison))
-    js.write_text(json.dumps({"meta": comparison.meta, "rows": [attrs.asdict(r) for r in comparison.rows]}, indent=1))
+    write_text_atomic(md, markdown_table(comparison))
+    write_text_atomic(js, json.dumps({"meta": comparison.meta, "rows": [attrs.asdict(r) for r in comparison.rows]}, indent=1))
     return md, js
 
 
@@ -101,7 +101,7 @@ def save_figure(comparison: Comparison, path: str | Path) -> Path:
         draw_panel(ax, comparison.samples[label].float(), grids.get(label), comparison.reference)
         ax.set_title(f"{label}\n{row.steps} steps", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    savefig_atomic(fig, path)
     plt.close(fig)
     return path
 
@@ -178,7 +178,7 @@ def save_curves(rows, path: Path) -> Path | None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    savefig_atomic(fig, path)
     plt.close(fig)
     return path
 
@@ -202,7 +202,7 @@ def save_grids(grids: dict, columns: int, path: Path) -> Path:
         ax.axis("off")
         ax.set_title(label, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    savefig_atomic(fig, path)
     plt.close(fig)
     return path
 
@@ -213,8 +213,8 @@ def write_board(rows, grids: dict, meta: dict, out_dir: Path, source) -> dict[st
 
     out_dir = Path(out_dir)
     written = {"table": out_dir / "board.md", "json": out_dir / "board.json"}
-    written["table"].write_text(board_table(rows, meta))
-    written["json"].write_text(json.dumps({"meta": meta, "rows": [attrs.asdict(r) for r in rows]}, indent=1))
+    write_text_atomic(written["table"], board_table(rows, meta))
+    write_text_atomic(written["json"], json.dumps({"meta": meta, "rows": [attrs.asdict(r) for r in rows]}, indent=1))
     curves = save_curves(rows, out_dir / "fid_vs_minutes.png")
     if curves:
         written["curves"] = curves

@@ -17,16 +17,17 @@ class ClassAccuracy(Metric):
 
     name = "class-accuracy"
     Config = FeatureConfig
-    applies_to = ("images",)
+    applies_to = ("images", "latents")
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         if ctx.sample_labels is None or ctx.spec.num_classes < 2:
             return {}  # an unconditional model has no label to obey
         c = self.config
-        path = ensure_classifier(ctx.source, c.classifier, root=c.cache_dir)
+        view = ctx.source.image_source()
+        path = ensure_classifier(view, c.classifier, root=c.cache_dir)
         net, meta = load_classifier(path)
         net.to("cuda" if torch.cuda.is_available() else "cpu")
         images = to_uint8(ctx.source.decode(ctx.samples)).float().div(127.5).sub(1.0)  # as a saved image reads
-        label = f"onestep-{ctx.source.name}-classifier"
+        label = f"onestep-{view.name}-classifier"
         return {f"class_accuracy[{label}]": accuracy(net, images, ctx.sample_labels.cpu(), c.batch_size),
                 f"class_accuracy_data[{label}]": float(meta["test_accuracy"])}

@@ -26,6 +26,7 @@ import torch
 from ..errors import ConfigError, OnestepError
 from ..interfaces import DataSource, EvalContext, Metric
 from .classifier import ClassifierRecipe, ensure_classifier, load_classifier
+from .evaluate import held_out
 
 INCEPTION = "inception-v3-compat"
 CLASSIFIER = "onestep-classifier"
@@ -127,6 +128,7 @@ def resolve_extractor(source: DataSource, feature_weights: str | None, recipe: C
     if feature_weights:
         check_inception_weights(feature_weights)
         return Extractor(INCEPTION, str(feature_weights), INCEPTION, 3)
+    source = source.image_source()
     path = ensure_classifier(source, recipe, root=cache_dir)
     return Extractor(CLASSIFIER, str(path), f"onestep-{source.name}-classifier", None)
 
@@ -134,8 +136,8 @@ def resolve_extractor(source: DataSource, feature_weights: str | None, recipe: C
 def cached_features(ctx: EvalContext, which: str, extractor: Extractor, batch_size: int) -> dict[str, torch.Tensor]:
     """Every layer torch-fidelity's ``extractor`` provides, for the samples or the reference of
     ``ctx``, extracted once per evaluation (the reference once per run: see ``EvalContext.cache``)."""
-    images = ctx.samples if which == "samples" else ctx.reference
-    key = (which, "fidelity-features", extractor.fidelity_name, extractor.weights, len(images))
+    key = (which, "fidelity-features", extractor.fidelity_name, extractor.weights,
+           len(ctx.samples if which == "samples" else ctx.reference))
     if key not in ctx.cache:
         import_fidelity()
         from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
@@ -147,9 +149,25 @@ def cached_features(ctx: EvalContext, which: str, extractor: Extractor, batch_si
             layers = ["2048", "logits_unbiased"]
         net = create_feature_extractor(extractor.fidelity_name, layers, cuda=cuda, verbose=False,
                                        feature_extractor_weights_path=extractor.weights)
-        data = _Images(to_uint8(ctx.source.decode(images), extractor.channels))
+        images = ctx.source.decode(ctx.samples) if which == "samples" else reference_images(ctx)
+        data = _Images(to_uint8(images, extractor.channels))
         ctx.cache[key] = get_featuresdict_from_dataset(data, net, batch_size, cuda, True, False)
     return ctx.cache[key]
+
+
+def reference_images(ctx: EvalContext) -> torch.Tensor:
+    """The held-out images ``ctx.reference`` stands for: decoded, or, for a source that encodes
+    another image source (:meth:`DataSource.image_source`), that source's own held-out images,
+    drawn the same way (same split, same order), with the labels checked to agree."""
+    view = ctx.source.image_source()
+    if view is ctx.source:
+        return ctx.source.decode(ctx.reference)
+    images, labels = held_out(view, len(ctx.reference))
+    if len(images) != len(ctx.reference) or (
+            ctx.reference_labels is not None and labels is not None and not torch.equal(labels, ctx.reference_labels.cpu())):
+        raise OnestepError(f"data {ctx.source.name!r}: its held-out items are not those of its image source "
+                           f"{view.name!r} in the same order, so its samples cannot be scored against that source's images")
+    return images
 
 
 def check_inception_weights(path: str) -> None:
@@ -194,7 +212,7 @@ class FidelityMetric(Metric):
     """Shared part of the torch-fidelity metrics: decode, pick the extractor, run one metric."""
 
     Config = FeatureConfig
-    applies_to = ("images",)
+    applies_to = ("images", "latents")
     flag: ClassVar[str]  # torch-fidelity's switch for this metric
     keys: ClassVar[dict[str, str]]  # our key -> torch-fidelity's key
 
@@ -282,6 +300,11 @@ class PrecisionRecall(FidelityMetric):
 
     def options(self, num_samples, num_reference):
         return {"prc_neighborhood": self.config.neighborhood}
+
+    def compute(self, ctx: EvalContext) -> dict[str, float]:
+        if min(len(ctx.samples), len(ctx.reference)) <= self.config.neighborhood:
+            return {}  # a k-NN manifold needs more than k points on each side: nothing to report
+        return super().compute(ctx)
 
     def from_features(self, samples, reference, **options):
         from torch_fidelity.metric_prc import prc_features_to_metric

@@ -65,7 +65,7 @@ def test_board_trains_two_methods_together_from_presets(tmp_path, capsys, monkey
     (["--methods", "flow-matching", "--deadline", "0.5"], r"--deadline: expected more than --minutes"),
     (["--methods", "wflow"], r"--methods: no preset of 'wflow' in .*--config wflow=FILE"),
     (["--methods", "flow-matching", "--config", "flow-matching=missing.yaml"], r"config file 'missing.yaml': not found"),
-    (["--methods", "flow-matching", "--data", "gmm8", "--metrics", "fid"], r"--metrics: 'fid' applies to images data; data 'gmm8' is points"),
+    (["--methods", "flow-matching", "--data", "gmm8", "--metrics", "fid"], r"--metrics: 'fid' applies to images, latents data; data 'gmm8' is points"),
 ])
 def test_board_bad_input_is_one_line_before_training(tmp_path, capsys, args, message):
     import re

@@ -82,6 +82,16 @@ def test_precision_recall_see_mode_dropping_and_off_manifold_samples(digits):
     assert noise["precision" + LABEL] < 0.5 and noise["recall" + LABEL] < 0.3, noise
 
 
+def test_precision_recall_report_nothing_rather_than_fail_for_k_or_fewer_points(digits):
+    """A run whose held-out split has no more than k items (a tiny latents file, a quick check)
+    gets no precision/recall instead of a torch error from inside torch-fidelity."""
+    _, _, (a, _), (b, _) = digits
+    k = PrecisionRecall.Config().neighborhood
+    assert compute(PrecisionRecall, digits, a[:50], reference=b[:k]) == {}
+    assert compute(PrecisionRecall, digits, a[:k], reference=b[:50]) == {}
+    assert set(compute(PrecisionRecall, digits, a[:k + 1], reference=b[:k + 1])) == {"precision" + LABEL, "recall" + LABEL}
+
+
 def test_classifier_is_cached_once_per_data_and_recipe(digits):
     source, configs, _, _ = digits
     config = configs[FID]
