@@ -176,10 +176,18 @@ class SemiDiscreteOT(Coupler):
             return self._assign(z, groups, self.psi_avg if potentials is None else potentials)
 
     def _assign(self, z: torch.Tensor, groups: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
-        """(1) for a batch of mixed groups: every row is scored against every training sample,
-        other groups' samples masked out. More arithmetic than one product per group, but no host
-        synchronisation (no data-dependent shapes)."""
-        return self._best(z, 0, len(self.points), psi, groups)
+        """(1) for a batch of mixed groups. On a GPU every row is scored against every training
+        sample, other groups' samples masked out: more arithmetic than one product per group, but
+        no host synchronisation (no data-dependent shapes). On a CPU, where a synchronisation costs
+        nothing and arithmetic is the cost, one product per group present (``groups`` times less
+        arithmetic: 10x faster steps on MNIST)."""
+        if z.device.type != "cpu" or len(self.groups) == 1:
+            return self._best(z, 0, len(self.points), psi, groups)
+        out = torch.empty(len(z), dtype=torch.long)
+        for g in groups.unique().tolist():
+            rows = (groups == g).nonzero().squeeze(1)
+            out[rows] = self._best(z[rows], *self.groups[g], psi)
+        return out
 
     @torch.no_grad()
     def assign_group(self, z: torch.Tensor, g: int, psi: torch.Tensor | None = None) -> torch.Tensor:

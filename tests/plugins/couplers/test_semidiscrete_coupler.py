@@ -69,6 +69,20 @@ def test_labelled_data_pairs_within_classes():
         fitted(x, y, 6, per_class=False, fit_steps=1).pair(torch.randn(4, 8), x[:4], y[:4])
 
 
+def test_a_mixed_batch_on_the_cpu_is_assigned_as_by_the_masked_product():
+    """On a CPU a mixed-class batch is scored one class at a time (less arithmetic); the partners
+    are exactly those of the masked product over all samples that a GPU runs."""
+    x, y = clusters(n=900, seed=5)
+    c = fitted(x, y, 6, fit_steps=30, chunk=256)
+    g = torch.Generator().manual_seed(6)
+    z = torch.randn(300, 8, generator=g)
+    groups = torch.randint(0, 6, (300,), generator=g)
+    masked = c._best(z, 0, len(c.points), c.psi_avg, groups)
+    assert torch.equal(c.assign(z, groups), masked)
+    own = torch.as_tensor([c.groups[int(k)][0] for k in groups]), torch.as_tensor([c.groups[int(k)][1] for k in groups])
+    assert bool(((masked >= own[0]) & (masked < own[1])).all())  # within each row's own class
+
+
 def test_state_round_trips_and_prepare_skips_the_fit(tmp_path):
     x, y = clusters(seed=5)
     a = fitted(x, y, 6, fit_steps=20)
