@@ -197,6 +197,11 @@ def board_source(s: BoardSettings, files_of: dict[str, list[str]], common: list[
 def run_board(s: BoardSettings, registry: Registry | None = None, log=print) -> list[BoardRow]:
     """Train, score and draw every method of ``s``; writes the outputs into ``s.out_dir``."""
     registry = registry or Registry.discover()
+    launched, say = time.perf_counter(), log
+
+    def log(message: str) -> None:  # every line with the seconds since the board started
+        say(f"[{time.perf_counter() - launched:6.0f} s] {message}")
+
     plan = plan_board(s, registry)
     out = Path(s.out_dir)
     out.mkdir(parents=True, exist_ok=True)
