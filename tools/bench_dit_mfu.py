@@ -150,6 +150,8 @@ def profile_steps(step, device, first: int, steps: int = 2) -> None:
 
 ATTEMPT_OPTIONS = {
     "eager": "no option: torch AdamW (foreach), SDPA picks its kernel, no compilation",
+    "gpfp16": "objective.gp_precision=fp16: the finite-difference R1/R2 call under float16 autocast (default: fp32)",
+    "gpfolded": "objective.gp_precision=autocast: R1/R2 folded into the bf16 adversarial call (biased; the old speed)",
     "fused": "torch's fused AdamW kernel",
     "flash": "backbone.attention=flash (SDPA flash kernel)",
     "cudnn": "backbone.attention=cudnn (SDPA cuDNN kernel)",
@@ -174,8 +176,9 @@ def run_attempt(size: str, batch: int, attempt: str, device, shape, steps: int, 
 
     torch.manual_seed(0)
     spec = DataSpec(tuple(shape), num_classes=1000, kind="latents")
-    objective = AdversarialFlow(AdversarialFlowConfig(), spec=spec)
     options = set(attempt.split("+"))
+    gp = "fp16" if "gpfp16" in options else "autocast" if "gpfolded" in options else "fp32"
+    objective = AdversarialFlow(AdversarialFlowConfig(gp_precision=gp), spec=spec)
     unknown = options - set(ATTEMPT_OPTIONS)
     if unknown:
         raise ValueError(f"--attempts: unknown options {sorted(unknown)}; valid: {', '.join(ATTEMPT_OPTIONS)}")

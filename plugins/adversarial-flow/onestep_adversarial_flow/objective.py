@@ -42,7 +42,7 @@ from onestep.errors import ConfigError
 from onestep.interfaces import Batch, NetworkRequest, Networks, Objective, Phase, StepInfo, interpolate
 
 
-GP_PRECISIONS = ("fp32", "autocast")
+GP_PRECISIONS = ("fp32", "fp16", "autocast")
 
 
 def cat2(v: torch.Tensor | None) -> torch.Tensor | None:
@@ -136,8 +136,11 @@ class AdversarialFlowConfig:
     gp_precision: str = "fp32"
     """Precision of the finite-difference R1/R2 critic calls: ``fp32`` (the paper's; under bf16
     autocast the difference of two bf16 logits at eps = 0.01 is mostly rounding and overestimates
-    ||grad D||^2 several-fold) or ``autocast`` (folded into the adversarial call: one critic call,
-    faster, biased under bf16)."""
+    ||grad D||^2 several-fold), ``fp16`` (a separate call under float16 autocast: matmul inputs keep
+    10 mantissa bits as with TF32, 3 more than bf16, which is what the difference needs, at the
+    tensor-core rate of bf16 instead of TF32's half of it; float16's range suits a normalised
+    critic) or ``autocast`` (folded into the adversarial call: one critic call, faster, biased
+    under bf16)."""
     lambda_cp: float = 0.01  # logit-centring weight (Eq. 7)
     grad_norm: bool = True  # phi of Eq. 23 on D's input in the generator loss
     grad_norm_decay: float = 0.9  # EMA decay of phi (AdamW's beta2)
@@ -262,12 +265,15 @@ class AdversarialFlow(Objective):
         moved = torch.cat([x_t[:k], fake[:k]])
         nudged = moved + c.gp_eps * torch.randn_like(moved)
         tk, yk = torch.cat([t[:k], t[:k]]), (torch.cat([y[:k], y[:k]]) if y is not None else None)
-        if c.gp_precision == "fp32":
+        if c.gp_precision in ("fp32", "fp16"):
             real, gen = nets["critic"](torch.cat([x_t, fake]), **self.critic_inputs(torch.cat([t, t]), cat2(y))).float().split([n, n])
-            # R1/R2 (Eq. 4, 6) from a second critic call on [v, v + eps n] with autocast off: the
-            # difference of two logits must not be bf16 rounding. The plain critic: its engine's
-            # forward would switch the run's autocast back on.
-            with torch.autocast(x_t.device.type, enabled=False):
+            # R1/R2 (Eq. 4, 6) from a second critic call on [v, v + eps n] with autocast off (or in
+            # float16): the difference of two logits must not be bf16 rounding. The plain critic:
+            # its engine's forward would switch the run's autocast back on.
+            device = x_t.device.type
+            precision = (torch.autocast(device, enabled=False) if c.gp_precision == "fp32"  # no cache: the
+                         else torch.autocast(device, dtype=torch.float16, cache_enabled=False))  # run's holds bf16 casts
+            with precision:
                 both = nets.plain("critic")(torch.cat([moved, nudged]).float(), **self.critic_inputs(cat2(tk), cat2(yk))).float()
             base_real, base_gen, moved_real, moved_gen = both.split([k, k, k, k])
         else:

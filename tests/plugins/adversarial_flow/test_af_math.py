@@ -188,7 +188,7 @@ def test_ot_weight_is_one_over_the_time_gap():
 
 @pytest.mark.parametrize("field,value", [("time_inputs", 1), ("gp_fraction", 0.0), ("lambda_gp", -1.0),
                                          ("ot_decay_steps", 0), ("grad_norm_decay", 1.0),
-                                         ("gp_precision", "fp16"), ("steps", -1)])
+                                         ("gp_precision", "fp8"), ("steps", -1)])
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ConfigError, match=f"objective.{field}"):
         AdversarialFlow(AdversarialFlowConfig(**{field: value}), spec=POINTS)
