@@ -215,6 +215,8 @@ def run_board(s: BoardSettings, registry: Registry | None = None, log=print) -> 
     labels = reference_labels[torch.arange(n_eval) % len(reference_labels)] if reference_labels is not None else None
     scorer = Scorer(labels, reference, reference_labels, source, plan.metrics, registry, {})
     meta = board_meta(s, plan.spec, n_eval, plan.n_test)
+    if source.image_source() is not source:
+        meta["scored_on"] = source.image_source().name
     ends = {m: scorer.load(out / "runs" / m, "cpu") if finished(out / "runs" / m, codes[m]) else None for m in s.methods}
     rows_of: dict[str, list[BoardRow]] = {}
     grids: dict[str, torch.Tensor] = {}

@@ -132,7 +132,8 @@ def board_table(rows, meta: dict) -> str:
                  f"{r.train_minutes:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     m = meta
-    caption = (f"Quality board: {m['data']} ({m['num_classes']} classes), {m['minutes']} min of training per method, "
+    scored = f"; decoded samples scored against the real held-out images of {m['scored_on']}" if m.get("scored_on") else ""
+    caption = (f"Quality board: {m['data']} ({m['num_classes']} classes{scored}), {m['minutes']} min of training per method, "
                f"all methods together on one {m['device']}, checkpointed every {m['marks_minutes']} min and at the end, "
                f"each checkpoint scored after training, alone on the device, against {m['eval_samples']} of "
                f"{m['held_out']} held-out images with as many samples (the curve's marks with "
