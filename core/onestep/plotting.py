@@ -13,23 +13,26 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
-def savefig_atomic(fig, path: str | Path) -> Path:
-    """``fig.savefig(path)`` through a temporary file renamed into place: a run or board stopped
-    while drawing leaves the previous picture (or none), never a truncated one."""
+def write_atomic(path: str | Path, write) -> Path:
+    """``write(tmp)`` to a temporary file beside ``path`` (same suffix, so writers that infer the
+    format still do), then renamed into place: a run or board stopped while drawing leaves the
+    previous file (or none), never a truncated one."""
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def savefig_atomic(fig, path: str | Path) -> Path:
+    return write_atomic(path, fig.savefig)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    """``path.write_text(text)`` through a temporary file renamed into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def image_grid(x: torch.Tensor, nrow: int | None = None) -> np.ndarray:
@@ -53,10 +56,8 @@ def save_samples(samples: torch.Tensor, path: Path, reference: torch.Tensor | No
     path.parent.mkdir(parents=True, exist_ok=True)
     s = samples.detach().float().cpu()
     if s.dim() == 4:
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-        plt.imsave(tmp, image_grid(s, nrow), cmap="gray" if s.shape[1] == 1 else None, vmin=0, vmax=255)
-        os.replace(tmp, path)
-        return path
+        grid = image_grid(s, nrow)
+        return write_atomic(path, lambda tmp: plt.imsave(tmp, grid, cmap="gray" if s.shape[1] == 1 else None, vmin=0, vmax=255))
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     if s.shape[1] == 1:
         bins = 100

@@ -32,3 +32,4 @@ def test_an_interrupted_drawing_leaves_the_previous_picture(samples, tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         save_samples(samples, path, nrow=4, title="second")
     assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["samples.png"]  # and no temporary file left behind
