@@ -19,10 +19,11 @@ PRESETS = sorted(CONFIGS.rglob("*.yaml"))
 IMAGENET = sorted((CONFIGS / "imagenet256").glob("*.yaml"))
 # what a data source that needs a dataset file or package would report (no file is read here)
 SPECS = {"latents": DataSpec((4, 32, 32), 1000, "latents"), "mnist-full": DataSpec((1, 28, 28), 10, "images"),
-         "mnist": DataSpec((1, 28, 28), 10, "images")}
+         "mnist": DataSpec((1, 28, 28), 10, "images"), "autoencoded": DataSpec((16,), 10, "latents")}
 
 
-STACKED = {CONFIGS / "guidance" / "af-mnist-guided.yaml": CONFIGS / "af-mnist.yaml"}
+STACKED = {CONFIGS / "guidance" / "af-mnist-guided.yaml": CONFIGS / "af-mnist.yaml",
+           CONFIGS / "mnist-latent" / "guidance" / "af-guided.yaml": CONFIGS / "mnist-latent" / "af.yaml"}
 """Stage presets given after the preset they amend (``--config BASE --config STAGE``)."""
 
 
