@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import matplotlib
@@ -12,19 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-
-def write_atomic(path: str | Path, write) -> Path:
-    """``write(tmp)`` to a temporary file beside ``path`` (same suffix, so writers that infer the
-    format still do), then renamed into place: a run or board stopped while drawing leaves the
-    previous file (or none), never a truncated one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+from .files import write_atomic  # noqa: E402
 
 
 def savefig_atomic(fig, path: str | Path) -> Path:

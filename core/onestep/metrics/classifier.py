@@ -22,6 +22,7 @@ from torch import nn
 
 from ..config import unstructure
 from ..errors import ConfigError
+from ..files import write_atomic
 from ..interfaces import DataSource
 
 ARCH_VERSION = 1
@@ -160,7 +161,4 @@ def ensure_classifier(source: DataSource, recipe: ClassifierRecipe, device: torc
         "meta": {"source": source.name, "test_accuracy": acc, "recipe": attrs.asdict(recipe)},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, lambda tmp: torch.save(payload, tmp))

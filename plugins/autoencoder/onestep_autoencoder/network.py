@@ -17,8 +17,6 @@ dimension with the training split's mean and standard deviation, stored with the
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import attrs
@@ -27,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from onestep.errors import ConfigError
+from onestep.files import read_weights_file, save_weights_file, write_atomic
 
 FORMAT = "onestep-autoencoder"
 VERSION = "1"
@@ -128,10 +127,9 @@ def train_autoencoder(x: torch.Tensor, arch: AutoencoderArch, recipe: TrainRecip
         sched.step()
         done = step + 1
         if done % recipe.checkpoint_every == 0 and done < recipe.steps:
-            tmp = partial.with_name(f".{partial.name}.{os.getpid()}.tmp")
-            torch.save({"network": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "generator": g.get_state(), "step": done}, tmp)
-            os.replace(tmp, partial)
+            state = {"network": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "generator": g.get_state(), "step": done}
+            write_atomic(partial, lambda tmp: torch.save(state, tmp))
             if log is not None:
                 log(step=done, loss=float(loss))
     net.eval().requires_grad_(False)
@@ -144,42 +142,18 @@ def train_autoencoder(x: torch.Tensor, arch: AutoencoderArch, recipe: TrainRecip
 
 def save_autoencoder(net: Autoencoder, path: str | Path, meta: dict | None = None) -> Path:
     """Write ``net`` (weights, standardisation, arch, ``meta``) to a safetensors file, atomically."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {"format": FORMAT, "version": VERSION, "arch": json.dumps(attrs.asdict(net.arch)),
-                "meta": json.dumps(meta or {}, default=str)}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata)
-    os.replace(tmp, path)
-    return path
+    return save_weights_file(net.state_dict(), path, FORMAT, VERSION, attrs.asdict(net.arch), meta)
 
 
 def load_autoencoder(path: str | Path, field: str = "data.cache_dir") -> tuple[Autoencoder, dict]:
     """The autoencoder stored at ``path`` (CPU, eval, frozen) and its ``meta``; every problem with
     the file is a one-line ``ConfigError`` naming ``field`` and the file. Never unpickles."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{field}: autoencoder file {str(path)!r} not found")
+    tensors, arch, meta = read_weights_file(path, field, FORMAT, VERSION, "onestep autoencoder",
+                                            unreadable="; delete it to train the autoencoder again")
     try:
-        with safe_open(str(path), "pt") as f:
-            metadata = f.metadata() or {}
-        tensors = load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise ConfigError(f"{field}: {str(path)!r} is not a safetensors file ({' '.join(str(exc).split())[:120]}); "
-                          "delete it to train the autoencoder again") from None
-    if metadata.get("format") != FORMAT or metadata.get("version") != VERSION:
-        raise ConfigError(f"{field}: {str(path)!r} is not a version-{VERSION} onestep autoencoder (metadata format "
-                          f"{metadata.get('format')!r}, version {metadata.get('version')!r})")
-    try:
-        arch = AutoencoderArch(**json.loads(metadata["arch"]))
         with torch.random.fork_rng(devices=[]):  # the initialisation is overwritten: leave the run's RNG alone
-            net = Autoencoder(arch)
+            net = Autoencoder(AutoencoderArch(**arch))
         net.load_state_dict(tensors)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+    except (TypeError, ValueError, RuntimeError) as exc:
         raise ConfigError(f"{field}: {str(path)!r} does not hold a valid autoencoder ({' '.join(str(exc).split())[:160]})") from None
-    return net.eval().requires_grad_(False), json.loads(metadata.get("meta", "{}"))
+    return net.eval().requires_grad_(False), meta

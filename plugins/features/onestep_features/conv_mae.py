@@ -32,6 +32,7 @@ from torch import nn
 
 from onestep.config import unstructure
 from onestep.errors import ConfigError, OnestepError
+from onestep.files import write_atomic
 from onestep.interfaces import DataSource, FeatureNetwork
 
 from .encoder import ConvEncoder, EncoderArch, ResBlock, _norm, load_encoder, save_encoder
@@ -153,10 +154,9 @@ def train_mae(x: torch.Tensor, config: ConvMAEConfig, device: torch.device, part
             loss.backward()
             opt.step()
             sched.step()
-        tmp = partial.with_name(f".{partial.name}.{os.getpid()}.tmp")
-        torch.save({"encoder": encoder.state_dict(), "decoder": decoder.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "generator": g.get_state(), "epoch": epoch + 1}, tmp)
-        os.replace(tmp, partial)
+        state = {"encoder": encoder.state_dict(), "decoder": decoder.state_dict(), "optimizer": opt.state_dict(),
+                 "scheduler": sched.state_dict(), "generator": g.get_state(), "epoch": epoch + 1}
+        write_atomic(partial, lambda tmp: torch.save(state, tmp))
         if log is not None:
             log(epoch=epoch + 1, loss=float(loss))
     return encoder.cpu().eval().requires_grad_(False), {"final_loss": float(loss.detach()), "epochs": config.epochs}

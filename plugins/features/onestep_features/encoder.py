@@ -12,8 +12,6 @@ so a loader rebuilds the network from the file alone.
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import attrs
@@ -21,6 +19,7 @@ import torch
 from torch import nn
 
 from onestep.errors import ConfigError
+from onestep.files import read_weights_file, save_weights_file
 
 FORMAT = "onestep-feature-encoder"
 VERSION = "1"
@@ -91,44 +90,19 @@ class ConvEncoder(nn.Module):
 
 def save_encoder(encoder: ConvEncoder, path: str | Path, meta: dict | None = None) -> Path:
     """Write ``encoder`` to ``path`` (safetensors with its architecture), atomically."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {"format": FORMAT, "version": VERSION, "arch": json.dumps(attrs.asdict(encoder.arch)),
-                "meta": json.dumps(meta or {}, default=str)}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}, str(tmp), metadata)
-    os.replace(tmp, path)
-    return path
+    return save_weights_file(encoder.state_dict(), path, FORMAT, VERSION, attrs.asdict(encoder.arch), meta)
 
 
 def load_encoder(path: str | Path, field: str = "features.path") -> tuple[ConvEncoder, dict]:
     """The encoder stored at ``path`` (eval mode, frozen, CPU) and its ``meta``; every problem
     with the file is a one-line ``ConfigError`` naming ``field`` and the file."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{field}: file {str(path)!r} not found (a local weights file written by onestep's "
-                          "conv-mae or save_encoder; feature weights are never downloaded)")
+    tensors, arch, meta = read_weights_file(
+        path, field, FORMAT, VERSION, "onestep feature encoder",
+        missing=" (a local weights file written by onestep's conv-mae or save_encoder; feature weights are never downloaded)")
     try:
-        with safe_open(str(path), "pt") as f:
-            metadata = f.metadata() or {}
-        tensors = load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise ConfigError(f"{field}: file {str(path)!r} is not a safetensors file ({' '.join(str(exc).split())[:120]})") from None
-    if metadata.get("format") != FORMAT:
-        raise ConfigError(f"{field}: file {str(path)!r} is not a onestep feature encoder (metadata format "
-                          f"{metadata.get('format')!r}, expected {FORMAT!r})")
-    if metadata.get("version") != VERSION:
-        raise ConfigError(f"{field}: file {str(path)!r} has version {metadata.get('version')!r}; this onestep reads {VERSION}")
-    try:
-        arch = EncoderArch(**json.loads(metadata["arch"]))
         with torch.random.fork_rng(devices=[]):  # the initialisation is overwritten: leave the run's RNG alone
-            encoder = ConvEncoder(arch)
+            encoder = ConvEncoder(EncoderArch(**arch))
         encoder.load_state_dict(tensors)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+    except (TypeError, ValueError, RuntimeError) as exc:
         raise ConfigError(f"{field}: file {str(path)!r} does not hold a valid encoder ({' '.join(str(exc).split())[:160]})") from None
-    return encoder.eval().requires_grad_(False), json.loads(metadata.get("meta", "{}"))
+    return encoder.eval().requires_grad_(False), meta

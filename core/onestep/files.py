@@ -1,0 +1,75 @@
+"""Files written whole or not at all, and the weights file of a frozen helper network (a feature
+encoder, an autoencoder) that plugins train once and cache.
+
+A weights file is a safetensors file (no pickle) of the network's state dict whose metadata carry
+its ``format``, the format's ``version``, the architecture as JSON (so a loader rebuilds the
+network from the file alone) and free ``meta`` as JSON.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .errors import ConfigError
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """``write(tmp)`` to a temporary file beside ``path`` (same suffix, so writers that infer the
+    format still do), then renamed into place: a process stopped while writing leaves the previous
+    file (or none), never a truncated one, and no temporary file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def save_weights_file(tensors: dict[str, torch.Tensor], path: str | Path, format: str, version: str,
+                      arch: dict, meta: dict | None = None) -> Path:
+    """Write ``tensors`` with their format, version, ``arch`` and ``meta`` to ``path``, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"format": format, "version": version, "arch": json.dumps(arch),
+                "meta": json.dumps(meta or {}, default=str)}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    return write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata))
+
+
+def read_weights_file(path: str | Path, field: str, format: str, version: str, what: str, missing: str = "",
+                      unreadable: str = "") -> tuple[dict[str, torch.Tensor], dict, dict]:
+    """``(tensors, arch, meta)`` of the weights file at ``path``; a missing file, a file that is not
+    safetensors, or one of another format or version is a one-line ``ConfigError`` naming
+    ``field``, the file and ``what`` it should hold; ``missing`` and ``unreadable`` are appended
+    to those two messages (where such a file comes from, what to do)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{field}: file {str(path)!r} not found{missing}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise ConfigError(f"{field}: file {str(path)!r} is not a safetensors file "
+                          f"({' '.join(str(exc).split())[:120]}){unreadable}") from None
+    if metadata.get("format") != format:
+        raise ConfigError(f"{field}: file {str(path)!r} is not a {what} (metadata format "
+                          f"{metadata.get('format')!r}, expected {format!r})")
+    if metadata.get("version") != version:
+        raise ConfigError(f"{field}: file {str(path)!r} has version {metadata.get('version')!r}; this onestep reads {version}")
+    try:
+        arch = json.loads(metadata["arch"])
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"{field}: file {str(path)!r} does not hold a valid {what} (no architecture: {exc})") from None
+    return tensors, arch, json.loads(metadata.get("meta", "{}"))
