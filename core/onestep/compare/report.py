@@ -133,11 +133,12 @@ def board_table(rows, meta: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     m = meta
     scored = f"; decoded samples scored against the real held-out images of {m['scored_on']}" if m.get("scored_on") else ""
+    marks = (f"checkpointed every {m['marks_minutes']} min and at the end, each checkpoint scored after training"
+             if m['marks_minutes'] else "checkpointed at the end only, scored after training")
+    curve = f" (the curve's marks with {m.get('mark_samples', m['eval_samples'])})" if m['marks_minutes'] else ""
     caption = (f"Quality board: {m['data']} ({m['num_classes']} classes{scored}), {m['minutes']} min of training per method, "
-               f"all methods together on one {m['device']}, checkpointed every {m['marks_minutes']} min and at the end, "
-               f"each checkpoint scored after training, alone on the device, against {m['eval_samples']} of "
-               f"{m['held_out']} held-out images with as many samples (the curve's marks with "
-               f"{m.get('mark_samples', m['eval_samples'])}); "
+               f"all methods together on one {m['device']}, {marks}, alone on the device, against {m['eval_samples']} of "
+               f"{m['held_out']} held-out images with as many samples{curve}; "
                f"torch {m['torch']}, {m['date']}.")
     if m.get("command"):
         caption += f"\n\nCommand: `{m['command']}`"

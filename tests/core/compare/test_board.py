@@ -78,3 +78,14 @@ def test_board_bad_input_is_one_line_before_training(tmp_path, capsys, args, mes
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and re.search(message, err), err
     assert not (tmp_path / "b" / "runs").exists()
+
+
+def test_caption_of_a_board_without_marks_says_end_only():
+    """`--marks 0` scores only the end: the caption must not claim checkpoints every 0 minutes or a curve."""
+    from onestep.compare.report import board_table
+    meta = {"data": "digits", "num_classes": 10, "minutes": 1.0, "device": "cpu", "marks_minutes": 0, "eval_samples": 100,
+            "held_out": 360, "mark_samples": 50, "torch": "x", "date": "today"}
+    caption = board_table([], meta).split("\n")[0]
+    assert "checkpointed at the end only" in caption and "every 0" not in caption and "curve" not in caption
+    marked = board_table([], {**meta, "marks_minutes": 2.0}).split("\n")[0]
+    assert "checkpointed every 2.0 min" in marked and "the curve's marks with 50" in marked
