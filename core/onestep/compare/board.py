@@ -214,9 +214,7 @@ def run_board(s: BoardSettings, registry: Registry | None = None, log=print) -> 
     reference, reference_labels = held_out(source, n_eval)
     labels = reference_labels[torch.arange(n_eval) % len(reference_labels)] if reference_labels is not None else None
     scorer = Scorer(labels, reference, reference_labels, source, plan.metrics, registry, {})
-    meta = board_meta(s, plan.spec, n_eval, plan.n_test)
-    if source.image_source() is not source:
-        meta["scored_on"] = source.image_source().name
+    meta = board_meta(s, source, plan.spec, n_eval, plan.n_test)
     ends = {m: scorer.load(out / "runs" / m, "cpu") if finished(out / "runs" / m, codes[m]) else None for m in s.methods}
     rows_of: dict[str, list[BoardRow]] = {}
     grids: dict[str, torch.Tensor] = {}
@@ -409,8 +407,9 @@ and latents, which the pipeline decodes to images); 2,000 for points."""
     return pipe(class_labels=labels, num_images=columns * 10, seed=GRID_SEED, nfe=nfe)
 
 
-def board_meta(s: BoardSettings, spec, n_eval: int, n_test: int) -> dict:
+def board_meta(s: BoardSettings, source, spec, n_eval: int, n_test: int) -> dict:
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else (platform.processor() or "cpu")
+    images = source.image_source()
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "device": f"{'cuda' if torch.cuda.is_available() else 'cpu'}: {name}", "torch": torch.__version__,
@@ -418,4 +417,5 @@ def board_meta(s: BoardSettings, spec, n_eval: int, n_test: int) -> dict:
         "data": s.data, "minutes": s.minutes, "marks_minutes": s.marks, "methods": s.methods,
         "eval_samples": n_eval, "mark_samples": min(s.mark_samples or n_eval, n_eval), "held_out": n_test, "shape": list(spec.shape), "num_classes": spec.num_classes,
         "presets": s.presets, "overrides": s.overrides, "grid_columns": spec.num_classes if 0 < spec.num_classes <= 16 else 10,
+        **({"scored_on": images.name} if images is not source else {}),
     }

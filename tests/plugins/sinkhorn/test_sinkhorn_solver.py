@@ -200,7 +200,6 @@ def test_stacked_per_location_problems_equal_separate_solves():
                 torch.testing.assert_close(t[i], alone, atol=2e-5, rtol=0)
 
 
-
 @pytest.mark.slow
 def test_compiled_loop_gives_the_eager_loops_projections():
     """``compile=True`` (``objective.sinkhorn_compile``, the loop the W-Flow speed benchmark times)
