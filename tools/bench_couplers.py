@@ -25,7 +25,9 @@ reordering; for the online coupler also the table look-up), median of 3 (1 from 
 - ``sinkhorn_ms``: the entropic coupler (plugins/sinkhorn, argmax assignment, epsilon 0.05) at this batch;
 - ``semidiscrete_ms``: one ``pair`` of ``semidiscrete-ot`` (B noises against all --points training
   samples: a [B, N] matrix product and an argmax, plus its refinement step), fitted once before
-  (``fit_s`` in the header line); ``semidiscrete_over_minibatch``: its time over the baseline's.
+  (``fit_s`` in the header line); ``semidiscrete_over_minibatch``: its time over the baseline's;
+- ``in_cell_ms``: the same with the in-cell extension (``coupler.in_cell``, --in-cell; the OT-NFM
+  latent preset's coupler): the assignment plus a gather of the cell means and one add.
 
 Second table (``--quality-points`` samples of the same mixture, the couplers' training set): per
 coupler the mean squared distance of its pairs over the exact global OT assignment of as many
@@ -81,12 +83,16 @@ def online_after_epochs(data: torch.Tensor, batch: int, epochs: int, g: torch.Ge
     return coupler
 
 
-def semidiscrete(points: torch.Tensor, g: torch.Generator, fit_steps: int) -> tuple[SemiDiscreteOT, float]:
-    """The coupler fitted to ``points`` (unlabelled) and the seconds the fit took."""
-    coupler = SemiDiscreteOT(SemiDiscreteOT.Config(per_class=False))
+def semidiscrete(points: torch.Tensor, g: torch.Generator, fit_steps: int, in_cell: float = 0.0,
+                 cell_draws: int = 4) -> tuple[SemiDiscreteOT, float]:
+    """The coupler fitted to ``points`` (unlabelled; with ``in_cell`` > 0 also its cell means from
+    ``cell_draws`` noises per cell) and the seconds the fit took."""
+    coupler = SemiDiscreteOT(SemiDiscreteOT.Config(per_class=False, in_cell=in_cell, cell_draws=cell_draws))
     coupler.set_points(points, None)
     start = time.perf_counter()
     coupler.fit(fit_steps, g)
+    if in_cell > 0:
+        coupler.estimate_cell_means(cell_draws, g)
     if points.device.type == "cuda":
         torch.cuda.synchronize(points.device)
     return coupler, time.perf_counter() - start
@@ -97,7 +103,7 @@ def sinkhorn() -> SinkhornCoupler:
 
 
 def bench(device: torch.device, batch: int, dim: int, epochs: int, scipy_max: int, auction_max: int,
-          g: torch.Generator, sd: SemiDiscreteOT, sinkhorn_max: int) -> dict:
+          g: torch.Generator, sd: SemiDiscreteOT, sinkhorn_max: int, sd_cell: SemiDiscreteOT | None = None) -> dict:
     data = mixture(4 * batch, dim, g).to(device)
     x = data[:batch]
     z = torch.randn(batch, dim, generator=g).to(device)
@@ -107,6 +113,9 @@ def bench(device: torch.device, batch: int, dim: int, epochs: int, scipy_max: in
            "cost_matrix_ms": timed(lambda: squared_distances(z, x), device, repeats)}
     calls = iter([torch.randn(batch, dim, generator=g).to(device) for _ in range(repeats)])
     row["semidiscrete_ms"] = timed(lambda: sd.pair(next(calls), x), device, repeats)
+    if sd_cell is not None:
+        calls = iter([torch.randn(batch, dim, generator=g).to(device) for _ in range(repeats)])
+        row["in_cell_ms"] = timed(lambda: sd_cell.pair(next(calls), x), device, repeats)
     if batch <= sinkhorn_max:
         row["sinkhorn_ms"] = timed(lambda: sinkhorn().pair(z, x), device, repeats)
     exact = None
@@ -141,13 +150,13 @@ COLUMNS = [("device", "{}"), ("batch", "{}"), ("dim", "{}"), ("independent_ms", 
            ("cost_matrix_ms", "{:.2f}"), ("scipy_ms", "{:.1f}"), ("auction_ms", "{:.1f}"),
            ("auction_gap", "{:.1e}"), ("minibatch_ot_ms", "{:.1f}"), ("online_ms", "{:.1f}"),
            ("online_over_minibatch", "{:.2f}"), ("kept_over_minibatch_w2", "{:.3f}"), ("sinkhorn_ms", "{:.1f}"),
-           ("semidiscrete_ms", "{:.2f}"), ("semidiscrete_over_minibatch", "{:.4f}")]
+           ("semidiscrete_ms", "{:.2f}"), ("semidiscrete_over_minibatch", "{:.4f}"), ("in_cell_ms", "{:.2f}")]
 QUALITY_COLUMNS = [("device", "{}"), ("coupler", "{}"), ("batch", "{}"), ("w2_over_global", "{:.4f}"),
                    ("w2_over_minibatch256", "{:.4f}"), ("consistency", "{:.3f}")]
 
 
 def quality(device: torch.device, n: int, dim: int, fit_steps: int, scipy_max: int, sinkhorn_max: int,
-            g: torch.Generator) -> list[dict]:
+            g: torch.Generator, in_cell: float = 0.0) -> list[dict]:
     """W2 of each coupler's pairs against the global OT plan and minibatch OT at 256, and their consistency."""
     data = mixture(n, dim, g).to(device)
     glob = global_ot_cost(data, g)
@@ -158,6 +167,9 @@ def quality(device: torch.device, n: int, dim: int, fit_steps: int, scipy_max: i
     candidates = [("minibatch-ot", MinibatchOT(MinibatchOT.Config()), b) for b in (256, 1024, 4096) if b <= min(n, scipy_max)]
     candidates += [("sinkhorn (argmax)", sinkhorn(), b) for b in (1024, 4096) if b <= min(n, sinkhorn_max)]
     candidates += [("online (4 epochs)", online, 256), ("semidiscrete-ot", sd, 256)]
+    if in_cell > 0:
+        sd_cell, _ = semidiscrete(data, g, fit_steps, in_cell, cell_draws=32)
+        candidates.append((f"semidiscrete-ot, in_cell {in_cell:g}", sd_cell, 256))
     rows = []
     for name, coupler, batch in candidates:
         cost = mean_pair_cost(coupler, data, batch, max(1, min(batches, n // batch)), g)
@@ -185,6 +197,7 @@ def main() -> None:
     p.add_argument("--auction-max-batch", type=int, default=2048, help="largest batch for the CUDA auction (2048: ~5 s)")
     p.add_argument("--devices", default="auto", help="comma list of cpu,cuda; auto = cpu and cuda if present")
     p.add_argument("--points", type=int, default=60000, help="training-set size of semidiscrete-ot in the timing table")
+    p.add_argument("--in-cell", type=float, default=0.2, help="kappa of the in-cell rows (0: none)")
     p.add_argument("--fit-steps", type=int, default=300, help="semidiscrete-ot fitting steps (its default)")
     p.add_argument("--sinkhorn-max-batch", type=int, default=4096, help="largest batch for the sinkhorn coupler")
     p.add_argument("--quality-points", type=int, default=4096,
@@ -194,7 +207,9 @@ def main() -> None:
     devices = [torch.device(d) for d in devices if d != "cuda" or torch.cuda.is_available()]
     g = torch.Generator().manual_seed(0)
     for device in devices:
-        sd, fit_s = semidiscrete(mixture(args.points, args.dim, g).to(device), g, args.fit_steps)
+        points = mixture(args.points, args.dim, g).to(device)
+        sd, fit_s = semidiscrete(points, g, args.fit_steps)
+        sd_cell = semidiscrete(points, g, args.fit_steps, args.in_cell)[0] if args.in_cell > 0 else None
         print(f"{device.type}: semidiscrete-ot fitted to {args.points} points x {args.dim} dims in {fit_s:.1f} s "
               f"({args.fit_steps} steps of {sd.config.fit_batch} noises)", flush=True)
         header(COLUMNS)
@@ -202,11 +217,11 @@ def main() -> None:
             if device.type == "cuda":  # warm-up: kernels and allocator
                 bench(device, 256, args.dim, 1, 256, 256, g, sd, 256)
             line(COLUMNS, bench(device, batch, args.dim, args.epochs, args.scipy_max_batch, args.auction_max_batch, g,
-                                sd, args.sinkhorn_max_batch))
+                                sd, args.sinkhorn_max_batch, sd_cell))
         print()
         header(QUALITY_COLUMNS)
         for row in quality(device, args.quality_points, args.dim, args.fit_steps, args.scipy_max_batch,
-                           args.sinkhorn_max_batch, g):
+                           args.sinkhorn_max_batch, g, args.in_cell):
             line(QUALITY_COLUMNS, row)
 
 
