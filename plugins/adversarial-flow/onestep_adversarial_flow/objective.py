@@ -75,7 +75,13 @@ class GradientNormalizer:
 
     Backward: g -> target * g / sqrt(EMA_beta(N ||g||^2)), N = g.numel(); the EMA is bias-corrected
     like Adam's second moment so the first steps are not inflated. Across processes the squared
-    norm is averaged (each keeps its local scale)."""
+    norm is averaged (each keeps its local scale).
+
+    Measured failure (tools/RESULTS.md, 2026-12-02): when the critic goes flat (MNIST latent, once
+    the OT weight has decayed) the normaliser rescales its vanishing gradient back to unit size, the
+    generator keeps cancelling whatever signal the critic starts to build, and the critic stays
+    flat (R1 ~1e-9). ``grad_norm=false`` kept the critic alive and gave 4.2 / 4.5 against 6.3 / 7.0
+    (CPU, two seeds); not yet the presets' default (the board has not seen it)."""
 
     def __init__(self, decay: float, target: float = 1.0, eps: float = 1e-12) -> None:
         self.decay, self.target, self.eps = decay, target, eps
