@@ -39,9 +39,11 @@ map is then sharp; exact minibatch OT keeps ~0.2 on MNIST at batch 256).
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
+import attrs
 import torch
 
 from onestep_couplers.assignment import pair_costs, squared_distances
@@ -83,19 +85,24 @@ def online_after_epochs(data: torch.Tensor, batch: int, epochs: int, g: torch.Ge
     return coupler
 
 
-def semidiscrete(points: torch.Tensor, g: torch.Generator, fit_steps: int, in_cell: float = 0.0,
-                 cell_draws: int = 4) -> tuple[SemiDiscreteOT, float]:
-    """The coupler fitted to ``points`` (unlabelled; with ``in_cell`` > 0 also its cell means from
-    ``cell_draws`` noises per cell) and the seconds the fit took."""
-    coupler = SemiDiscreteOT(SemiDiscreteOT.Config(per_class=False, in_cell=in_cell, cell_draws=cell_draws))
+def semidiscrete(points: torch.Tensor, g: torch.Generator, fit_steps: int) -> tuple[SemiDiscreteOT, float]:
+    """The coupler fitted to ``points`` (unlabelled) and the seconds the fit took."""
+    coupler = SemiDiscreteOT(SemiDiscreteOT.Config(per_class=False))
     coupler.set_points(points, None)
     start = time.perf_counter()
     coupler.fit(fit_steps, g)
-    if in_cell > 0:
-        coupler.estimate_cell_means(cell_draws, g)
     if points.device.type == "cuda":
         torch.cuda.synchronize(points.device)
     return coupler, time.perf_counter() - start
+
+
+def with_cell_means(fitted: SemiDiscreteOT, in_cell: float, draws: int, g: torch.Generator) -> SemiDiscreteOT:
+    """A copy of ``fitted`` (same potentials, no refit) with the in-cell extension ``in_cell`` and
+    its cell means from ``draws`` noises per cell."""
+    coupler = copy.deepcopy(fitted)
+    coupler.config = attrs.evolve(fitted.config, in_cell=in_cell, cell_draws=draws)
+    coupler.estimate_cell_means(draws, g)
+    return coupler
 
 
 def sinkhorn() -> SinkhornCoupler:
@@ -168,7 +175,7 @@ def quality(device: torch.device, n: int, dim: int, fit_steps: int, scipy_max: i
     candidates += [("sinkhorn (argmax)", sinkhorn(), b) for b in (1024, 4096) if b <= min(n, sinkhorn_max)]
     candidates += [("online (4 epochs)", online, 256), ("semidiscrete-ot", sd, 256)]
     if in_cell > 0:
-        sd_cell, _ = semidiscrete(data, g, fit_steps, in_cell, cell_draws=32)
+        sd_cell = with_cell_means(sd, in_cell, 32, g)
         candidates.append((f"semidiscrete-ot, in_cell {in_cell:g}", sd_cell, 256))
     rows = []
     for name, coupler, batch in candidates:
@@ -209,7 +216,7 @@ def main() -> None:
     for device in devices:
         points = mixture(args.points, args.dim, g).to(device)
         sd, fit_s = semidiscrete(points, g, args.fit_steps)
-        sd_cell = semidiscrete(points, g, args.fit_steps, args.in_cell)[0] if args.in_cell > 0 else None
+        sd_cell = with_cell_means(sd, args.in_cell, 4, g) if args.in_cell > 0 else None
         print(f"{device.type}: semidiscrete-ot fitted to {args.points} points x {args.dim} dims in {fit_s:.1f} s "
               f"({args.fit_steps} steps of {sd.config.fit_batch} noises)", flush=True)
         header(COLUMNS)

@@ -33,8 +33,8 @@ generalised worse to fresh noise than minibatch OT did (Sinkhorn 136 vs 82 after
 Deviation note: the paper's text (beyond its abstract: "scalable minibatch and online coupling
 strategies") was not available to us, so the update rule above is our reading of "a coupling kept
 and refined across batches", built to approach the paper's global OT coupling (its best one) at
-the cost of one minibatch assignment per batch. Checked again 2026-11-30 and 2026-12-02 (issue 15): no HTML or
-PDF text of arXiv 2604.06413 was reachable; the public summaries (pith.science/paper/2604.06413,
+the cost of one minibatch assignment per batch. Checked again 2026-11-30 and 2026-12-02 (issue
+15): no HTML or PDF text of arXiv 2604.06413 was reachable; the public summaries (pith.science/paper/2604.06413,
 arxivlens.com's summary page) say only that it studies global OT, minibatch OT and online
 couplings, that global and minibatch OT give the best trajectories, and that exact coupling costs
 O(B^3) per batch. The online rule remains unverified against the method section. Measured

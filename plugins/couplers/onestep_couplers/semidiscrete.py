@@ -50,8 +50,8 @@ variance; the price is that (3) itself pushes the noise onto the samples blurred
 shapes (kappa sets the trade). kappa = 0 is (1) exactly.
 
 The fitted state (potentials, their average, the step count, a fingerprint of the data, the cell
-means' sums and counts) is the coupler's ``state_dict``: a resumed run continues exactly, and ``prepare`` skips the fit when the
-loaded state matches the data.
+means' sums and counts) is the coupler's ``state_dict``: a resumed run continues exactly, and
+``prepare`` skips the fit when the loaded state matches the data.
 """
 from __future__ import annotations
 
@@ -150,8 +150,9 @@ class SemiDiscreteOT(Coupler):
             self.group_of_label = {int(c): g for g, c in enumerate(labels.tolist())}
         self.points = flat[order].contiguous()
         self.half_sq = 0.5 * self.points.pow(2).sum(1)
-        self.spread = [float(self.points[a:b].var(0, unbiased=False).sum().sqrt()) for a, b in self.groups]
-        self.group_std = torch.stack([self.points[a:b].std(0, unbiased=False) for a, b in self.groups])  # S_g of (3)
+        group_var = torch.stack([self.points[a:b].var(0, unbiased=False) for a, b in self.groups])
+        self.spread = [float(v.sum().sqrt()) for v in group_var]
+        self.group_std = group_var.sqrt()  # S_g of (3)
         sizes = torch.tensor([b - a for a, b in self.groups], device=x.device)
         self.column_group = torch.repeat_interleave(torch.arange(len(self.groups), device=x.device), sizes)
         self.column_size = sizes[self.column_group].float()  # N_g of each cell's group
@@ -205,7 +206,7 @@ class SemiDiscreteOT(Coupler):
         dim = self.points.shape[1]
         self.cell_sum = torch.zeros_like(self.points)
         self.cell_count = torch.zeros(len(self.points), device=self.points.device)
-        block = max(self.config.fit_batch, 1)
+        block = self.config.fit_batch
         for g, (start, end) in enumerate(self.groups):
             for left in range(draws * (end - start), 0, -block):
                 z = torch.randn(min(block, left), dim, generator=generator, device=generator.device).to(self.points.device)

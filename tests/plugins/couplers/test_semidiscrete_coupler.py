@@ -152,7 +152,8 @@ def test_refinement_on_a_mixed_batch_is_the_per_class_rule():
 def test_in_cell_extension_comes_closer_to_the_population_ot_map():
     """On samples of N(mu, sigma^2 I) the population OT map from N(0, I) is T*(z) = mu + sigma z.
     The piecewise-constant map (1) misses it by the cells' size; the in-cell extension (3) with
-    kappa = 1 removes that part of the error (the rest: where the finite samples fall). Every cell mean lies in its own (convex) cell."""
+    kappa = 1 removes that part of the error (the rest: where the finite samples fall). Every cell
+    mean lies in its own (convex) cell."""
     g = torch.Generator().manual_seed(11)
     mu, sigma = torch.tensor([2.0, -1.0]), torch.tensor([0.5, 1.5])
     x = mu + sigma * torch.randn(400, 2, generator=g)
