@@ -455,6 +455,6 @@ class Trainer:
         state = self._state()
         self.step = ckpt.load_weights(folder, state)
         if not weights_only:
-            ckpt.load_training(folder, state)
-            self.log.info("resumed", step=self.step, path=str(folder))
+            read = ckpt.load_training(folder, state)
+            self.log.info("resumed", step=self.step, path=str(folder), optimizer_files=read)
         return folder

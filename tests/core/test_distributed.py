@@ -1,6 +1,7 @@
 """Two processes launched by torchrun train one run together on CPU (gloo), write one set of
-outputs, and resume from their checkpoint. A single process opens no network port and needs no
-C++ compiler (DeepSpeed's CPU op is never built)."""
+outputs, and resume from their checkpoint, each process reading only its own optimizer file, to
+the weights of an uninterrupted run. A single process opens no network port and needs no C++
+compiler (DeepSpeed's CPU op is never built)."""
 import json
 import os
 import shutil
@@ -9,6 +10,8 @@ import sys
 import textwrap
 
 import pytest
+
+from conftest import assert_same_checkpoint_weights
 
 LISTENING_SOCKETS = textwrap.dedent("""
     import os
@@ -56,6 +59,13 @@ def test_two_processes_train_resume_and_write_once(tmp_path):
     runs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"run"' in line]
     assert [r["world"] for r in runs] == [2, 2] and runs[1]["start_step"] == 4
     assert second.stdout.count("metrics step=8") == 1
+    # ZeRO-2 resume: each process reads its own rank's optimizer file, not every rank's
+    resumed = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"resumed"' in line]
+    assert [r["optimizer_files"] for r in resumed] == [["generator.optim.rank0.pt"]], resumed
+    # and continues exactly: the same weights as an uninterrupted two-process run
+    whole = torchrun(["train.steps=8"], tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert_same_checkpoint_weights(tmp_path / "whole" / "run", run, 8)
 
 
 def _free_port() -> int:
