@@ -36,3 +36,33 @@ def test_ranks_see_disjoint_shards_and_stream_does_not_touch_global_rng():
     x1 = torch.cat([r1.next().x for _ in range(2)])
     assert not set(x0.tolist()) & set(x1.tolist())
     assert torch.equal(before, torch.get_rng_state())
+
+
+class PerSample(torch.utils.data.Dataset):
+    """A map-style dataset with only ``__getitem__``: the loader's per-sample path."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        return self.ds[i]
+
+
+def test_tensor_datasets_batch_by_indexing_and_give_the_per_sample_batches():
+    """In-memory data is fetched one indexing per batch; the batches, across epochs and after a
+    resume, are exactly those of the per-sample path (checkpoints of either path continue alike)."""
+    ds = TensorDataset(torch.randn(10, 2, 3), torch.arange(10) % 4)
+    fast = BatchStream(ds, 4, 7, torch.device("cpu"), labelled=True)
+    slow = BatchStream(PerSample(ds), 4, 7, torch.device("cpu"), labelled=True)
+    assert type(fast.loader.dataset).__name__ == "BatchedTensors"
+    for _ in range(3):
+        a, b = fast.next(), slow.next()
+        assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y) and a.y.dtype == b.y.dtype == torch.long
+    resumed = BatchStream(ds, 4, 7, torch.device("cpu"), labelled=True)
+    resumed.load_state_dict(slow.state_dict())
+    for _ in range(4):
+        a, b = resumed.next(), slow.next()
+        assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
