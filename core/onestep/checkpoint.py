@@ -28,8 +28,8 @@ import os
 import random
 import re
 import shutil
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -241,6 +241,11 @@ class TrainingState:
     world: int = 1
 
 
+def optimizer_file(network: str, rank: int) -> str:
+    """The checkpoint file of ``network``'s optimizer state on process ``rank``."""
+    return f"{network}.optim.rank{rank}.pt"
+
+
 def save_training(root: Path, keep: int, step: int, state: TrainingState, config_yaml: str) -> Path:
     """Write checkpoint ``step`` of a training run under ``root`` atomically (every rank calls it)."""
     from .distributed import barrier
@@ -253,7 +258,7 @@ def save_training(root: Path, keep: int, step: int, state: TrainingState, config
         weights = full_state_dict(e.module, state.zero_stage)
         if state.rank == 0:
             save_tensors(weights, tmp / f"{name}.safetensors")
-        save_state(e.optimizer.state_dict(), tmp / f"{name}.optim.rank{state.rank}.pt")
+        save_state(e.optimizer.state_dict(), tmp / optimizer_file(name, state.rank))
     save_state({"streams": {k: s.state_dict() for k, s in state.streams.items()}, "rng": rng_state(state.device),
                 "components": {k: c.state_dict() for k, c in state.components.items()}},
                tmp / f"trainer.rank{state.rank}.pt")
@@ -333,15 +338,12 @@ def load_training(folder: Path, state: TrainingState) -> list[str]:
     saved = load_state(folder / "trainer.pt")
     files_read: list[str] = []
     for name, e in state.engines.items():
-        template = e.optimizer.state_dict()
+        every_rank = RankStates(folder, name, state.world, e.optimizer.state_dict())
         if state.zero_stage == 0:
-            opt_state = load_state(folder / f"{name}.optim.rank{state.rank}.pt")
-            e.optimizer.load_state_dict(fill_opaque(opt_state, template))
-            files_read.append(f"{name}.optim.rank{state.rank}.pt")
+            e.optimizer.load_state_dict(every_rank[state.rank])
         else:
-            every_rank = RankStates(folder, name, state.world, template)
             e.optimizer.load_state_dict(every_rank, load_optimizer_states=True, load_from_fp32_weights=True)
-            files_read += every_rank.read
+        files_read += every_rank.read
         e.lr_scheduler.load_state_dict(saved["schedulers"][name])
     local = load_state(folder / f"trainer.rank{state.rank}.pt")
     for k, c in state.components.items():
@@ -359,13 +361,16 @@ class RankStates(Sequence):
     the world size changes), but at the world size that wrote the checkpoint, the only one
     :func:`check_resumable` admits, it reads its own rank's entry alone. Reading every file made
     each of N processes load N files: the run's whole optimizer state in every process's memory and
-    N^2 file reads (12 bytes per parameter: ~8 GB per process for two DiT-XL/2 on 8 GPUs).
-    ``read`` lists the files read, in order."""
+    N^2 file reads (12 bytes per parameter: ~8 GB per process for two DiT-XL/2 on 8 GPUs)."""
 
     def __init__(self, folder: Path, name: str, world: int, template: Any) -> None:
         self.folder, self.name, self.world, self.template = folder, name, world, template
         self.loaded: dict[int, Any] = {}
-        self.read: list[str] = []
+
+    @property
+    def read(self) -> list[str]:
+        """The files read so far, in order."""
+        return [optimizer_file(self.name, rank) for rank in self.loaded]
 
     def __len__(self) -> int:
         return self.world
@@ -377,9 +382,7 @@ class RankStates(Sequence):
             raise IndexError(f"rank {index} of {self.world}")
         rank = index % self.world
         if rank not in self.loaded:
-            file = f"{self.name}.optim.rank{rank}.pt"
-            self.loaded[rank] = fill_opaque(load_state(self.folder / file), self.template)
-            self.read.append(file)
+            self.loaded[rank] = fill_opaque(load_state(self.folder / optimizer_file(self.name, rank)), self.template)
         return self.loaded[rank]
 
 
