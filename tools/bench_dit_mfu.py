@@ -26,10 +26,12 @@ With batch B and R1/R2 fraction f = 0.25 the AF step is
     generator phase: 3 F_G (fwd+bwd) + F_D + (F_D,lin + 2 F_D,att) (D on G(z), input grads)
                      + F_D (D on real, no grad)
 
-all per sample times B. That is the model count of the method, the MFU column. With R1/R2 in their
-own call (``gp_precision`` fp32 or fp16, so that the difference of two logits is not bf16 rounding)
-the critic also runs the base rows D(v) of the 2fB penalty samples again at that precision,
-3 (2fB) F_D more: the HFU column (hardware FLOPs utilisation, as PaLM names it) counts those too.
+all per sample times B: the model count of the method, the MFU column. With R1/R2 in their own call
+(``gp_precision`` fp32 or fp16, so that the difference of two logits is not bf16 rounding) the
+critic phase runs the same rows in two calls: [v, v + eps n] for the 2fB penalty samples at that
+precision, whose base logits D(v) also serve the adversarial term, and the other 2(1 - f)B real and
+fake samples at the run's. (Until 2026-12-03 the adversarial call ran all 2B rows and the penalty
+call ran its base rows again, 10% more executed FLOPs than this count.)
 ``--small`` runs the same code on CPU with tiny sizes as a check.
 
 Usage: python tools/bench_dit_mfu.py [--sizes B/2 XL/2] [--batch 192 64] [--attempts eager+gradnorm+timers
@@ -60,9 +62,8 @@ def dit_forward_flops(depth: int, width: int, tokens: int, patch: int, channels:
     return lin, att
 
 
-def af_step_flops(size: str, shape, batch: int, gp_fraction: float = 0.25, separate_gp: bool = False) -> float:
-    """FLOPs of one AF step (module docstring): the model count, plus the penalty call's repeated
-    base rows when ``separate_gp`` (the executed count)."""
+def af_step_flops(size: str, shape, batch: int, gp_fraction: float = 0.25) -> float:
+    """FLOPs of one AF step (module docstring)."""
     from onestep_dit.dit import parse_size
 
     depth, width, _, patch = parse_size(size)
@@ -71,7 +72,7 @@ def af_step_flops(size: str, shape, batch: int, gp_fraction: float = 0.25, separ
     g_lin, g_att = dit_forward_flops(depth, width, tokens, patch, c, True)
     d_lin, d_att = dit_forward_flops(depth, width, tokens + 1, patch, c, False)
     f_g, f_d = g_lin + g_att, d_lin + d_att
-    critic = f_g + 3 * 2 * f_d + 3 * 2 * gp_fraction * f_d * (2 if separate_gp else 1)
+    critic = f_g + 3 * 2 * f_d + 3 * 2 * gp_fraction * f_d
     generator = 3 * f_g + f_d + (d_lin + 2 * d_att) + f_d
     return batch * (critic + generator)
 
@@ -234,8 +235,7 @@ def run_attempt(size: str, batch: int, attempt: str, device, shape, steps: int, 
     if profile:
         profile_steps(step, device, warmup + steps)
     return {"step_s": dt, "samples_per_s": batch / dt, "warmup_s": t1 - t0, "max_mem_gib": mem,
-            "flops_per_step": af_step_flops(size, shape, batch),
-            "executed_flops_per_step": af_step_flops(size, shape, batch, separate_gp=gp != "autocast")}
+            "flops_per_step": af_step_flops(size, shape, batch)}
 
 
 def worker(a) -> None:
@@ -285,7 +285,7 @@ def main() -> None:
     peak = peak_now()
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; torch {torch.__version__}; "
           f"measured matmul peak {peak / 1e12:.1f} TFLOP/s ({'bf16 8192^3' if not a.small else 'fp32 512^3'})")
-    print(f"{'size':6} {'batch':>5} {'attempt':22} {'step ms':>8} {'samples/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'HFU':>6} "
+    print(f"{'size':6} {'batch':>5} {'attempt':22} {'step ms':>8} {'samples/s':>9} {'TFLOP/s':>8} {'MFU':>6} "
           f"{'speed-up':>8} {'mem GiB':>7} {'warmup s':>8}")
     rows, start = [], time.perf_counter()
     for size, batch in zip(a.sizes, a.batch):
@@ -313,11 +313,10 @@ def main() -> None:
                 continue
             tflops = r["flops_per_step"] / r["step_s"]
             baseline = baseline or (attempt, r["step_s"])
-            hfu = r["executed_flops_per_step"] / r["step_s"] / peak
-            r.update(tflops=tflops / 1e12, mfu=tflops / peak, hfu=hfu, speedup=baseline[1] / r["step_s"],
+            r.update(tflops=tflops / 1e12, mfu=tflops / peak, speedup=baseline[1] / r["step_s"],
                      baseline=baseline[0])
             print(f"{size:6} {batch:5d} {attempt:22} {r['step_s'] * 1e3:8.1f} {r['samples_per_s']:9.1f} "
-                  f"{r['tflops']:8.1f} {r['mfu']:6.1%} {hfu:6.1%} {r['speedup']:7.2f}x {r['max_mem_gib']:7.1f} "
+                  f"{r['tflops']:8.1f} {r['mfu']:6.1%} {r['speedup']:7.2f}x {r['max_mem_gib']:7.1f} "
                   f"{r['warmup_s']:8.1f}", flush=True)
     # The same measurement again: how much the peak itself moved during the run (up to 5% seen on
     # an H100), which bounds how precisely the MFU column can be read.

@@ -143,11 +143,12 @@ class AdversarialFlowConfig:
     gp_precision: str = "fp32"
     """Precision of the finite-difference R1/R2 critic calls: ``fp32`` (the paper's; under bf16
     autocast the difference of two bf16 logits at eps = 0.01 is mostly rounding and overestimates
-    ||grad D||^2 several-fold), ``fp16`` (a separate call under float16 autocast: matmul inputs keep
+    ||grad D||^2 several-fold), ``fp16`` (the penalty's call under float16 autocast: matmul inputs keep
     10 mantissa bits as with TF32, 3 more than bf16, which is what the difference needs, at the
     tensor-core rate of bf16 instead of TF32's half of it; float16's range suits a normalised
-    critic) or ``autocast`` (folded into the adversarial call: one critic call, faster, biased
-    under bf16)."""
+    critic) or ``autocast`` (all rows in one call at the run's precision: biased under bf16). With
+    fp32 and fp16 the penalty call's base logits D(v) also serve the adversarial term, so the
+    step computes as many critic rows as with ``autocast``, in two calls."""
     lambda_cp: float = 0.01  # logit-centring weight (Eq. 7)
     grad_norm: bool = True  # phi of Eq. 23 on D's input in the generator loss
     grad_norm_decay: float = 0.9  # EMA decay of phi (AdamW's beta2)
@@ -273,16 +274,23 @@ class AdversarialFlow(Objective):
         nudged = moved + c.gp_eps * torch.randn_like(moved)
         tk, yk = torch.cat([t[:k], t[:k]]), (torch.cat([y[:k], y[:k]]) if y is not None else None)
         if c.gp_precision in ("fp32", "fp16"):
-            real, gen = nets["critic"](torch.cat([x_t, fake]), **self.critic_inputs(torch.cat([t, t]), cat2(y))).float().split([n, n])
-            # R1/R2 (Eq. 4, 6) from a second critic call on [v, v + eps n] with autocast off (or in
-            # float16): the difference of two logits must not be bf16 rounding. The plain critic:
-            # its engine's forward would switch the run's autocast back on.
+            # R1/R2 (Eq. 4, 6) from a critic call on [v, v + eps n] with autocast off (or in float16):
+            # the difference of two logits must not be bf16 rounding. Its base logits D(v) are also
+            # the adversarial term's first k real and fake logits, so the run's-precision call only
+            # covers the other n - k pairs and no row is computed twice. The plain critic: its
+            # engine's forward would switch the run's autocast back on.
             device = x_t.device.type
             precision = (torch.autocast(device, enabled=False) if c.gp_precision == "fp32"  # no cache: the
                          else torch.autocast(device, dtype=torch.float16, cache_enabled=False))  # run's holds bf16 casts
             with precision:
                 both = nets.plain("critic")(torch.cat([moved, nudged]).float(), **self.critic_inputs(cat2(tk), cat2(yk))).float()
             base_real, base_gen, moved_real, moved_gen = both.split([k, k, k, k])
+            real, gen = base_real, base_gen
+            if k < n:
+                rest = nets["critic"](torch.cat([x_t[k:], fake[k:]]),
+                                      **self.critic_inputs(cat2(t[k:]), cat2(y[k:]) if y is not None else None)).float()
+                rest_real, rest_gen = rest.split([n - k, n - k])
+                real, gen = torch.cat([base_real, rest_real]), torch.cat([base_gen, rest_gen])
         else:
             # One critic call on [real, fake, real[:k] + eps n, fake[:k] + eps n]: R1 and R2 share the
             # forward and backward of the adversarial term (larger matmuls, fewer launches). Exact

@@ -62,10 +62,12 @@ def test_the_trainer_runs_the_fp32_r1r2_call_outside_autocast(registry, quiet, t
         (len(args[0]), torch.is_autocast_enabled("cpu") and (torch.get_autocast_dtype("cpu") if precision == "fp16" else True))))
     run.fit()
     k = 4  # gp_fraction 0.25 of 16; the critic phase runs first, then the generator's two calls of 16
+    # [moved, nudged] at the penalty's precision, then the other 16 - k real and fake rows under bf16:
+    # the base logits of the penalty call serve the adversarial term, no row runs twice
     if precision == "fp16":
-        assert calls[:2] == [(2 * 16, torch.bfloat16), (4 * k, torch.float16)], calls
+        assert calls[:2] == [(4 * k, torch.float16), (2 * (16 - k), torch.bfloat16)], calls
     elif precision == "fp32":
-        assert calls[:2] == [(2 * 16, True), (4 * k, r1r2_autocast)], calls  # [real, fake]; [moved, nudged]
+        assert calls[:2] == [(4 * k, r1r2_autocast), (2 * (16 - k), True)], calls
     else:
         assert calls[0] == (2 * 16 + 2 * k, r1r2_autocast), calls  # one folded call: [real, fake, nudged]
 
@@ -93,3 +95,29 @@ def test_the_float16_call_gives_the_fp32_estimate_with_the_same_noise(registry):
     for a, b, c in zip(fp32, fp16, folded):
         assert b == pytest.approx(a, rel=0.1), (fp32, fp16)
         assert abs(c / a - 1) > 0.3, (fp32, folded)
+
+
+def test_the_two_call_critic_loss_is_the_one_call_loss_in_fp32(registry):
+    """Without autocast the penalty call at fp32 plus the adversarial call for the remaining rows
+    compute what one call on all rows does: the same loss terms and the same critic gradients
+    (the penalty call's base logits stand in for the adversarial term's first k pairs)."""
+    critic = dit_critic(registry)
+    x = torch.randn(64, *SPEC.shape, generator=torch.Generator().manual_seed(5)).clamp(-1, 1)
+    y = torch.arange(64) % 10
+
+    class Shifted(torch.nn.Module):
+        def forward(self, z, y=None):
+            return (0.5 * z).clamp(-1, 1)
+
+    def run(precision):
+        obj = AdversarialFlow(AdversarialFlowConfig(gp_fraction=0.25, gp_precision=precision), spec=SPEC)
+        critic.zero_grad()
+        torch.manual_seed(6)
+        loss, logs = obj.loss("critic", Networks({"generator": Shifted(), "critic": critic}), [Batch(x, y)], StepInfo(0, 1))
+        loss.backward()
+        return {k: float(v) for k, v in logs.items()}, [p.grad.clone() for p in critic.parameters()]
+
+    (split, split_grads), (one, one_grads) = run("fp32"), run("autocast")
+    assert split == pytest.approx(one, rel=1e-4, abs=1e-6), (split, one)
+    for a, b in zip(split_grads, one_grads):  # per tensor: the penalty's gradient is a difference over eps
+        assert float((a - b).norm()) <= 1e-3 * float(b.norm()) + 1e-8, float((a - b).norm() / b.norm())
