@@ -3,6 +3,8 @@ ImageNet-256 recipe, shrunk to tiny sizes on synthetic latents, trains 2 steps o
 trainer, checkpoints, and resumes to the same weights as an uninterrupted run."""
 from pathlib import Path
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -23,7 +25,8 @@ SPECS = {"latents": DataSpec((4, 32, 32), 1000, "latents"), "mnist-full": DataSp
 
 
 STACKED = {CONFIGS / "guidance" / "af-mnist-guided.yaml": CONFIGS / "af-mnist.yaml",
-           CONFIGS / "mnist-latent" / "guidance" / "af-guided.yaml": CONFIGS / "mnist-latent" / "af.yaml"}
+           CONFIGS / "mnist-latent" / "guidance" / "af-guided.yaml": CONFIGS / "mnist-latent" / "af.yaml",
+           CONFIGS / "imagenet256" / "guidance" / "af-xl2-guided.yaml": CONFIGS / "imagenet256" / "af-xl2.yaml"}
 """Stage presets given after the preset they amend (``--config BASE --config STAGE``)."""
 
 
@@ -73,3 +76,37 @@ def test_imagenet_preset_trains_two_steps_checkpoints_and_resumes(registry, tmp_
     after = assert_same_checkpoint_weights(tmp_path / "full", tmp_path / "half", 2, names)
     first = load_file(str(tmp_path / "full/checkpoints/step-0000001/generator.safetensors"))
     assert any(not torch.equal(after[k], first[k]) for k in after)  # the second step changed the generator
+
+
+def test_imagenet_guided_recipe_runs_its_three_stages(registry, tmp_path, one_thread):
+    """The paper's guided one-step AF recipe at toy size, as configs/imagenet256/guidance/ lays it out:
+    the B/2 classifier preset trains, the unguided XL/2 preset trains, and the guided stage stacked on
+    it starts from that run's EMA generator with the classifier frozen: the guidance term is in the
+    log, the generator moves, and the classifier's weights are still its run's."""
+    guidance = CONFIGS / "imagenet256" / "guidance"
+    af = CONFIGS / "imagenet256" / "af-xl2.yaml"
+    base = [o for o in tiny(af) if not o.startswith("train.batch_size")] + ["train.batch_size=8", "seed=0"]
+    stages = [([guidance / "classifier-b2.yaml"], ["train.steps=2", f"output_dir={tmp_path}/classifier"]),
+              ([af], ["train.steps=2", f"output_dir={tmp_path}/af"]),
+              ([af, guidance / "af-xl2-guided.yaml"], ["train.steps=2", f"output_dir={tmp_path}/guided",
+                                                       f"guidance.weights={tmp_path}/classifier",
+                                                       f"train.init_from={tmp_path}/af"])]
+    runs = [Trainer(compose(files=files, overrides=base + extra, registry=registry), registry=registry, console=False)
+            for files, extra in stages[:2]]
+    for run in runs:
+        run.fit()
+    guided = Trainer(compose(files=stages[2][0], overrides=base + stages[2][1], registry=registry),
+                     registry=registry, console=False)
+    guided.init_from(tmp_path / "af")  # what fit() does first (train.init_from)
+    start = {k: v.detach().clone() for k, v in guided.engines["generator"].module.state_dict().items()}
+    ema = load_file(str(tmp_path / "af/checkpoints/step-0000002/generator.ema.safetensors"))
+    assert all(torch.equal(start[k], ema[k]) for k in ema)  # the fine-tuning starts at the unguided EMA
+    guided.fit()
+    after = guided.engines["generator"].module.state_dict()
+    assert any(not torch.equal(after[k], start[k]) for k in start)
+    saved = load_file(str(tmp_path / "classifier/checkpoints/step-0000002/classifier.ema.safetensors"))
+    held = guided.guidance.classifier.state_dict()
+    assert all(torch.equal(saved[k], held[k].cpu()) for k in saved)
+    rows = [json.loads(line) for line in open(tmp_path / "guided" / "metrics.jsonl")]
+    assert any("generator/guidance_cross_entropy" in r for r in rows)
+    assert guided.guidance.config.scale == 0.003 and guided.objective.lambda_ot(0) == 0.005
