@@ -1,9 +1,8 @@
 """The presets under configs/: every one loads and validates (its components build), and each
 ImageNet-256 recipe, shrunk to tiny sizes on synthetic latents, trains 2 steps on CPU through the
 trainer, checkpoints, and resumes to the same weights as an uninterrupted run."""
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,18 +84,16 @@ def test_imagenet_guided_recipe_runs_its_three_stages(registry, tmp_path, one_th
     log, the generator moves, and the classifier's weights are still its run's."""
     guidance = CONFIGS / "imagenet256" / "guidance"
     af = CONFIGS / "imagenet256" / "af-xl2.yaml"
-    base = [o for o in tiny(af) if not o.startswith("train.batch_size")] + ["train.batch_size=8", "seed=0"]
-    stages = [([guidance / "classifier-b2.yaml"], ["train.steps=2", f"output_dir={tmp_path}/classifier"]),
-              ([af], ["train.steps=2", f"output_dir={tmp_path}/af"]),
-              ([af, guidance / "af-xl2-guided.yaml"], ["train.steps=2", f"output_dir={tmp_path}/guided",
-                                                       f"guidance.weights={tmp_path}/classifier",
-                                                       f"train.init_from={tmp_path}/af"])]
-    runs = [Trainer(compose(files=files, overrides=base + extra, registry=registry), registry=registry, console=False)
-            for files, extra in stages[:2]]
-    for run in runs:
-        run.fit()
-    guided = Trainer(compose(files=stages[2][0], overrides=base + stages[2][1], registry=registry),
-                     registry=registry, console=False)
+    base = tiny(af) + ["train.steps=2", "seed=0"]
+
+    def trainer(files, *extra):
+        return Trainer(compose(files=files, overrides=base + list(extra), registry=registry), registry=registry,
+                       console=False)
+
+    trainer([guidance / "classifier-b2.yaml"], f"output_dir={tmp_path}/classifier").fit()
+    trainer([af], f"output_dir={tmp_path}/af").fit()
+    guided = trainer([af, guidance / "af-xl2-guided.yaml"], f"output_dir={tmp_path}/guided",
+                     f"guidance.weights={tmp_path}/classifier", f"train.init_from={tmp_path}/af")
     guided.init_from(tmp_path / "af")  # what fit() does first (train.init_from)
     start = {k: v.detach().clone() for k, v in guided.engines["generator"].module.state_dict().items()}
     ema = load_file(str(tmp_path / "af/checkpoints/step-0000002/generator.ema.safetensors"))
