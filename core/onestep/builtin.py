@@ -10,11 +10,10 @@ from .hookspecs import hookimpl
 def onestep_data_sources():
     from .data.idx import IDX_SOURCES
     from .data.images import IMAGE_SOURCES
-    from .data.latents import Latents
     from .data.synthetic import SyntheticLatents
     from .data.toy import TOY_SOURCES
 
-    return [*TOY_SOURCES, *IMAGE_SOURCES, *IDX_SOURCES, Latents, SyntheticLatents]
+    return [*TOY_SOURCES, *IMAGE_SOURCES, *IDX_SOURCES, SyntheticLatents]
 
 
 @hookimpl

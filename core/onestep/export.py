@@ -9,9 +9,10 @@ earlier export, never a folder onestep did not write)::
                             of the run config (``components``; nothing else of the run: no
                             coupler, guidance, data or evaluation settings), data spec, the
                             generator's NetworkRequest, default nfe, the training precision (the
-                            sampling precision on a GPU), training step, and for latent data the
-                            VAE reference with its scaling/shift factors
-    DIR/vae/                the VAE (diffusers save_pretrained) when the data are latents
+                            sampling precision on a GPU), training step, and ``decoder``: the
+                            data source whose ``decoder_from_export`` turns samples into images,
+                            with what its ``export_decoder`` wrote (None: samples need no decoder)
+    DIR/...                 the decoder's files (e.g. a VAE's ``vae/``), written by the data source
 
 :class:`OneStepPipeline` rebuilds the generator through the registry from ``config.json``,
 loads ``model.safetensors`` (nothing is unpickled) and samples with the objective's own
@@ -39,11 +40,10 @@ from .engine import sampling_autocast
 from .errors import CheckpointError, ConfigError, OnestepError
 from .interfaces import Backbone, DataSpec, NetworkRequest, Networks, Objective
 from .registry import Registry
-from .vae import LatentDecoder, load_vae
 
 FORMAT = "onestep-pipeline"
-VERSION = 2
-READABLE = (1, 2)  # version 1 carried the whole run config under "run"; its component sections are read from there
+VERSION = 3
+READABLE = (1, 2, 3)  # version 1 carried the whole run config under "run"; its component sections are read from there
 GENERATOR = "generator"
 
 
@@ -138,10 +138,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, overrides: Sequen
                       registry: Registry | None = None, overwrite: bool = False) -> Path:
     """Write the export folder ``out`` for checkpoint ``checkpoint`` (a run or step folder: the
     newest intact checkpoint). ``overrides`` amend the saved run config (e.g.
-    ``data.vae=/new/place``); with ``copy_vae`` False, latent exports reference the VAE where it
-    is instead of copying it. ``overwrite`` replaces an earlier export at ``out``."""
-    from .data.latents import Latents
-
+    ``data.vae=/new/place``); with ``copy_vae`` False, an export whose samples decode through a
+    network of the data source (a VAE) references that network where it is instead of copying it.
+    ``overwrite`` replaces an earlier export at ``out``."""
     folder, _ = ckpt.newest_intact(checkpoint)
     out = Path(out)
     check_target(out, folder, overwrite)
@@ -164,17 +163,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, overrides: Sequen
 
 def _write_export(tmp: Path, config: RunConfig, source, spec: DataSpec, objective: Objective,
                   request: NetworkRequest, weights: dict[str, torch.Tensor], step: int, copy_vae: bool) -> None:
-    from .data.latents import Latents
-
-    vae = None
-    if isinstance(source, Latents):
-        decoder = source.decoder()
-        vae = {"path": decoder.ref, "config_dir": decoder.config, "scaling_factor": decoder.scale,
-               "shift_factor": decoder.shift}
-        if copy_vae:
-            load_vae(decoder.ref, decoder.config).save_pretrained(str(tmp / "vae"), safe_serialization=True)
-            vae.update(path="vae", config_dir=None)
-    own = None if isinstance(source, Latents) else source.export_decoder(tmp)
+    own = source.export_decoder(tmp, copy=copy_vae)
     ckpt.save_tensors(weights, tmp / "model.safetensors")
     meta = {
         "format": FORMAT, "version": VERSION, "objective": config.objective.name, "backbone": config.backbone.name,
@@ -182,7 +171,7 @@ def _write_export(tmp: Path, config: RunConfig, source, spec: DataSpec, objectiv
         "spec": {"shape": list(spec.shape), "num_classes": spec.num_classes, "kind": spec.kind},
         "network": {"role": request.role, "time_inputs": request.time_inputs,
                     "class_conditional": request.class_conditional},
-        "vae": vae, "components": unstructure(SamplerConfig.of(config)), "precision": config.train.precision,
+        "components": unstructure(SamplerConfig.of(config)), "precision": config.train.precision,
         "decoder": {"data": source.name, **own} if own else None,
     }
     (tmp / "config.json").write_text(json.dumps(meta, indent=1, default=list))
@@ -203,6 +192,9 @@ def _read_export_config(folder: Path) -> dict[str, Any]:
     if meta.get("version") not in READABLE:
         raise CheckpointError(f"export file {str(path)!r}: version {meta.get('version')!r}; this onestep reads "
                               + " and ".join(map(str, READABLE)))
+    if meta.get("vae"):
+        raise CheckpointError(f"export {str(folder)!r}: written by an older onestep that kept its VAE outside the data "
+                              "source's decoder; export the checkpoint again with `onestep export`")
     sections = "components" if meta["version"] >= 2 else "run"
     missing = [k for k in ("objective", "default_nfe", "spec", "network", sections) if k not in meta]
     if missing:
@@ -242,11 +234,7 @@ class OneStepPipeline:
         weights = ckpt.load_tensors(folder / "model.safetensors")
         generator = build_generator(built.backbone, request, spec, weights, str(folder / "model.safetensors"))
         decoder = None
-        if meta.get("vae"):
-            v = meta["vae"]
-            ref = str(folder / v["path"]) if v["path"] == "vae" else v["path"]
-            decoder = LatentDecoder(ref, float(v["scaling_factor"]), float(v["shift_factor"]), v.get("config_dir"))
-        elif meta.get("decoder"):
+        if meta.get("decoder"):
             d = dict(meta["decoder"])
             name = d.pop("data")
             if name not in reg.names("data"):

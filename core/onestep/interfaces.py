@@ -425,10 +425,11 @@ class DataSource(Component):
         ``test`` split must be the other's, item by item in the same order."""
         return self
 
-    def export_decoder(self, folder: Path) -> dict | None:
+    def export_decoder(self, folder: Path, copy: bool = True) -> dict | None:
         """Write what :meth:`decode` needs into an export ``folder`` (``onestep export``) and return
-        its description for the export's config.json, or None when samples need no decoder of the
-        source's own (the default; VAE latents are exported by the core)."""
+        its description for the export's config.json, or None when samples need no decoder (the
+        default). ``copy`` False: record where the decoder's files are instead of copying them
+        (``onestep export --reference-vae``), where the source can."""
         return None
 
     @classmethod

@@ -41,7 +41,7 @@ def test_export_records_what_the_model_needs(trained):
     _, _, export = trained
     meta = json.loads((export / "config.json").read_text())
     assert meta["objective"] == "flow-matching" and meta["default_nfe"] == 3 and meta["step"] == 10
-    assert meta["spec"] == {"shape": [2], "num_classes": 8, "kind": "points"} and meta["vae"] is None
+    assert meta["spec"] == {"shape": [2], "num_classes": 8, "kind": "points"} and meta["decoder"] is None
     assert meta["components"]["backbone"]["width"] == 32
     assert "run" not in meta and set(meta["components"]) == {"objective", "backbone", "features"}
     assert sorted(p.name for p in export.iterdir()) == ["config.json", "model.safetensors"]

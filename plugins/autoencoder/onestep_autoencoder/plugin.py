@@ -3,6 +3,14 @@ from onestep.hookspecs import hookimpl
 
 @hookimpl
 def onestep_data_sources():
-    from .source import Autoencoded
+    from .latents import Latents
+    from .source import Autoencoded, AutoencodedKL
 
-    return [Autoencoded]
+    return [Autoencoded, AutoencodedKL, Latents]
+
+
+@hookimpl
+def onestep_commands(subparsers):
+    from .encode_command import register
+
+    register(subparsers)

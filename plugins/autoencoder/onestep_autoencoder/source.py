@@ -1,7 +1,11 @@
-"""The ``autoencoded`` data source: any installed image source (``data.source``, its config in
-``data.source_options``) seen through a small autoencoder trained once on that source's ``train``
-split and cached. Methods train and sample in the autoencoder's standardised latent; ``decode``
-turns samples back into the source's images for grids, exports and image metrics.
+"""The latent sources of trained autoencoders: any installed image source (``data.source``, its
+config in ``data.source_options``) seen through an autoencoder trained once on that source's
+``train`` split and cached. Methods train and sample in the autoencoder's standardised latent;
+``decode`` turns samples back into the source's images for grids, exports and image metrics.
+
+- ``autoencoded``: a small MLP autoencoder to a flat ``dim``-vector (:mod:`.network`);
+- ``autoencoded-kl``: diffusers' ``AutoencoderKL`` to a spatial latent ``[C, h, w]``
+  (:mod:`.kl`), the papers' setting (a DiT on latent patches) at the size of the data.
 
 Scoring is in the source's own pixels: ``image_source()`` is the wrapped source, so FID, KID,
 precision/recall and class accuracy use its held-out images (the real test digits, not their
@@ -9,7 +13,7 @@ reconstructions) and its cached classifier: a latent run's numbers sit in the sa
 pixel run's on the same source. The test split here is the source's test split encoded item by
 item in order, which is what lets the metrics pair the two.
 
-Cache: ``$ONESTEP_CACHE/autoencoders/<source>-ae-<key>.safetensors`` (or ``cache_dir``), key =
+Cache: ``$ONESTEP_CACHE/autoencoders/<source>-<ae|kl>-<key>.safetensors`` (or ``cache_dir``), key =
 hash of the source's name and config, the network and the recipe. Written atomically once
 training ends; an interrupted training resumes from ``.partial.pt`` beside it. Offline.
 """
@@ -20,7 +24,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 import torch
@@ -30,9 +34,124 @@ from onestep.config import structure, unstructure
 from onestep.errors import ConfigError
 from onestep.interfaces import DataSource, DataSpec
 
+from .diffusers_vae import LatentDecoder, decoder_from_export, export_vae, latent_factors
+from .kl import KLArch, KLRecipe, load_kl, save_kl, train_kl
 from .network import AutoencoderArch, TrainRecipe, load_autoencoder, save_autoencoder, train_autoencoder
 
 RECIPE_VERSION = 1
+
+
+def cache_root() -> Path:
+    base = os.environ.get("ONESTEP_CACHE")
+    return Path(base) / "autoencoders" if base else Path.home() / ".cache" / "onestep" / "autoencoders"
+
+
+def _check_common(config) -> None:
+    for field in ("steps", "batch_size"):
+        if getattr(config, field) < 1:
+            raise ConfigError(f"data.{field}: expected >= 1, got {getattr(config, field)}")
+    if config.lr <= 0:
+        raise ConfigError(f"data.lr: expected > 0, got {config.lr}")
+    if config.device not in ("auto", "cpu", "cuda") and not config.device.startswith("cuda:"):
+        raise ConfigError(f"data.device: expected auto, cpu or cuda[:N], got {config.device!r}")
+
+
+class TrainedAutoencoderSource(DataSource):
+    """What both autoencoder sources share: the wrapped image source, the cache (trained on a miss,
+    by rank 0 only), the encoded splits and the scoring on the wrapped source's images. A subclass
+    says which network (``arch``, ``recipe``, ``train_network``, ``load_network``) and how it
+    encodes and decodes (``encode_images``, ``decoder``)."""
+
+    tag = ""  # in the cache file's name
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        _check_common(config)
+        if config.source == self.name:
+            raise ConfigError(f"data.source: {self.name!r} cannot encode itself; name an image source (e.g. mnist-full)")
+        self._base: DataSource | None = None
+        self._net = None
+        self._splits: dict[str, TensorDataset] = {}
+
+    def base(self) -> DataSource:
+        """The wrapped image source, built from ``data.source`` and ``data.source_options``."""
+        if self._base is None:
+            from onestep.registry import Registry
+
+            registry = Registry.discover()
+            names = registry.names("data")
+            if self.config.source not in names:
+                raise ConfigError(f"data.source: unknown data source {self.config.source!r}; installed: {', '.join(names)}")
+            info = registry.get("data", self.config.source)
+            base = registry.build("data", self.config.source,
+                                  structure(self.config.source_options, info.cls.Config, "data.source_options"))
+            kind = base.spec().kind
+            if kind != "images":
+                raise ConfigError(f"data.source: {self.config.source!r} holds {kind}, not images; the autoencoder "
+                                  "encodes image sources (mnist-full, mnist, digits, image-folder, npz with kind images)")
+            self._base = base
+        return self._base
+
+    def image_source(self) -> DataSource:
+        return self.base()
+
+    def arch(self):
+        raise NotImplementedError
+
+    def recipe(self):
+        raise NotImplementedError
+
+    def cache_path(self) -> Path:
+        base = self.base()
+        key = json.dumps({"source": base.name, "config": unstructure(base.config), "arch": attrs.asdict(self.arch()),
+                          "recipe": attrs.asdict(self.recipe(), filter=lambda a, _: a.name != "checkpoint_every"),
+                          "version": RECIPE_VERSION}, sort_keys=True, default=str)
+        root = Path(self.config.cache_dir) if self.config.cache_dir else cache_root()
+        return root / f"{base.name}-{self.tag}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
+
+    def train_network(self, x: torch.Tensor, device: torch.device, partial: Path) -> tuple[torch.nn.Module, dict]:
+        raise NotImplementedError
+
+    def save_network(self, net, path: Path, meta: dict) -> None:
+        raise NotImplementedError
+
+    def load_network(self, path: Path):
+        raise NotImplementedError
+
+    def autoencoder(self):
+        """The cached autoencoder (trained and written on a miss; with several processes, rank 0
+        trains and the others wait)."""
+        if self._net is None:
+            from onestep.distributed import barrier
+
+            path = self.cache_path()
+            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+            if not path.is_file() and rank == 0:
+                c = self.config
+                device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if c.device == "auto" else c.device)
+                train = self.base().dataset("train")
+                x = torch.stack([train[i][0] for i in range(len(train))]).float()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial = path.with_name(path.name + ".partial.pt")
+                net, numbers = self.train_network(x, device, partial)
+                self.save_network(net, path, {"source": self.base().name, "recipe": attrs.asdict(self.recipe()), **numbers})
+                partial.unlink(missing_ok=True)
+            barrier()
+            self._net = self.load_network(path)
+        return self._net
+
+    def encode_images(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [B, *image shape] -> model-space latents [B, *spec().shape]."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def dataset(self, split: str) -> TensorDataset:
+        if split not in self._splits:
+            items = self.base().dataset(split)
+            x = torch.stack([items[i][0] for i in range(len(items))]).float()
+            y = torch.as_tensor([int(items[i][1]) for i in range(len(items))], dtype=torch.long)
+            self._splits[split] = TensorDataset(torch.cat([self.encode_images(c) for c in x.split(1024)]), y)
+        return self._splits[split]
 
 
 @attrs.define
@@ -60,54 +179,21 @@ class AutoencodedConfig:
     """Folder of the cached weights; "": $ONESTEP_CACHE/autoencoders (else ~/.cache/onestep/autoencoders)."""
 
 
-def cache_root() -> Path:
-    base = os.environ.get("ONESTEP_CACHE")
-    return Path(base) / "autoencoders" if base else Path.home() / ".cache" / "onestep" / "autoencoders"
-
-
-class Autoencoded(DataSource):
+class Autoencoded(TrainedAutoencoderSource):
     """An image source's samples as standardised codes of a cached MLP autoencoder."""
 
     name = "autoencoded"
     Config = AutoencodedConfig
+    tag = "ae"
 
     def __init__(self, config: AutoencodedConfig) -> None:
         super().__init__(config)
-        for field in ("dim", "width", "steps", "batch_size"):
+        for field in ("dim", "width"):
             if getattr(config, field) < 1:
                 raise ConfigError(f"data.{field}: expected >= 1, got {getattr(config, field)}")
-        if config.depth < 0 or config.lr <= 0 or config.latent_noise < 0 or config.code_penalty < 0:
-            raise ConfigError("data.depth, data.lr, data.latent_noise, data.code_penalty: expected depth >= 0, lr > 0, "
-                              f"the others >= 0; got {config.depth}, {config.lr}, {config.latent_noise}, {config.code_penalty}")
-        if config.device not in ("auto", "cpu", "cuda") and not config.device.startswith("cuda:"):
-            raise ConfigError(f"data.device: expected auto, cpu or cuda[:N], got {config.device!r}")
-        if config.source == self.name:
-            raise ConfigError("data.source: 'autoencoded' cannot encode itself; name an image source (e.g. mnist-full)")
-        self._base: DataSource | None = None
-        self._net = None
-        self._splits: dict[str, TensorDataset] = {}
-
-    def base(self) -> DataSource:
-        """The wrapped image source, built from ``data.source`` and ``data.source_options``."""
-        if self._base is None:
-            from onestep.registry import Registry
-
-            registry = Registry.discover()
-            names = registry.names("data")
-            if self.config.source not in names:
-                raise ConfigError(f"data.source: unknown data source {self.config.source!r}; installed: {', '.join(names)}")
-            info = registry.get("data", self.config.source)
-            base = registry.build("data", self.config.source,
-                                  structure(self.config.source_options, info.cls.Config, "data.source_options"))
-            kind = base.spec().kind
-            if kind != "images":
-                raise ConfigError(f"data.source: {self.config.source!r} holds {kind}, not images; the autoencoder "
-                                  "encodes image sources (mnist-full, mnist, digits, image-folder, npz with kind images)")
-            self._base = base
-        return self._base
-
-    def image_source(self) -> DataSource:
-        return self.base()
+        if config.depth < 0 or config.latent_noise < 0 or config.code_penalty < 0:
+            raise ConfigError("data.depth, data.latent_noise, data.code_penalty: expected >= 0; got "
+                              f"{config.depth}, {config.latent_noise}, {config.code_penalty}")
 
     def arch(self) -> AutoencoderArch:
         c = self.config
@@ -117,48 +203,20 @@ class Autoencoded(DataSource):
         c = self.config
         return TrainRecipe(c.steps, c.batch_size, c.lr, c.latent_noise, c.code_penalty, c.seed)
 
-    def cache_path(self) -> Path:
-        base = self.base()
-        key = json.dumps({"source": base.name, "config": unstructure(base.config), "arch": attrs.asdict(self.arch()),
-                          "recipe": attrs.asdict(self.recipe(), filter=lambda a, _: a.name != "checkpoint_every"),
-                          "version": RECIPE_VERSION}, sort_keys=True, default=str)
-        root = Path(self.config.cache_dir) if self.config.cache_dir else cache_root()
-        return root / f"{base.name}-ae-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
+    def train_network(self, x, device, partial):
+        return train_autoencoder(x, self.arch(), self.recipe(), device, partial)
 
-    def autoencoder(self):
-        """The cached autoencoder (trained and written on a miss; with several processes, rank 0
-        trains and the others wait)."""
-        if self._net is None:
-            from onestep.distributed import barrier
+    def save_network(self, net, path, meta) -> None:
+        save_autoencoder(net, path, meta)
 
-            path = self.cache_path()
-            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-            if not path.is_file() and rank == 0:
-                c = self.config
-                device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if c.device == "auto" else c.device)
-                train = self.base().dataset("train")
-                x = torch.stack([train[i][0] for i in range(len(train))]).float()
-                path.parent.mkdir(parents=True, exist_ok=True)
-                partial = path.with_name(path.name + ".partial.pt")
-                net, numbers = train_autoencoder(x, self.arch(), self.recipe(), device, partial)
-                save_autoencoder(net, path, {"source": self.base().name, "recipe": attrs.asdict(self.recipe()), **numbers})
-                partial.unlink(missing_ok=True)
-            barrier()
-            self._net, _ = load_autoencoder(path)
-        return self._net
+    def load_network(self, path):
+        return load_autoencoder(path)[0]
 
     def spec(self) -> DataSpec:
         return DataSpec(shape=(self.config.dim,), num_classes=self.base().spec().num_classes, kind="latents")
 
-    @torch.no_grad()
-    def dataset(self, split: str) -> TensorDataset:
-        if split not in self._splits:
-            items = self.base().dataset(split)
-            x = torch.stack([items[i][0] for i in range(len(items))]).float()
-            y = torch.as_tensor([int(items[i][1]) for i in range(len(items))], dtype=torch.long)
-            net = self.autoencoder()
-            self._splits[split] = TensorDataset(torch.cat([net.encode(c) for c in x.split(4096)]), y)
-        return self._splits[split]
+    def encode_images(self, x: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder().encode(x)
 
     @torch.no_grad()
     def decode(self, x: torch.Tensor) -> torch.Tensor:
@@ -166,7 +224,7 @@ class Autoencoded(DataSource):
         net = self.autoencoder().to(x.device)
         return torch.cat([net.decode(c.float()) for c in x.split(4096)]) if len(x) else x.new_zeros(0, *net.arch.shape)
 
-    def export_decoder(self, folder: Path) -> dict:
+    def export_decoder(self, folder: Path, copy: bool = True) -> dict:
         """Copy the autoencoder (its standardisation included) into an export, so the exported
         generator's samples decode to images without the data or the cache."""
         self.autoencoder()
@@ -174,7 +232,7 @@ class Autoencoded(DataSource):
         return {"file": "autoencoder.safetensors"}
 
     @classmethod
-    def decoder_from_export(cls, folder: Path, description: dict):
+    def decoder_from_export(cls, folder: Path, description: dict) -> Callable[[torch.Tensor], torch.Tensor]:
         path = Path(folder) / str(description.get("file", "autoencoder.safetensors"))
         net, _ = load_autoencoder(path, field=f"export {str(folder)!r}")
 
@@ -183,3 +241,97 @@ class Autoencoded(DataSource):
             return net.to(x.device).decode(x.float())
 
         return decode
+
+
+@attrs.define
+class AutoencodedKLConfig:
+    source: str = "mnist-full"
+    """The image data source to encode (any installed one: mnist-full, mnist, digits, image-folder...)."""
+    source_options: dict[str, Any] = attrs.Factory(dict)
+    """That source's config (its defaults where empty)."""
+    latent_channels: int = 4
+    """Channels of the latent (SD-VAE: 4)."""
+    widths: list[int] = attrs.Factory(lambda: [64, 128, 128])
+    """Channels per resolution; one 2x down-sampling between neighbours (3 widths: 28x28 -> 7x7)."""
+    layers_per_block: int = 1
+    steps: int = 6000
+    batch_size: int = 256
+    lr: float = 5.0e-4
+    """Adam, cosine-decayed to 0 over ``steps``."""
+    kl_weight: float = 1.0e-4
+    """Weight of the mean KL divergence per latent element beside the mean squared error per pixel."""
+    seed: int = 0
+    device: str = "auto"
+    """Where the autoencoder trains on a cache miss: auto (CUDA when available), cpu, cuda[:N]."""
+    cache_dir: str = ""
+    """Folder of the cached weights; "": $ONESTEP_CACHE/autoencoders (else ~/.cache/onestep/autoencoders)."""
+    decode_batch: int = 1024
+
+
+class AutoencodedKL(TrainedAutoencoderSource):
+    """An image source's samples as spatial latents ``[C, h, w]`` of a cached diffusers
+    ``AutoencoderKL``, normalised by its scaling and shift factors."""
+
+    name = "autoencoded-kl"
+    Config = AutoencodedKLConfig
+    tag = "kl"
+
+    def __init__(self, config: AutoencodedKLConfig) -> None:
+        super().__init__(config)
+        if config.latent_channels < 1 or config.layers_per_block < 1 or config.decode_batch < 1:
+            raise ConfigError("data.latent_channels, data.layers_per_block, data.decode_batch: expected >= 1, got "
+                              f"{config.latent_channels}, {config.layers_per_block}, {config.decode_batch}")
+        if not config.widths or min(config.widths) < 1:
+            raise ConfigError(f"data.widths: expected a non-empty list of positive channel counts, e.g. [64, 128, 128]; got {config.widths}")
+        if config.kl_weight < 0:
+            raise ConfigError(f"data.kl_weight: expected >= 0, got {config.kl_weight}")
+        self._decoder: LatentDecoder | None = None
+
+    def arch(self) -> KLArch:
+        c = self.config
+        return KLArch(self.base().spec().shape, c.latent_channels, tuple(c.widths), c.layers_per_block)
+
+    def recipe(self) -> KLRecipe:
+        c = self.config
+        return KLRecipe(c.steps, c.batch_size, c.lr, c.kl_weight, c.seed)
+
+    def train_network(self, x, device, partial):
+        return train_kl(x, self.arch(), self.recipe(), device, partial)
+
+    def save_network(self, net, path, meta) -> None:
+        save_kl(net, path, meta)
+
+    def load_network(self, path):
+        return load_kl(path)[0]
+
+    def spec(self) -> DataSpec:
+        return DataSpec(shape=self.arch().latent_shape(), num_classes=self.base().spec().num_classes, kind="latents")
+
+    def encode_images(self, x: torch.Tensor) -> torch.Tensor:
+        from .diffusers_vae import encode
+
+        net = self.autoencoder()
+        scale, shift = latent_factors(net)
+        return (encode(net, x) - shift) * scale
+
+    def decoder(self) -> LatentDecoder:
+        if self._decoder is None:
+            net = self.autoencoder()
+            self._decoder = LatentDecoder(lambda: net, *latent_factors(net), batch_size=self.config.decode_batch)
+        return self._decoder
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Model-space latents [B, C, h, w] -> the source's images [B, C, H, W] in [-1, 1], on ``x``'s device."""
+        if not len(x):
+            return x.new_zeros(0, *self.base().spec().shape)
+        return self.decoder()(x.float())
+
+    def export_decoder(self, folder: Path, copy: bool = True) -> dict:
+        """The network as a diffusers VAE folder (``vae/``, its factors in its config): the export
+        decodes like one of ``onestep encode``'s, and any diffusers user can load it. Always copied
+        (the cache is no diffusers folder to reference)."""
+        return export_vae(folder, self.decoder(), copy=True)
+
+    @classmethod
+    def decoder_from_export(cls, folder: Path, description: dict) -> LatentDecoder:
+        return decoder_from_export(folder, description)

@@ -5,7 +5,8 @@ The whole network family is this file: ``modulate``, small modules, ``DiT`` and 
 ``initialize_weights``; attention (``F.scaled_dot_product_attention`` with optional QK-norm) and
 the MLP are timm's ``timm.layers.Attention`` and ``timm.layers.Mlp``. Sizes are data:
 ``FAMILIES`` maps a name to (depth, width, heads) and a size string ``"NAME/PATCH"`` adds the
-patch size, so ``"XL/2"`` is DiT-XL/2 and ``"T/7"`` the tiny family on 7x7 patches (28x28 MNIST). XL, L, M and B are MeanFlow's sizes, which AF uses.
+patch size, so ``"XL/2"`` is DiT-XL/2 and ``"T/7"`` the tiny family on 7x7 patches (28x28 MNIST). XL, L, M and B are MeanFlow's sizes, which AF uses; XS/1 is
+the MNIST latent board's (a 4 x 7 x 7 latent as 49 tokens).
 
 Roles (AF Sec. 3.7): the generator maps x to an output of x's shape (unpatchified); the critic
 prepends a learned [CLS] token and reads one logit from it through LayerNorm + Linear; the
@@ -46,6 +47,7 @@ FAMILIES: dict[str, tuple[int, int, int]] = {
     "M": (16, 1024, 16),
     "B": (12, 768, 12),
     "S": (12, 384, 6),
+    "XS": (6, 256, 4),
     "T": (4, 128, 4),
     "P": (2, 32, 2),
 }

@@ -13,12 +13,12 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from onestep.errors import ConfigError
 
 VAE_CLASSES = ("AutoencoderKL", "AutoencoderTiny")
 
@@ -161,18 +161,18 @@ def decode(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
 
 
 class LatentDecoder:
-    """Model-space latents -> images with a VAE loaded on first use. ``x / scale + shift`` undoes
-    the normalisation of the data. Decoding runs on ``device`` (default: the latents' device);
-    the images come back on the latents' device."""
+    """Model-space latents -> images with a VAE that ``load()`` returns on first use.
+    ``x / scale + shift`` undoes the normalisation of the data. Decoding runs on ``device``
+    (default: the latents' device); the images come back on the latents' device. The one decoder
+    of every latent source whose network is a diffusers VAE (``latents``, ``autoencoded-kl``)."""
 
-    def __init__(self, ref: str, scale: float, shift: float, config: str | None = None, batch_size: int = 64) -> None:
-        self.ref, self.config, self.scale, self.shift = ref, config, scale, shift
-        self.batch_size = batch_size
+    def __init__(self, load: Callable[[], nn.Module], scale: float, shift: float, batch_size: int = 64) -> None:
+        self.load, self.scale, self.shift, self.batch_size = load, scale, shift, batch_size
         self._vae: nn.Module | None = None
 
     def vae(self, device: torch.device) -> nn.Module:
         if self._vae is None:
-            self._vae = load_vae(self.ref, self.config)
+            self._vae = self.load()
         return self._vae.to(device)
 
     @torch.no_grad()
@@ -182,4 +182,26 @@ class LatentDecoder:
         dtype = next(vae.parameters()).dtype
         out = [decode(vae, (chunk.to(device, dtype) / self.scale + self.shift)).float().to(x.device)
                for chunk in x.split(self.batch_size)]
-        return torch.cat(out)
+        return torch.cat(out) if out else x.new_zeros(0)
+
+
+EXPORT_FOLDER = "vae"
+
+
+def export_vae(folder: Path, decoder: LatentDecoder, copy: bool, ref: str = "", config_dir: str | None = None) -> dict:
+    """Write ``decoder``'s VAE into ``folder/vae`` (diffusers ``save_pretrained``, safetensors) and
+    return the export's description of it; with ``copy`` False and a ``ref`` that
+    :func:`load_vae` reads, record ``ref`` instead of copying."""
+    if copy or not ref:
+        decoder.vae(torch.device("cpu")).save_pretrained(str(Path(folder) / EXPORT_FOLDER), safe_serialization=True)
+        ref, config_dir = EXPORT_FOLDER, None
+    return {"vae": ref, "config_dir": config_dir, "scaling_factor": decoder.scale, "shift_factor": decoder.shift}
+
+
+def decoder_from_export(folder: Path, description: dict) -> LatentDecoder:
+    """The decoder :func:`export_vae` described: the copied ``vae/`` or the referenced VAE."""
+    ref = str(description.get("vae", EXPORT_FOLDER))
+    where = str(Path(folder) / ref) if ref == EXPORT_FOLDER else ref
+    config_dir = description.get("config_dir")
+    return LatentDecoder(lambda: load_vae(where, config_dir), float(description["scaling_factor"]),
+                         float(description["shift_factor"]))

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from onestep import vae as vaelib
-from onestep.data.latents import Latents, LatentsConfig, read_latents_file
-from onestep.encoding import encode_folder, load_image
+from onestep_autoencoder import diffusers_vae as vaelib
+from onestep_autoencoder.latents import Latents, LatentsConfig, read_latents_file
+from onestep_autoencoder.encoding import encode_folder, load_image
 from onestep.errors import ConfigError
 
 SIZE = 32

@@ -25,9 +25,10 @@ import attrs
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-from ..vae import LatentDecoder
-from .images import _ArraySource
+from onestep.data.images import _ArraySource
+from onestep.errors import ConfigError
+
+from .diffusers_vae import LatentDecoder, decoder_from_export, export_vae, load_vae
 
 REQUIRED_KEYS = ("x", "y", "classes", "files", "scaling_factor", "shift_factor", "vae", "vae_config_dir",
                  "vae_config", "size")
@@ -106,13 +107,15 @@ class Latents(_ArraySource):
 
     def decoder(self) -> LatentDecoder:
         if self._decoder is None:
-            m = self.meta()
             scale, shift = self.factors()
-            self._decoder = LatentDecoder(
-                self.config.vae or m["vae"], scale, shift, self.config.vae_config or m["vae_config_dir"] or None,
-                batch_size=self.config.decode_batch,
-            )
+            ref, config_dir = self.vae_ref()
+            self._decoder = LatentDecoder(lambda: load_vae(ref, config_dir), scale, shift, batch_size=self.config.decode_batch)
         return self._decoder
+
+    def vae_ref(self) -> tuple[str, str | None]:
+        """The VAE that decodes (folder, file or cached name) and its config folder (None: its own)."""
+        m = self.meta()
+        return self.config.vae or m["vae"], self.config.vae_config or m["vae_config_dir"] or None
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Model-space latents [B, C, h, w] -> images [B, 3, H, W] in [-1, 1] on ``x``'s device."""
@@ -123,3 +126,14 @@ class Latents(_ArraySource):
             return self.decoder()(x, device)
         except ConfigError as exc:
             raise ConfigError(f"data.vae: cannot decode latents: {exc}") from None
+
+    def export_decoder(self, folder: Path, copy: bool = True) -> dict:
+        """The VAE into the export (``vae/``), or its reference with ``copy`` False."""
+        try:
+            return export_vae(folder, self.decoder(), copy, *self.vae_ref())
+        except ConfigError as exc:
+            raise ConfigError(f"data.vae: cannot export the VAE: {exc}") from None
+
+    @classmethod
+    def decoder_from_export(cls, folder: Path, description: dict) -> LatentDecoder:
+        return decoder_from_export(folder, description)

@@ -6,7 +6,7 @@ import json
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from ..encoding import encode_folder
+    from .encoding import encode_folder
 
     summary = encode_folder(
         args.vae, args.images, args.out, size=args.size, batch_size=args.batch, device=args.device,

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from . import vae as vaelib
-from .data.images import IMAGE_SUFFIXES
-from .data.latents import read_latents_file
-from .errors import ConfigError
+from onestep.data.images import IMAGE_SUFFIXES
+from onestep.errors import ConfigError
+
+from . import diffusers_vae as vaelib
+from .latents import read_latents_file
 
 
 def list_images(root: Path) -> tuple[list[str], list[str], list[int]]:
