@@ -25,7 +25,7 @@ install: $(STAMP)
 
 # One minute of training each; runs/demo is the demo's own folder, replaced on every call. One
 # torch thread: the toy's operations are tiny, and on a busy 2-core machine a second thread
-# made W-Flow's steps over 100x slower (README).
+# made W-Flow's steps over 100x slower (tools/RESULTS.md, the demo).
 demo: install
 	rm -rf runs/demo
 	OMP_NUM_THREADS=1 $(BIN)/onestep compare --objectives wflow,flow-matching --data gmm8 --backbone mlp \

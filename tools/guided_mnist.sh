@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Classifier guidance on the full MNIST in the paper's three stages (README, "Guided fine-tuning"),
+# Classifier guidance on the full MNIST in the paper's three stages (docs/guided-fine-tuning.md),
 # in one device call: (1) unguided AF (configs/af-mnist.yaml) and (2) the noised classifier
 # (configs/guidance/classifier-mnist.yaml) train side by side; then (3) from the unguided run's EMA,
 # guided fine-tuning at each scale of SCALES and, for a fair comparison, an unguided continuation of

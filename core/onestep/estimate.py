@@ -9,17 +9,21 @@ share of the global batch it would hold in the N-GPU run (``batch_size / N``, wi
 recipes), so no dataset is needed; the step time does not depend on the values of the data.
 
 Projection. One GPU of an N-GPU data-parallel run does the same work as the measured GPU plus
-the gradient all-reduce. That cost is taken from a measurement (tools/RESULTS.md, "Data-parallel
-scaling"): on 2 H200s, with the per-GPU batch held, DiT-B/2 reached 1.99x the samples/s of one GPU
-under ZeRO-2 and 1.89x under ZeRO-3. As an efficiency per doubling of the GPU count, e, the
-projected throughput is ``N * (per-GPU samples/s) * e^log2(N) / e^log2(W)`` when W GPUs were
-measured. Beyond 2 GPUs this is an extrapolation (stated in the output); ``scaling`` overrides e.
+the gradient all-reduce. That cost is taken from a measurement shipped with the package,
+``measured_scaling.json`` (samples/s on 1 and 2 GPUs by ZeRO stage, with its device, date and
+command; tools/RESULTS.md, "Scaling"): on 2 H200s, with the per-GPU batch held, DiT-B/2 reached
+1.99x the samples/s of one GPU under ZeRO-2 and 1.89x under ZeRO-3. As an efficiency per doubling
+of the GPU count, e, the projected throughput is ``N * (per-GPU samples/s) * e^log2(N) / e^log2(W)``
+when W GPUs were measured. Beyond the measured GPU count this is an extrapolation (stated in the
+output); ``scaling`` overrides e.
 """
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -28,11 +32,37 @@ import torch
 from .config import RunConfig
 from .errors import ConfigError, OnestepError
 
-# weak-scaling efficiency per doubling of GPUs, by ZeRO stage: 1 -> 2 H200s, DiT-B/2, batch 256
-# per GPU, bf16 (tools/RESULTS.md, "Data-parallel scaling"; stages 0 and 1 were not measured and
-# share stage 2's communication pattern: one all-reduce of the gradients per step)
-MEASURED_SCALING = {0: 1.99 / 2, 1: 1.99 / 2, 2: 1.99 / 2, 3: 1.89 / 2}
-SCALING_SOURCE = "measured 1 -> 2 H200s, DiT-B/2, per-GPU batch held (tools/RESULTS.md)"
+SCALING_FILE = Path(__file__).with_name("measured_scaling.json")
+
+
+@attrs.frozen
+class MeasuredScaling:
+    """Weak-scaling efficiency per doubling of GPUs, by ZeRO stage, derived from a measurement file."""
+
+    per_doubling: dict[int, float]  # ZeRO stage -> e
+    gpus: int  # the most GPUs measured: beyond them a projection is an extrapolation
+    source: str  # what the output names as the numbers' origin
+
+
+def read_scaling(path: Path = SCALING_FILE) -> MeasuredScaling:
+    """Efficiencies from ``path``'s samples/s: between the fewest (a) and most (b) GPUs measured of a
+    stage, e = (s_b / s_a / (b / a)) ^ (1 / log2(b / a)). A stage without its own measurement takes the
+    stage its ``stand_ins`` names."""
+    try:
+        record = json.loads(path.read_text())
+        per_doubling, most = {}, 1
+        for stage, by_gpus in record["samples_per_s"].items():
+            a, b = min(by_gpus, key=int), max(by_gpus, key=int)
+            doublings = math.log2(int(b) / int(a))
+            per_doubling[int(stage)] = (by_gpus[b] / by_gpus[a] / 2 ** doublings) ** (1 / doublings)
+            most = max(most, int(b))
+        for stage, measured in record.get("stand_ins", {}).items():
+            per_doubling[int(stage)] = per_doubling[int(measured)]
+        source = f"measured {record['date']} on {record['device']}, {record['record']}"
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError) as e:
+        raise OnestepError(f"{path}: not a scaling measurement ({type(e).__name__}: {e}); expected samples_per_s "
+                           "by ZeRO stage and GPU count (at least two counts), date, device, record") from None
+    return MeasuredScaling(per_doubling, most, source)
 
 
 @attrs.define
@@ -67,7 +97,8 @@ class Projection:
     samples_per_s: float
     wall_hours: float
     gpu_hours: float
-    extrapolated: bool  # the GPU count is beyond the measured scaling (2 GPUs) and the local count
+    extrapolated: bool  # the GPU count is beyond the measured scaling's and the local count
+    scaling_source: str  # where scaling_per_doubling comes from
 
 
 def per_gpu_batch(train, gpus: int) -> int:
@@ -142,9 +173,12 @@ def measure(config: RunConfig, registry, steps: int, warmup: int, planned_steps:
                        {n: sum(p.numel() for p in e.module.parameters()) for n, e in trainer.engines.items()})
 
 
-def project(m: Measurement, gpus: int, steps: int, zero_stage: int, scaling: float | None = None) -> Projection:
-    """Throughput and cost of ``steps`` steps on ``gpus`` GPUs (see the module docstring)."""
-    e = MEASURED_SCALING[zero_stage] if scaling is None else scaling
+def project(m: Measurement, gpus: int, steps: int, zero_stage: int, scaling: float | None = None,
+            measured: MeasuredScaling | None = None) -> Projection:
+    """Throughput and cost of ``steps`` steps on ``gpus`` GPUs (see the module docstring); ``measured``
+    defaults to the shipped measurement."""
+    measured = read_scaling() if measured is None else measured
+    e = measured.per_doubling[zero_stage] if scaling is None else scaling
     if not 0 < e <= 1:
         raise ConfigError(f"--scaling: expected an efficiency per doubling of GPUs in (0, 1], got {e}")
     relative = e ** (math.log2(gpus) - math.log2(m.world))
@@ -152,7 +186,8 @@ def project(m: Measurement, gpus: int, steps: int, zero_stage: int, scaling: flo
     step_s = m.batch_per_gpu * gpus / samples_per_s
     wall_hours = steps * step_s / 3600
     return Projection(gpus, steps, e, step_s, samples_per_s, wall_hours, wall_hours * gpus,
-                      extrapolated=gpus > max(2, m.world))
+                      extrapolated=gpus > max(measured.gpus, m.world),
+                      scaling_source=measured.source if scaling is None else "set by --scaling")
 
 
 def _duration(hours: float) -> str:
@@ -177,7 +212,7 @@ def report(name: str, plan: RunConfig, m: Measurement, p: Projection, warmup: in
         "  peak memory    " + (f"{m.peak_memory_gib:.1f} GiB per GPU allocated ({m.reserved_memory_gib:.1f} GiB reserved)"
                              if m.peak_memory_gib is not None else "n/a (CPU)"),
         f"projected on {p.gpus} GPU{'s' if p.gpus > 1 else ''} (scaling {p.scaling_per_doubling:.3f} per doubling of GPUs, "
-        + (f"{SCALING_SOURCE}; extrapolated beyond 2 GPUs" if p.extrapolated else SCALING_SOURCE) + "):",
+        + p.scaling_source + ("; extrapolated beyond the measured GPU count" if p.extrapolated else "") + "):",
         f"  step time      {p.step_s:.3f} s",
         f"  samples/s      {p.samples_per_s:,.1f}",
         f"  wall-clock     {_duration(p.wall_hours)} for {p.steps:,} steps",
