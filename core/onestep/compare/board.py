@@ -57,6 +57,7 @@ BASELINE = "flow-matching"
 UNLIMITED_STEPS = 10**9
 INTERRUPTED = 130  # exit code of a run stopped by Ctrl-C after writing its checkpoint
 GRID_SEED = 0
+STATUS_EVERY_S = 30.0  # seconds between the status lines of the runs while they train
 
 
 @attrs.define
@@ -301,12 +302,13 @@ def prepare_feature_network(source, eval_config, registry: Registry, metrics: Se
 
 
 def train_together(argv: dict[str, list[str]], out: Path, deadline: float | None = None,
-                   gate: StartGate | None = None, log=print) -> dict[str, int]:
+                   gate: StartGate | None = None, log=print, status_every: float = STATUS_EVERY_S) -> dict[str, int]:
     """Start one ``onestep run`` per method at once, wait for all; return codes by method. Each
     process's output goes to ``out/METHOD.log``; each gets an equal share of the CPU threads.
     ``gate`` (the runs' ``--start-gate``) opens once every run is ready or has stopped. At
     ``deadline`` (a ``time.perf_counter`` value) the runs still going get a Ctrl-C (they write a
-    checkpoint and stop: code :data:`INTERRUPTED`), and a termination a minute later."""
+    checkpoint and stop: code :data:`INTERRUPTED`), and a termination a minute later. Every
+    ``status_every`` seconds of training, one line per run still going (:func:`run_status`)."""
     threads = str(max(1, (os.cpu_count() or 1) // max(1, len(argv))))
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     procs = {}
@@ -317,6 +319,7 @@ def train_together(argv: dict[str, list[str]], out: Path, deadline: float | None
                                      stderr=subprocess.STDOUT, env=env), logfile)
     codes = {}
     opened, begun = False, time.perf_counter()
+    next_status = begun + status_every
     try:
         stage = 0  # 1: interrupted, 2: terminated
         while len(codes) < len(procs):
@@ -329,6 +332,11 @@ def train_together(argv: dict[str, list[str]], out: Path, deadline: float | None
                 opened = True
                 log(f"board: every run is ready; training clocks start ({time.perf_counter() - begun:.0f} s after launch)")
             now = time.perf_counter()
+            if opened and now >= next_status:
+                next_status = now + status_every
+                for m in procs:
+                    if m not in codes:
+                        log(f"board: {m}: {run_status(out / 'runs' / m)}")
             if deadline is not None and stage < 2 and now > deadline + 60.0 * stage:
                 for m, (proc, _) in procs.items():
                     if m not in codes:
@@ -340,6 +348,27 @@ def train_together(argv: dict[str, list[str]], out: Path, deadline: float | None
             proc.terminate()
         raise
     return codes
+
+
+def run_status(run_dir: Path) -> str:
+    """Where a training run is, from the newest loss record of its metrics.jsonl: steps, training
+    minutes and its losses (``starting`` before the first record)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return "starting"
+    with open(path, "rb") as fh:  # the records near the end are enough
+        fh.seek(max(0, fh.seek(0, os.SEEK_END) - 16384))
+        lines = fh.read().decode(errors="replace").splitlines()
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        losses = {k: v for k, v in record.items() if k.endswith("/loss") and isinstance(v, (int, float))}
+        if losses and "step" in record:
+            return (f"step {record['step']}, {record.get('train_minutes', 0.0):.1f} min, "
+                    + " ".join(f"{k}={v:.4g}" for k, v in losses.items()))
+    return "starting"
 
 
 def last_line(path: Path) -> str:
