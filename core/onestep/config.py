@@ -107,6 +107,7 @@ class TrainConfig:
     keep_checkpoints: int = attrs.field(default=2, validator=at_least(1))  # newest checkpoints kept on disk
     num_workers: int = attrs.field(default=0, validator=at_least(0, "load in the main process"))  # data-loader worker processes
     progress: bool = True  # show a progress bar
+    tensorboard: bool = True  # also write TensorBoard event files (every logged number, sample pictures) beside metrics.jsonl
     compile: bool = False  # torch.compile the networks; the backbone picks the regions (DiT: each block)
     max_minutes: float = attrs.field(default=0.0, validator=at_least(0, "no limit"))  # training-clock limit in minutes (evaluations, samples and checkpoints pause the clock); 0: none
     eval_every_minutes: float = attrs.field(default=0.0, validator=at_least(0, "never"))  # evaluate each time the training clock passes a multiple of this; 0: never

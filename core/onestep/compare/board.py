@@ -46,6 +46,7 @@ import torch
 from ..api import compose
 from ..errors import ConfigError
 from ..export import OneStepPipeline
+from ..logs import write_curve
 from ..metrics.evaluate import EVAL_SEED_OFFSET, applicable_metrics, check_applicable, held_out, score
 from ..registry import Registry
 from .comparison import PEER, check_components, method_files, objective_of, split_overrides
@@ -228,7 +229,16 @@ def run_board(s: BoardSettings, registry: Registry | None = None, log=print) -> 
     for row in sorted((r for r in rows if r.curve), key=lambda r: r.nfe):
         score_marks(row, Path(row.out_dir), scorer, min(s.mark_samples or n_eval, n_eval), log)
         write_outputs(rows, grids, meta, out, source)
+        if tensorboard_on(Path(row.out_dir)):
+            write_curve(Path(row.out_dir), "board", row.curve)
     return rows
+
+
+def tensorboard_on(run_dir: Path) -> bool:
+    """Whether the run wrote TensorBoard events (``train.tensorboard``), so the board's curve joins them."""
+    from ..config import read_file
+
+    return bool(read_file(run_dir / "config.yaml").get("train", {}).get("tensorboard", True))
 
 
 def finished(run_dir: Path, code: int) -> bool:
