@@ -319,16 +319,9 @@ def train_together(argv: dict[str, list[str]], out: Path, deadline: float | None
     ``deadline`` (a ``time.perf_counter`` value) the runs still going get a Ctrl-C (they write a
     checkpoint and stop: code :data:`INTERRUPTED`), and a termination a minute later. Every
     ``status_every`` seconds of training, one line per run still going (:func:`run_status`)."""
-    threads = str(max(1, (os.cpu_count() or 1) // max(1, len(argv))))
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-    procs = {}
-    for m, args in argv.items():
-        logfile = open(out / f"{m}.log", "w")
-        (out / f"{m}.command").write_text(shlex.join([sys.executable, "-m", "onestep.cli", *args]) + "\n")
-        procs[m] = (subprocess.Popen([sys.executable, "-m", "onestep.cli", *args], stdout=logfile,
-                                     stderr=subprocess.STDOUT, env=env), logfile)
+    procs = launch(argv, out)
     codes = {}
-    opened, begun = False, time.perf_counter()
+    opened, begun = gate is None, time.perf_counter()
     next_status = begun + status_every
     try:
         stage = 0  # 1: interrupted, 2: terminated
@@ -344,9 +337,7 @@ def train_together(argv: dict[str, list[str]], out: Path, deadline: float | None
             now = time.perf_counter()
             if opened and now >= next_status:
                 next_status = now + status_every
-                for m in procs:
-                    if m not in codes:
-                        log(f"board: {m}: {run_status(out / 'runs' / m)}")
+                log_status([m for m in procs if m not in codes], out, log)
             if deadline is not None and stage < 2 and now > deadline + 60.0 * stage:
                 for m, (proc, _) in procs.items():
                     if m not in codes:
@@ -358,6 +349,25 @@ def train_together(argv: dict[str, list[str]], out: Path, deadline: float | None
             proc.terminate()
         raise
     return codes
+
+
+def launch(argv: dict[str, list[str]], out: Path) -> dict[str, tuple[subprocess.Popen, object]]:
+    """One ``onestep run`` process per method (``argv``), each with an equal share of the CPU
+    threads, its output to ``out/METHOD.log`` and its command line in ``out/METHOD.command``."""
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, len(argv))))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    procs = {}
+    for m, args in argv.items():
+        logfile = open(out / f"{m}.log", "w")
+        (out / f"{m}.command").write_text(shlex.join([sys.executable, "-m", "onestep.cli", *args]) + "\n")
+        procs[m] = (subprocess.Popen([sys.executable, "-m", "onestep.cli", *args], stdout=logfile,
+                                     stderr=subprocess.STDOUT, env=env), logfile)
+    return procs
+
+
+def log_status(methods: list[str], out: Path, log) -> None:
+    for m in methods:
+        log(f"board: {m}: {run_status(out / 'runs' / m)}")
 
 
 def run_status(run_dir: Path) -> str:
