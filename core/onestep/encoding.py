@@ -27,6 +27,7 @@ from . import vae as vaelib
 from .data.images import IMAGE_SUFFIXES
 from .data.latents import read_latents_file
 from .errors import ConfigError
+from .progress import bar as progress_bar
 
 
 def list_images(root: Path) -> tuple[list[str], list[str], list[int]]:
@@ -158,8 +159,6 @@ def encode_folder(
 ) -> dict[str, Any]:
     """Encode every image under ``images`` to ``out`` (.npz), resuming earlier partial work.
     Returns ``{"path", "total", "encoded", "reused"}``."""
-    from tqdm.auto import tqdm
-
     out, root = Path(out), Path(images).resolve()
     if out.suffix != ".npz":
         raise ConfigError(f"--out {str(out)!r}: expected a .npz path")
@@ -179,7 +178,7 @@ def encode_folder(
     todo = [f for f in files if f not in done]
     reused = len(files) - len(todo)
     loader = DataLoader(_Images(root, todo, size), batch_size=batch_size, num_workers=workers)
-    bar = tqdm(total=len(files), initial=reused, unit="img", desc="encode", disable=not progress)
+    bar = progress_bar(total=len(files), initial=reused, unit="img", desc="encode", show=progress)
     try:
         _encode_all(loader, model, dev, todo, done, parts, bar, shard_size)
     finally:

@@ -47,6 +47,7 @@ from ..api import compose
 from ..errors import ConfigError
 from ..export import OneStepPipeline
 from ..logs import write_curve
+from ..progress import bar as progress_bar
 from ..metrics.evaluate import EVAL_SEED_OFFSET, applicable_metrics, check_applicable, held_out, score
 from ..registry import Registry
 from .comparison import PEER, check_components, method_files, objective_of, split_overrides
@@ -222,16 +223,29 @@ def run_board(s: BoardSettings, registry: Registry | None = None, log=print) -> 
     grids: dict[str, torch.Tensor] = {}
     # The table before the curves, and the cheap one-step rows before the multi-step ones (a 50-step
     # row costs as much as a dozen one-step rows): a board cut short by its caller keeps the most.
-    for m in sorted(s.methods, key=lambda m: ends[m].default_nfe if ends[m] else 0):
-        rows_of[m] = score_end(s, m, ends.pop(m), codes[m], out, plan.files_of[m], scorer, n_eval, grids, log)
-        write_outputs([r for k in s.methods for r in rows_of.get(k, [])], grids, meta, out, source)
+    with progress_bar(len(s.methods), "board: scoring the ends", "run") as bar:
+        for m in sorted(s.methods, key=lambda m: ends[m].default_nfe if ends[m] else 0):
+            rows_of[m] = score_end(s, m, ends.pop(m), codes[m], out, plan.files_of[m], scorer, n_eval, grids, log)
+            write_outputs([r for k in s.methods for r in rows_of.get(k, [])], grids, meta, out, source)
+            bar.update()
     rows = [r for m in s.methods for r in rows_of[m]]
-    for row in sorted((r for r in rows if r.curve), key=lambda r: r.nfe):
-        score_marks(row, Path(row.out_dir), scorer, min(s.mark_samples or n_eval, n_eval), log)
-        write_outputs(rows, grids, meta, out, source)
-        if tensorboard_on(Path(row.out_dir)):
-            write_curve(Path(row.out_dir), "board", row.curve)
+    score_curves(rows, scorer, min(s.mark_samples or n_eval, n_eval), lambda: write_outputs(rows, grids, meta, out, source),
+                 log)
     return rows
+
+
+def score_curves(rows: list[BoardRow], scorer: "Scorer", n: int, written, log) -> None:
+    """Score every row's checkpoints at the marks (``n`` samples each), cheap rows first; after
+    each row, ``written()`` rewrites the board's files and the curve joins the run's TensorBoard
+    events (``board/<metric>``)."""
+    curves = sorted((r for r in rows if r.curve), key=lambda r: r.nfe)
+    with progress_bar(len(curves), "board: scoring the marks", "run") as bar:
+        for row in curves:
+            score_marks(row, Path(row.out_dir), scorer, n, log)
+            written()
+            if tensorboard_on(Path(row.out_dir)):
+                write_curve(Path(row.out_dir), "board", row.curve)
+            bar.update()
 
 
 def tensorboard_on(run_dir: Path) -> bool:
