@@ -159,3 +159,16 @@ def test_the_demo_config_tunes_wflow_and_leaves_the_baseline_at_its_defaults(reg
     baseline = build(registry, files=[demo], objective="flow-matching")
     assert (wflow.objective.config.epsilon, wflow.objective.config.lr) == ([0.05], 0.01)
     assert baseline.objective.config.nfe == 50 and baseline.backbone == wflow.backbone
+
+
+def test_the_mnist_demo_config_tunes_af_and_a_small_autoencoder_and_leaves_the_baseline_at_its_defaults(registry):
+    """`make demo` compares AF and flow matching with configs/demo/mnist.yaml (see the Makefile):
+    one small autoencoder and metrics classifier for both runs, AF's settings for AF only."""
+    from pathlib import Path
+
+    demo = Path(__file__).parents[2] / "configs" / "demo" / "mnist.yaml"
+    af = build(registry, files=[demo], base={}, objective="adversarial-flow")
+    baseline = build(registry, files=[demo], base={}, objective="flow-matching")
+    assert (af.objective.config.lr, af.objective.config.grad_norm) == (3.0e-4, False)
+    assert baseline.objective.config.nfe == 50 and baseline.backbone == af.backbone and baseline.data == af.data
+    assert (af.data.name, af.data.config.dim, af.data.config.steps) == ("autoencoded", 16, 1500)
