@@ -71,17 +71,19 @@ def _metrics_table(found: dict[str, Any], step: int) -> str:
     if "eval" not in found:
         return "No evaluation was recorded for this checkpoint (run `onestep eval` on the run folder)."
     when = f"at step {found['eval_step']}" + (f" (the exported step)" if found["eval_step"] == step else "")
-    nfe = f", {found['eval_nfe']} network evaluations per sample" if found.get("eval_nfe") else ""
+    n = found.get("eval_nfe")
+    nfe = f", {n} network evaluation{'s' if n != 1 else ''} per sample" if n else ""
     rows = [f"| {k} | {v:.4g} |" for k, v in found["eval"].items() if isinstance(v, (int, float))]
     return f"Evaluated {when}{nfe}, against held-out data:\n\n| metric | value |\n|---|---|\n" + "\n".join(rows)
 
 
-def usage(folder: str, num_classes: int) -> str:
-    """The three lines that load the export at ``folder`` and sample it."""
-    call = "pipe(class_labels=[0, 1, 2, 3], seed=0)" if num_classes else "pipe(num_images=4, seed=0)"
+def usage(folder: str, spec: dict[str, Any]) -> str:
+    """The three lines that load the export at ``folder`` and sample it (``spec``: its data spec)."""
+    call = "pipe(class_labels=[0, 1, 2, 3], seed=0)" if spec["num_classes"] else "pipe(num_images=4, seed=0)"
+    what = f"[4, {spec['shape'][0]}] points" if spec["kind"] == "points" else "[4, C, H, W] images in [-1, 1]"
     return ("from onestep.export import OneStepPipeline\n"
             f"pipe = OneStepPipeline.from_pretrained({folder!r})\n"
-            f"images = {call}  # [4, C, H, W] in [-1, 1] (points for point data)")
+            f"images = {call}  # {what}")
 
 
 def model_card(config: RunConfig, meta: dict[str, Any], parameters: int, checkpoint: Path, folder: str) -> str:
@@ -93,7 +95,8 @@ def model_card(config: RunConfig, meta: dict[str, Any], parameters: int, checkpo
     front = {"library_name": "onestep", "tags": tags}
     if not meta["spec"]["num_classes"] and meta["spec"]["kind"] != "points":
         front["pipeline_tag"] = "unconditional-image-generation"
-    minutes = f"{found['minutes']:.1f} minutes ({60 * found['minutes']:.0f} s)" if "minutes" in found else NOT_RECORDED
+    minutes = (f"{found['minutes']:.1f} minutes ({60 * found['minutes']:.0f} s) of training clock (evaluations, samples "
+               "and checkpoints excluded)") if "minutes" in found else NOT_RECORDED
     device = found.get("device", NOT_RECORDED) + (f" x {found['world']} processes" if found.get("world", 1) > 1 else "")
     run = run_folder(checkpoint)
     config_yaml = yaml.safe_dump(unstructure(config), sort_keys=False).strip()
@@ -116,7 +119,7 @@ A generator trained with the onestep library that draws a sample in {nfe} networ
 ## Training
 
 - **Steps:** {meta['step']}
-- **Training time:** {minutes} (training clock: evaluations, samples and checkpoints excluded)
+- **Training time:** {minutes}
 - **Device:** {device}
 - **Config:** the run's `config.yaml`{f' (in `{run}`)' if run is not None else ''}, below
 
@@ -131,8 +134,9 @@ A generator trained with the onestep library that draws a sample in {nfe} networ
 ## Use
 
 ```python
-{usage(folder, meta['spec']['num_classes'])}
+{usage(folder, meta['spec'])}
 ```
 
-`config.json` and `model.safetensors` are all that loading needs; this card is for people.
+Loading reads `config.json`, `model.safetensors` and the decoder beside them (`vae/` or the data
+source's file); this card is for people.
 """
