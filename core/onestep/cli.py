@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -83,19 +84,29 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise OnestepError("--label: this model is unconditional (the data has no classes)")
     if args.label is not None and not 0 <= args.label < classes:
         raise OnestepError(f"--label: expected 0..{classes - 1}, got {args.label}")
-    x = pipe(class_labels=args.label, num_images=args.num, seed=args.seed, nfe=args.nfe, output_type="model")
+    labels, _ = pipe.labels(args.label, args.num)
+    x = pipe(class_labels=labels, num_images=args.num, seed=args.seed, nfe=args.nfe, output_type="model")
     out = out or Path(pipe.meta["checkpoint"]).parent.parent / "samples" / f"sample-step-{step:07d}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npz":
-        import numpy as np
-
-        np.savez(out, x=x.numpy())
+        save_npz(out, x if args.latents else pipe.source.decode(x), labels)
     else:
         from .plotting import save_samples
 
         save_samples(pipe.source.decode(x), out, title=f"{pipe.objective.name} step {step}")
     print(f"wrote {args.num} samples to {out}")
     return 0
+
+
+def save_npz(path: Path, x: torch.Tensor, labels: torch.Tensor | None) -> None:
+    """``x`` (the samples) and, for a class-conditional model, ``labels`` (int64, one per sample),
+    written atomically; read back with ``numpy.load`` (nothing pickled)."""
+    import numpy as np
+
+    from .files import write_atomic
+
+    arrays = {"x": x.numpy()} | ({"labels": labels.numpy().astype(np.int64)} if labels is not None else {})
+    write_atomic(path, lambda tmp: np.savez(tmp, **arrays))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -210,7 +221,11 @@ def build_parser(registry: Registry | None = None) -> argparse.ArgumentParser:
     p.add_argument("--nfe", type=int, default=None, help="network evaluations (default: the objective's)")
     p.add_argument("--label", type=int, default=None, help="class label for all samples")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="output .png (picture) or .npz (array x)")
+    p.add_argument("--out", help="output .png (picture) or .npz: array x (images in [-1, 1] as [N, C, H, W], or "
+                                 "points) and, for class-conditional models, labels")
+    p.add_argument("--latents", action="store_true",
+                   help="latent runs: store the generator's latent codes in the .npz instead of the decoded images "
+                        "(the default)")
     add_override_args(p)
     p.set_defaults(func=cmd_sample)
 
@@ -249,7 +264,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_command(argv: list[str] | None) -> int:
     args = parse(build_parser(), argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed, for records such as the board's
     try:
@@ -260,6 +275,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("onestep: interrupted; nothing was saved at the interruption", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command. A reader that closes early (``onestep plugins | head``) ends it quietly
+    with exit code 0, as ``head`` asked for no more: output goes to /dev/null from there on, so
+    neither the command nor Python's final flush reports the broken pipe."""
+    try:
+        try:
+            code = run_command(argv)
+        except SystemExit:  # argparse's --help, --version and usage errors
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Optional
 import attrs
 import cattrs
 import yaml
+from cattrs.cols import list_structure_factory
 from cattrs.errors import (AttributeValidationNote, ClassValidationError, ForbiddenExtraKeysError,
                            IterableValidationError, IterableValidationNote)
 
@@ -106,6 +107,7 @@ class TrainConfig:
     keep_checkpoints: int = attrs.field(default=2, validator=at_least(1))  # newest checkpoints kept on disk
     num_workers: int = attrs.field(default=0, validator=at_least(0, "load in the main process"))  # data-loader worker processes
     progress: bool = True  # show a progress bar
+    tensorboard: bool = True  # also write TensorBoard event files (every logged number, sample pictures) beside metrics.jsonl
     compile: bool = False  # torch.compile the networks; the backbone picks the regions (DiT: each block)
     max_minutes: float = attrs.field(default=0.0, validator=at_least(0, "no limit"))  # training-clock limit in minutes (evaluations, samples and checkpoints pause the clock); 0: none
     eval_every_minutes: float = attrs.field(default=0.0, validator=at_least(0, "never"))  # evaluate each time the training clock passes a multiple of this; 0: never
@@ -234,12 +236,43 @@ def make_converter() -> cattrs.Converter:
 
     def fixed_tuple(v: Any, t: Any) -> tuple:
         args = typing.get_args(t)
+        if len(args) == 1 and _is_scalar(v):
+            v = [v]
         if not isinstance(v, (list, tuple)) or len(v) != len(args):
-            raise ValueError(f"expected a list of {len(args)} values ({', '.join(map(_type_name, args))}), got {v!r}")
+            example = f", e.g. {_list_example(v, len(args))}" if _is_scalar(v) else ""
+            raise ValueError(f"expected a list of {len(args)} values ({', '.join(map(_type_name, args))}){example}, "
+                             f"got {v!r}")
         return tuple(conv.structure(x, a) for x, a in zip(v, args))
 
+    def list_hook(t: Any) -> Callable[[Any, Any], list]:
+        """A list field takes a list, or one value where one is meant (``objective.epsilon=0.05``
+        is ``[0.05]``; a field that needs more says so through its validator)."""
+        items = list_structure_factory(t, conv)
+
+        def structure_list(v: Any, cl: Any) -> list:
+            if _is_scalar(v):
+                v = [v]
+            elif not isinstance(v, (list, tuple)):
+                raise ValueError(f"expected a list, e.g. [{_item_example(typing.get_args(t))}], got {v!r}")
+            return items(v, cl)
+
+        return structure_list
+
     conv.register_structure_hook_func(_is_fixed_tuple, fixed_tuple)
+    conv.register_structure_hook_factory(lambda t: typing.get_origin(t) is list, list_hook)
     return conv
+
+
+def _is_scalar(v: Any) -> bool:
+    return isinstance(v, (str, int, float, bool))
+
+
+def _list_example(v: Any, n: int) -> str:
+    return "[" + ", ".join([repr(v) if isinstance(v, str) else str(v)] * n) + "]"
+
+
+def _item_example(args: tuple) -> str:
+    return {int: "1", float: "0.05", str: "'name'", bool: "true"}.get(args[0] if args else None, "...")
 
 
 CONVERTER = make_converter()

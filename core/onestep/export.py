@@ -13,6 +13,7 @@ earlier export, never a folder onestep did not write)::
                             data source whose ``decoder_from_export`` turns samples into images,
                             with what its ``export_decoder`` wrote (None: samples need no decoder)
     DIR/...                 the decoder's files (e.g. a VAE's ``vae/``), written by the data source
+    DIR/README.md           the model card (:mod:`onestep.modelcard`), for people; loading ignores it
 
 :class:`OneStepPipeline` rebuilds the generator through the registry from ``config.json``,
 loads ``model.safetensors`` (nothing is unpickled) and samples with the objective's own
@@ -39,6 +40,7 @@ from .distributed import resolve_device
 from .engine import sampling_autocast
 from .errors import CheckpointError, ConfigError, OnestepError
 from .interfaces import Backbone, DataSpec, NetworkRequest, Networks, Objective
+from .modelcard import model_card
 from .registry import Registry
 
 FORMAT = "onestep-pipeline"
@@ -155,6 +157,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, overrides: Sequen
         raise ConfigError(f"--out {str(out)!r}: cannot create a folder beside it ({exc.strerror or exc})") from None
     try:
         _write_export(tmp, config, source, spec, objective, request, weights, run.step, copy_vae)
+        card = model_card(config, json.loads((tmp / "config.json").read_text()),
+                          sum(w.numel() for w in weights.values()), run.folder, str(out))
+        (tmp / "README.md").write_text(card)
         _move_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

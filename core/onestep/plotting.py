@@ -36,6 +36,28 @@ def image_grid(x: torch.Tensor, nrow: int | None = None) -> np.ndarray:
     return arr[..., 0] if c == 1 else arr[..., :3]
 
 
+def label_grid_axes(ax, columns: int | None, classes: int) -> None:
+    """Axis labels of an image-grid panel drawn with ``imshow`` (no ticks: pixels are not a
+    quantity): what a column and a row hold."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if classes and columns == classes:
+        ax.set_xlabel(f"class label 0 to {classes - 1}, one column each", fontsize=7)
+        ax.set_ylabel("samples of each class", fontsize=7)
+    else:
+        ax.set_xlabel("samples", fontsize=7)
+
+
+def label_point_axes(ax, dims: int) -> None:
+    """Axis labels of a panel of points: coordinates in the data's own units."""
+    if dims >= 2:
+        ax.set_xlabel("x1 (data units)", fontsize=7)
+        ax.set_ylabel("x2 (data units)", fontsize=7)
+    else:
+        ax.set_xlabel("x (data units)", fontsize=7)
+        ax.set_ylabel("density (per data unit)", fontsize=7)
+
+
 def save_samples(samples: torch.Tensor, path: Path, reference: torch.Tensor | None = None,
                  title: str = "", nrow: int | None = None) -> Path:
     """Write a PNG of ``samples``: scatter (2D), histogram (1D) or image grid (C, H, W)."""
@@ -51,12 +73,16 @@ def save_samples(samples: torch.Tensor, path: Path, reference: torch.Tensor | No
         if reference is not None:
             ax.hist(reference[:, 0].cpu().numpy(), bins=bins, density=True, alpha=0.5, label="data")
         ax.hist(s[:, 0].numpy(), bins=bins, density=True, alpha=0.5, label="samples")
+        ax.set_xlabel("x (data units)")
+        ax.set_ylabel("density (per data unit)")
     else:
         if reference is not None:
             r = reference.detach().float().cpu()
             ax.scatter(r[:, 0], r[:, 1], s=2, alpha=0.3, c="tab:gray", label="data")
         ax.scatter(s[:, 0], s[:, 1], s=2, alpha=0.5, c="tab:blue", label="samples")
         ax.set_aspect("equal")
+        ax.set_xlabel("x1 (data units)")
+        ax.set_ylabel("x2 (data units)")
     ax.legend(loc="upper right", markerscale=4)
     ax.set_title(title)
     fig.tight_layout()
@@ -89,10 +115,10 @@ def save_loss_curves(metrics_jsonl: Path, path: Path, title: str = "") -> Path |
     fig, axes = plt.subplots(len(curves), 1, figsize=(6, 2.2 * len(curves) + 0.4), dpi=100, sharex=True, squeeze=False)
     for ax, (key, (steps, values)) in zip(axes[:, 0], sorted(curves.items())):
         ax.plot(steps, values, lw=1)
-        ax.set_ylabel(key, fontsize=8)
+        ax.set_ylabel(f"{key}\n(unitless)", fontsize=8)
+        ax.set_xlabel("training step (optimizer steps of every phase)", fontsize=8)
         if min(values) > 0 and max(values) > 10 * min(values):
             ax.set_yscale("log")
-    axes[-1, 0].set_xlabel("step")
     axes[0, 0].set_title(title, fontsize=9)
     fig.tight_layout()
     savefig_atomic(fig, path)

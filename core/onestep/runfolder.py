@@ -18,6 +18,7 @@ from . import checkpoint as ckpt
 from .errors import ConfigError
 
 WRITTEN = ("config.yaml", "metrics.jsonl", "losses.png")  # files of a run besides checkpoints and samples
+EVENTS = "events.out.tfevents.*"  # TensorBoard's event files of the run
 
 
 def _names(dirs: list[Path]) -> str:
@@ -78,6 +79,8 @@ def clean(out_dir: Path, start_step: int, discard: list[Path], replace: bool, da
             (out_dir / name).unlink(missing_ok=True)
         for png in (out_dir / "samples").glob("step-*.png"):
             png.unlink()
+        for events in out_dir.glob(EVENTS):
+            events.unlink()
     truncate_metrics(out_dir / "metrics.jsonl", start_step)
 
 

@@ -94,7 +94,7 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.rank, self.world = init_process_group(self.device)
         self.log = configure(self.out_dir / "log.jsonl" if self.rank == 0 else None, console=console and self.rank == 0)
-        self.metrics = MetricsWriter(self.out_dir / "metrics.jsonl" if self.rank == 0 else None)
+        self.metrics = MetricsWriter(self.out_dir / "metrics.jsonl" if self.rank == 0 else None, config.train.tensorboard)
         self._seed_everything(config.seed)
         torch.backends.cuda.matmul.allow_tf32 = config.train.tf32
         self.planned_steps = config.train.steps  # the LR schedule's horizon (re-planned under max_minutes)
@@ -244,6 +244,7 @@ class Trainer:
             component.prepare(self.source, self.device)
         if self.rank == 0:
             (self.out_dir / "config.yaml").write_text(yaml.safe_dump(unstructure(self.config), sort_keys=False))
+            self.metrics.start(self.step)
         self.log.info("run", out_dir=str(self.out_dir), objective=self.objective.name, backbone=self.backbone.name,
                       data=self.config.data.name, device=str(self.device), world=self.world, start_step=self.step,
                       parameters={n: sum(p.numel() for p in e.module.parameters()) for n, e in self.engines.items()})
@@ -315,7 +316,7 @@ class Trainer:
         rate = (self.step - clock.last_step) * self.config.train.batch_size / max(now - clock.last_time, 1e-9)
         clock.last_time, clock.last_step = now, self.step
         record = {"step": self.step, **{k: _scalar(v) for k, v in logs.items()}, "samples_per_s": rate,
-                  "train_minutes": self.train_seconds / 60.0}
+                  "train_minutes": self.train_seconds / 60.0, **{f"lr/{n}": e.get_lr()[0] for n, e in self.engines.items()}}
         self.metrics.write(record)
         bar.set_postfix({k.split("/")[0]: f"{v:.4g}" for k, v in record.items() if k.endswith("/loss")}
                         | {"samples/s": f"{rate:.0f}"})
@@ -389,7 +390,9 @@ class Trainer:
             reference = torch.stack([ref_ds[i][0] for i in range(min(len(ref_ds), s.num))])
         nrow = self.spec.num_classes if 0 < self.spec.num_classes <= 16 and samples.dim() == 4 else None
         title = f"{self.objective.name} / {self.backbone.name} / step {self.step}"
-        return save_samples(samples, self.out_dir / "samples" / f"step-{self.step:07d}.png", reference, title, nrow)
+        path = save_samples(samples, self.out_dir / "samples" / f"step-{self.step:07d}.png", reference, title, nrow)
+        self.metrics.image("samples", path, self.step)
+        return path
 
     def reference(self, n: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``n`` held-out items (None: all) and their labels, in a fixed order."""

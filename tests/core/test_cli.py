@@ -52,6 +52,42 @@ def test_run_then_sample_and_eval_from_the_checkpoint(tmp_path, capsys):
     assert result["step"] == 30 and result["sinkhorn"] > 0
 
 
+@pytest.mark.parametrize("command", [["plugins"], ["config"], ["--help"]])
+def test_a_reader_that_closes_early_ends_the_command_quietly(command):
+    """``onestep plugins | head``: the reader is gone before the output is written; exit 0, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "onestep.cli", *command], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0 and done.stderr == ""
+
+
+def test_sample_npz_holds_the_labels_of_its_samples(tmp_path, capsys):
+    """The .npz carries each sample's class label: classes in turn, or the one --label asked for,
+    and x is what the pipeline draws for those labels (decoded: here the points themselves)."""
+    from onestep.export import OneStepPipeline
+
+    run_dir = tmp_path / "r"
+    assert main(["run", "--objective", "flow-matching", "--backbone", "mlp", "--data", "gmm8", "--out", str(run_dir),
+                 "data.labelled=true", "train.steps=5", "train.batch_size=32", "train.progress=false",
+                 "backbone.width=16", "objective.nfe=2", "eval.metrics=[]", "sample.num=50"]) == 0
+    assert main(["sample", str(run_dir), "--num", "12", "--out", str(tmp_path / "turn.npz")]) == 0
+    assert main(["sample", str(run_dir), "--num", "5", "--label", "3", "--seed", "1", "--out", str(tmp_path / "3.npz")]) == 0
+    turn, three = np.load(tmp_path / "turn.npz"), np.load(tmp_path / "3.npz")
+    assert turn["labels"].tolist() == [i % 8 for i in range(12)] and turn["x"].shape == (12, 2)
+    assert three["labels"].tolist() == [3] * 5
+    pipe = OneStepPipeline.from_checkpoint(run_dir)
+    assert np.array_equal(three["x"], pipe(class_labels=3, num_images=5, seed=1).numpy())
+    assert not np.array_equal(three["x"], pipe(class_labels=4, num_images=5, seed=1).numpy())
+
+
 TOY = ["--objective", "flow-matching", "--backbone", "mlp", "--data", "gmm8"]
 
 
@@ -63,6 +99,8 @@ TOY = ["--objective", "flow-matching", "--backbone", "mlp", "--data", "gmm8"]
     (["sample", "/nonexistent/run", "--num", "-3"], "onestep: error: --num: expected >= 1 samples, got -3"),
     (["run", "train.log_every=0"], "onestep: error: train.log_every: expected >= 1, got 0"),
     (["run", "train.optim.betas=[0.9]"], "onestep: error: train.optim.betas: expected a list of 2 values"),
+    (["run", "train.optim.betas=0.9"], "onestep: error: train.optim.betas: expected a list of 2 values (float, float), "
+                                       "e.g. [0.9, 0.9], got 0.9"),
     (["run", *TOY, "--out", "/proc/onestep-here/run"], "onestep: error: output_dir: cannot create '/proc/onestep-here/run'"),
     (["run", *TOY, "--out", "/dev/null/run"], "onestep: error: output_dir: cannot create '/dev/null/run'"),
     (["run", "--backbone", "mlp", "--data", "gmm8"], "onestep: error: objective.name: missing; choose an objective"),

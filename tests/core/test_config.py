@@ -65,6 +65,19 @@ def test_errors_name_the_field_path(registry, override, message):
     assert "\n" not in str(err.value)
 
 
+def test_a_list_field_takes_one_value_and_says_what_it_wants_otherwise(registry):
+    """``objective.epsilon=0.05`` means ``[0.05]``; what cannot be a list names the field and shows one."""
+    assert build(registry, "objective.epsilon=0.05", objective="wflow").objective.config.epsilon == [0.05]
+    assert build(registry, "objective.epsilon=[0.05, 0.2]", objective="wflow").objective.config.epsilon == [0.05, 0.2]
+    assert build(registry, "eval.metrics=sinkhorn").eval.metrics == ["sinkhorn"]
+    with pytest.raises(ConfigError) as err:
+        build(registry, "objective.epsilon={low: 0.05}", objective="wflow")
+    assert str(err.value) == "objective.epsilon: expected a list, e.g. [0.05], got {'low': 0.05}"
+    with pytest.raises(ConfigError) as err:
+        build(registry, "train.optim.betas=0.9")
+    assert str(err.value) == "train.optim.betas: expected a list of 2 values (float, float), e.g. [0.9, 0.9], got 0.9"
+
+
 def test_unknown_component_lists_valid_names(registry):
     from onestep.errors import PluginError
 
@@ -146,3 +159,16 @@ def test_the_demo_config_tunes_wflow_and_leaves_the_baseline_at_its_defaults(reg
     baseline = build(registry, files=[demo], objective="flow-matching")
     assert (wflow.objective.config.epsilon, wflow.objective.config.lr) == ([0.05], 0.01)
     assert baseline.objective.config.nfe == 50 and baseline.backbone == wflow.backbone
+
+
+def test_the_mnist_demo_config_tunes_af_and_a_small_autoencoder_and_leaves_the_baseline_at_its_defaults(registry):
+    """`make demo` compares AF and flow matching with configs/demo/mnist.yaml (see the Makefile):
+    one small autoencoder and metrics classifier for both runs, AF's settings for AF only."""
+    from pathlib import Path
+
+    demo = Path(__file__).parents[2] / "configs" / "demo" / "mnist.yaml"
+    af = build(registry, files=[demo], base={}, objective="adversarial-flow")
+    baseline = build(registry, files=[demo], base={}, objective="flow-matching")
+    assert (af.objective.config.lr, af.objective.config.grad_norm) == (3.0e-4, False)
+    assert baseline.objective.config.nfe == 50 and baseline.backbone == af.backbone and baseline.data == af.data
+    assert (af.data.name, af.data.config.dim, af.data.config.steps) == ("autoencoded", 16, 1500)

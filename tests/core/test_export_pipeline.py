@@ -44,7 +44,43 @@ def test_export_records_what_the_model_needs(trained):
     assert meta["spec"] == {"shape": [2], "num_classes": 8, "kind": "points"} and meta["decoder"] is None
     assert meta["components"]["backbone"]["width"] == 32
     assert "run" not in meta and set(meta["components"]) == {"objective", "backbone", "features"}
-    assert sorted(p.name for p in export.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in export.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+
+
+def test_the_model_card_describes_the_run_and_its_lines_load_and_sample(trained, tmp_path):
+    """README.md: what the model is and how it trained, as the run recorded it; its code block
+    samples what the trainer samples; loading never needs the card."""
+    import re
+    import shutil
+
+    import yaml
+
+    from onestep.config import unstructure
+
+    run, _, export = trained
+    card = (export / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["library_name"] == "onestep" and {"flow-matching", "mlp", "gmm8"} <= set(front["tags"])
+    parameters = sum(p.numel() for p in run.ema["generator"].module.parameters())
+    records = [json.loads(line) for line in (run.out_dir / "metrics.jsonl").read_text().splitlines()]
+    minutes = [r["train_minutes"] for r in records if "samples_per_s" in r][-1]
+    sinkhorn = next(r["eval"]["sinkhorn"] for r in records if "eval" in r)
+    for line in (f"**Objective:** `flow-matching`", f"**Backbone:** `mlp`, {parameters:,} parameters",
+                 "**Network evaluations per sample (NFE):** 3", "**Data:** `gmm8` (8 classes)", "**Steps:** 10",
+                 f"**Training time:** {minutes:.1f} minutes", "**Device:** cpu", f"| sinkhorn | {sinkhorn:.4g} |",
+                 "Evaluated at step 10 (the exported step), 3 network evaluations per sample"):
+        assert line in card, line
+    config = yaml.safe_load(re.search(r"```yaml\n(.*?)```", card, re.S).group(1))
+    assert config == unstructure(run.config)
+    code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    assert len(code.strip().splitlines()) == 3
+    scope: dict = {}
+    exec(code, scope)
+    assert torch.equal(scope["images"], run.sample(4, y=torch.arange(4), seed=0))
+    bare = tmp_path / "bare"
+    shutil.copytree(export, bare)
+    (bare / "README.md").unlink()
+    assert torch.equal(OneStepPipeline.from_pretrained(bare)(num_images=3, seed=1), run.sample(3, seed=1))
 
 
 def test_missing_or_corrupt_export_files_give_clear_errors(trained, tmp_path):

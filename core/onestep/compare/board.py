@@ -46,6 +46,8 @@ import torch
 from ..api import compose
 from ..errors import ConfigError
 from ..export import OneStepPipeline
+from ..logs import write_curve
+from ..progress import bar as progress_bar
 from ..metrics.evaluate import EVAL_SEED_OFFSET, applicable_metrics, check_applicable, held_out, score
 from ..registry import Registry
 from .comparison import PEER, check_components, method_files, objective_of, split_overrides
@@ -57,6 +59,7 @@ BASELINE = "flow-matching"
 UNLIMITED_STEPS = 10**9
 INTERRUPTED = 130  # exit code of a run stopped by Ctrl-C after writing its checkpoint
 GRID_SEED = 0
+STATUS_EVERY_S = 30.0  # seconds between the status lines of the runs while they train
 
 
 @attrs.define
@@ -220,14 +223,36 @@ def run_board(s: BoardSettings, registry: Registry | None = None, log=print) -> 
     grids: dict[str, torch.Tensor] = {}
     # The table before the curves, and the cheap one-step rows before the multi-step ones (a 50-step
     # row costs as much as a dozen one-step rows): a board cut short by its caller keeps the most.
-    for m in sorted(s.methods, key=lambda m: ends[m].default_nfe if ends[m] else 0):
-        rows_of[m] = score_end(s, m, ends.pop(m), codes[m], out, plan.files_of[m], scorer, n_eval, grids, log)
-        write_outputs([r for k in s.methods for r in rows_of.get(k, [])], grids, meta, out, source)
+    with progress_bar(len(s.methods), "board: scoring the ends", "run") as bar:
+        for m in sorted(s.methods, key=lambda m: ends[m].default_nfe if ends[m] else 0):
+            rows_of[m] = score_end(s, m, ends.pop(m), codes[m], out, plan.files_of[m], scorer, n_eval, grids, log)
+            write_outputs([r for k in s.methods for r in rows_of.get(k, [])], grids, meta, out, source)
+            bar.update()
     rows = [r for m in s.methods for r in rows_of[m]]
-    for row in sorted((r for r in rows if r.curve), key=lambda r: r.nfe):
-        score_marks(row, Path(row.out_dir), scorer, min(s.mark_samples or n_eval, n_eval), log)
-        write_outputs(rows, grids, meta, out, source)
+    score_curves(rows, scorer, min(s.mark_samples or n_eval, n_eval), lambda: write_outputs(rows, grids, meta, out, source),
+                 log)
     return rows
+
+
+def score_curves(rows: list[BoardRow], scorer: "Scorer", n: int, written, log) -> None:
+    """Score every row's checkpoints at the marks (``n`` samples each), cheap rows first; after
+    each row, ``written()`` rewrites the board's files and the curve joins the run's TensorBoard
+    events (``board/<metric>``)."""
+    curves = sorted((r for r in rows if r.curve), key=lambda r: r.nfe)
+    with progress_bar(len(curves), "board: scoring the marks", "run") as bar:
+        for row in curves:
+            score_marks(row, Path(row.out_dir), scorer, n, log)
+            written()
+            if tensorboard_on(Path(row.out_dir)):
+                write_curve(Path(row.out_dir), "board", row.curve)
+            bar.update()
+
+
+def tensorboard_on(run_dir: Path) -> bool:
+    """Whether the run wrote TensorBoard events (``train.tensorboard``), so the board's curve joins them."""
+    from ..config import read_file
+
+    return bool(read_file(run_dir / "config.yaml").get("train", {}).get("tensorboard", True))
 
 
 def finished(run_dir: Path, code: int) -> bool:
@@ -301,22 +326,17 @@ def prepare_feature_network(source, eval_config, registry: Registry, metrics: Se
 
 
 def train_together(argv: dict[str, list[str]], out: Path, deadline: float | None = None,
-                   gate: StartGate | None = None, log=print) -> dict[str, int]:
+                   gate: StartGate | None = None, log=print, status_every: float = STATUS_EVERY_S) -> dict[str, int]:
     """Start one ``onestep run`` per method at once, wait for all; return codes by method. Each
     process's output goes to ``out/METHOD.log``; each gets an equal share of the CPU threads.
     ``gate`` (the runs' ``--start-gate``) opens once every run is ready or has stopped. At
     ``deadline`` (a ``time.perf_counter`` value) the runs still going get a Ctrl-C (they write a
-    checkpoint and stop: code :data:`INTERRUPTED`), and a termination a minute later."""
-    threads = str(max(1, (os.cpu_count() or 1) // max(1, len(argv))))
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-    procs = {}
-    for m, args in argv.items():
-        logfile = open(out / f"{m}.log", "w")
-        (out / f"{m}.command").write_text(shlex.join([sys.executable, "-m", "onestep.cli", *args]) + "\n")
-        procs[m] = (subprocess.Popen([sys.executable, "-m", "onestep.cli", *args], stdout=logfile,
-                                     stderr=subprocess.STDOUT, env=env), logfile)
+    checkpoint and stop: code :data:`INTERRUPTED`), and a termination a minute later. Every
+    ``status_every`` seconds of training, one line per run still going (:func:`run_status`)."""
+    procs = launch(argv, out)
     codes = {}
-    opened, begun = False, time.perf_counter()
+    opened, begun = gate is None, time.perf_counter()
+    next_status = begun + status_every
     try:
         stage = 0  # 1: interrupted, 2: terminated
         while len(codes) < len(procs):
@@ -329,6 +349,9 @@ def train_together(argv: dict[str, list[str]], out: Path, deadline: float | None
                 opened = True
                 log(f"board: every run is ready; training clocks start ({time.perf_counter() - begun:.0f} s after launch)")
             now = time.perf_counter()
+            if opened and now >= next_status:
+                next_status = now + status_every
+                log_status([m for m in procs if m not in codes], out, log)
             if deadline is not None and stage < 2 and now > deadline + 60.0 * stage:
                 for m, (proc, _) in procs.items():
                     if m not in codes:
@@ -340,6 +363,46 @@ def train_together(argv: dict[str, list[str]], out: Path, deadline: float | None
             proc.terminate()
         raise
     return codes
+
+
+def launch(argv: dict[str, list[str]], out: Path) -> dict[str, tuple[subprocess.Popen, object]]:
+    """One ``onestep run`` process per method (``argv``), each with an equal share of the CPU
+    threads, its output to ``out/METHOD.log`` and its command line in ``out/METHOD.command``."""
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, len(argv))))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    procs = {}
+    for m, args in argv.items():
+        logfile = open(out / f"{m}.log", "w")
+        (out / f"{m}.command").write_text(shlex.join([sys.executable, "-m", "onestep.cli", *args]) + "\n")
+        procs[m] = (subprocess.Popen([sys.executable, "-m", "onestep.cli", *args], stdout=logfile,
+                                     stderr=subprocess.STDOUT, env=env), logfile)
+    return procs
+
+
+def log_status(methods: list[str], out: Path, log) -> None:
+    for m in methods:
+        log(f"board: {m}: {run_status(out / 'runs' / m)}")
+
+
+def run_status(run_dir: Path) -> str:
+    """Where a training run is, from the newest loss record of its metrics.jsonl: steps, training
+    minutes and its losses (``starting`` before the first record)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return "starting"
+    with open(path, "rb") as fh:  # the records near the end are enough
+        fh.seek(max(0, fh.seek(0, os.SEEK_END) - 16384))
+        lines = fh.read().decode(errors="replace").splitlines()
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        losses = {k: v for k, v in record.items() if k.endswith("/loss") and isinstance(v, (int, float))}
+        if losses and "step" in record:
+            return (f"step {record['step']}, {record.get('train_minutes', 0.0):.1f} min, "
+                    + " ".join(f"{k}={v:.4g}" for k, v in losses.items()))
+    return "starting"
 
 
 def last_line(path: Path) -> str:

@@ -200,5 +200,5 @@ def run_meta(trainer, budget_minutes: float, num_samples: int | None) -> dict:
         "device": f"{device.type}: {name}", "world": trainer.world, "torch": torch.__version__,
         "data": c.data.name, "backbone": c.backbone.name, "budget_minutes": budget_minutes,
         "batch_size": c.train.batch_size, "precision": c.train.precision, "eval_samples": num_samples or c.eval.num_samples,
-        "grid_columns": grid_columns(trainer.spec),
+        "grid_columns": grid_columns(trainer.spec), "num_classes": trainer.spec.num_classes,
     }

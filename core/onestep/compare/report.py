@@ -11,7 +11,7 @@ from pathlib import Path
 import attrs
 import torch
 
-from ..plotting import image_grid, savefig_atomic, write_text_atomic
+from ..plotting import image_grid, label_grid_axes, label_point_axes, savefig_atomic, write_text_atomic
 from .comparison import Comparison, row_label
 
 LOWER_IS_BETTER = ("fid", "kid", "sinkhorn", "mode_weight_tv", "off_mode_fraction")
@@ -58,13 +58,14 @@ def write_table(comparison: Comparison, out_dir: str | Path) -> tuple[Path, Path
     return md, js
 
 
-def draw_panel(ax, x: torch.Tensor, grid, reference: torch.Tensor | None) -> None:
-    """One method's samples: its image ``grid``, else a 2D scatter over the held-out
-    ``reference`` (the data's extent, padded: the same window for every panel), else 1D
-    histograms of both."""
+def draw_panel(ax, x: torch.Tensor, grid, reference: torch.Tensor | None, columns: int | None = None,
+               classes: int = 0) -> None:
+    """One method's samples: its image ``grid`` (``columns`` wide; one per class of ``classes``
+    when they match), else a 2D scatter over the held-out ``reference`` (the data's extent,
+    padded: the same window for every panel), else 1D histograms of both."""
     if grid is not None:
         ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255)
-        ax.axis("off")
+        label_grid_axes(ax, columns, classes)
         return
     if x.shape[1] >= 2:
         if reference is not None:
@@ -82,6 +83,7 @@ def draw_panel(ax, x: torch.Tensor, grid, reference: torch.Tensor | None) -> Non
         ax.hist(x[:, 0].numpy(), bins=80, density=True, alpha=0.7)
     ax.set_xticks([])
     ax.set_yticks([])
+    label_point_axes(ax, x.shape[1])
 
 
 def save_figure(comparison: Comparison, path: str | Path) -> Path:
@@ -98,7 +100,8 @@ def save_figure(comparison: Comparison, path: str | Path) -> Path:
     aspect = next((g.shape[0] / g.shape[1] for g in grids.values()), 1.0)
     fig, axes = plt.subplots(1, len(labels), figsize=(3.2 * len(labels), 3.2 * aspect + 0.6), dpi=120, squeeze=False)
     for ax, row, label in zip(axes[0], comparison.rows, labels):
-        draw_panel(ax, comparison.samples[label].float(), grids.get(label), comparison.reference)
+        draw_panel(ax, comparison.samples[label].float(), grids.get(label), comparison.reference,
+                   comparison.meta.get("grid_columns"), comparison.meta.get("num_classes", 0))
         ax.set_title(f"{label}\n{row.steps} steps", fontsize=8)
     fig.tight_layout()
     savefig_atomic(fig, path)
@@ -174,8 +177,8 @@ def save_curves(rows, path: Path) -> Path | None:
             ax.plot(xs, ys, marker="o", label=f"{r.method} ({r.nfe} NFE)", linestyle="--" if r.reference else "-")
         elif key in r.metrics and not r.error:
             ax.scatter([r.train_minutes], [r.metrics[key]], marker="x", label=f"{r.method} ({r.nfe} NFE)")
-    ax.set_xlabel("training minutes (same device, all methods together)")
-    ax.set_ylabel(key + " (lower is better)")
+    ax.set_xlabel("training time (minutes of each run's training clock; same device, all methods together)")
+    ax.set_ylabel(key + " (unitless, log scale; lower is better)")
     ax.set_yscale("log")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
@@ -185,8 +188,9 @@ def save_curves(rows, path: Path) -> Path | None:
     return path
 
 
-def save_grids(grids: dict, columns: int, path: Path) -> Path:
-    """Every row's grid side by side (same noise and labels in each)."""
+def save_grids(grids: dict, columns: int, path: Path, classes: int = 0) -> Path:
+    """Every row's grid side by side (same noise and labels in each; one column per class of
+    ``classes`` when ``columns`` matches)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -199,9 +203,10 @@ def save_grids(grids: dict, columns: int, path: Path) -> Path:
         if x.dim() == 4:
             g = image_grid(x, columns)
             ax.imshow(g, cmap="gray" if g.ndim == 2 else None, vmin=0, vmax=255)
+            label_grid_axes(ax, columns, classes)
         else:
             ax.scatter(x[:, 0], x[:, 1] if x.shape[1] > 1 else torch.zeros(len(x)), s=1)
-        ax.axis("off")
+            label_point_axes(ax, 2)
         ax.set_title(label, fontsize=8)
     fig.tight_layout()
     savefig_atomic(fig, path)
@@ -221,7 +226,7 @@ def write_board(rows, grids: dict, meta: dict, out_dir: Path, source) -> dict[st
     if curves:
         written["curves"] = curves
     if grids:
-        written["grids"] = save_grids(grids, meta["grid_columns"], out_dir / "grids.png")
+        written["grids"] = save_grids(grids, meta["grid_columns"], out_dir / "grids.png", meta["num_classes"])
     for label, x in grids.items():
         name = re.sub(r"[^A-Za-z0-9._-]", "_", label.replace(" (", "-").replace(" NFE)", "nfe"))
         nrow = meta["grid_columns"] if x.dim() == 4 else None

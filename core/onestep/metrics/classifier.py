@@ -24,6 +24,7 @@ from ..config import unstructure
 from ..errors import ConfigError
 from ..files import write_atomic
 from ..interfaces import DataSource
+from ..progress import bar as progress_bar
 
 ARCH_VERSION = 1
 
@@ -121,16 +122,18 @@ def train_classifier(source: DataSource, recipe: ClassifierRecipe, device: torch
         opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, recipe.lr, total_steps=recipe.epochs * steps_per_epoch)
         net.train()
-        for _ in range(recipe.epochs):
-            perm = torch.randperm(len(x), generator=g)
-            for i in range(steps_per_epoch):
-                idx = perm[i * recipe.batch_size:(i + 1) * recipe.batch_size]
-                xb = _shift(x[idx], recipe.max_shift, g).to(device)
-                loss = F.cross_entropy(net(xb), y[idx].to(device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+        with progress_bar(recipe.epochs * steps_per_epoch, f"classifier for {source.name}", "step") as bar:
+            for _ in range(recipe.epochs):
+                perm = torch.randperm(len(x), generator=g)
+                for i in range(steps_per_epoch):
+                    idx = perm[i * recipe.batch_size:(i + 1) * recipe.batch_size]
+                    xb = _shift(x[idx], recipe.max_shift, g).to(device)
+                    loss = F.cross_entropy(net(xb), y[idx].to(device))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    bar.update()
     xt, yt = _images(source, "test")
     acc = accuracy(net, xt, yt)
     return net.cpu().eval(), acc

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from onestep.data.images import IMAGE_SUFFIXES
 from onestep.errors import ConfigError
+from onestep.progress import bar as progress_bar
 
 from . import diffusers_vae as vaelib
 from .latents import read_latents_file
@@ -159,8 +160,6 @@ def encode_folder(
 ) -> dict[str, Any]:
     """Encode every image under ``images`` to ``out`` (.npz), resuming earlier partial work.
     Returns ``{"path", "total", "encoded", "reused"}``."""
-    from tqdm.auto import tqdm
-
     out, root = Path(out), Path(images).resolve()
     if out.suffix != ".npz":
         raise ConfigError(f"--out {str(out)!r}: expected a .npz path")
@@ -180,7 +179,7 @@ def encode_folder(
     todo = [f for f in files if f not in done]
     reused = len(files) - len(todo)
     loader = DataLoader(_Images(root, todo, size), batch_size=batch_size, num_workers=workers)
-    bar = tqdm(total=len(files), initial=reused, unit="img", desc="encode", disable=not progress)
+    bar = progress_bar(total=len(files), initial=reused, unit="img", desc="encode", show=progress)
     try:
         _encode_all(loader, model, dev, todo, done, parts, bar, shard_size)
     finally:

@@ -26,6 +26,7 @@ from torch import nn
 
 from onestep.errors import ConfigError
 from onestep.files import read_weights_file, save_weights_file, write_atomic
+from onestep.progress import bar as progress_bar
 
 FORMAT = "onestep-autoencoder"
 VERSION = "1"
@@ -115,7 +116,9 @@ def train_autoencoder(x: torch.Tensor, arch: AutoencoderArch, recipe: TrainRecip
     batch = min(recipe.batch_size, len(x))
     loss = torch.zeros(())
     net.train()
+    bar = progress_bar(recipe.steps, "autoencoder", "step", initial=start)
     for step in range(start, recipe.steps):
+        bar.update()
         rows = torch.randint(0, len(x), (batch,), generator=g)
         noise = torch.randn(batch, arch.dim, generator=g).to(device)
         xb = data[rows.to(device)]
@@ -132,6 +135,7 @@ def train_autoencoder(x: torch.Tensor, arch: AutoencoderArch, recipe: TrainRecip
             write_atomic(partial, lambda tmp: torch.save(state, tmp))
             if log is not None:
                 log(step=done, loss=float(loss))
+    bar.close()
     net.eval().requires_grad_(False)
     with torch.no_grad():
         codes = torch.cat([net.raw_code(data[i:i + 4096]) for i in range(0, len(data), 4096)])

@@ -62,6 +62,7 @@ import torch
 
 from onestep.errors import ConfigError
 from onestep.interfaces import Coupler
+from onestep.progress import bar as progress_bar
 
 from .couplers import _check_batches
 
@@ -174,11 +175,13 @@ class SemiDiscreteOT(Coupler):
         """``steps`` averaged-SGD steps of (2) with ``fit_batch`` fresh noises per group each
         (``generator`` lives on the points' device: the noise is drawn where it is used)."""
         dim = self.points.shape[1]
-        for _ in range(steps):
-            for g in range(len(self.groups)):
-                z = torch.randn(self.config.fit_batch, dim, generator=generator, device=generator.device).to(self.points.device)
-                self._sgd_step(self.assign_group(z, g, self.psi), torch.full((len(z),), g, device=z.device))
-            self._average()
+        with progress_bar(steps, "OT potentials", "step") as bar:
+            for _ in range(steps):
+                for g in range(len(self.groups)):
+                    z = torch.randn(self.config.fit_batch, dim, generator=generator, device=generator.device).to(self.points.device)
+                    self._sgd_step(self.assign_group(z, g, self.psi), torch.full((len(z),), g, device=z.device))
+                self._average()
+                bar.update()
 
     def _sgd_step(self, rows: torch.Tensor, groups: torch.Tensor) -> None:
         """psi_j += lr * spread_g / sqrt(k) * max(1 - N_g * share_j, -max_excess) for every cell j

@@ -89,3 +89,18 @@ def test_caption_of_a_board_without_marks_says_end_only():
     assert "checkpointed at the end only" in caption and "every 0" not in caption and "curve" not in caption
     marked = board_table([], {**meta, "marks_minutes": 2.0}).split("\n")[0]
     assert "checkpointed every 2.0 min" in marked and "the curve's marks with 50" in marked
+
+
+def test_a_training_run_reports_its_steps_minutes_and_last_losses(tmp_path):
+    """The board's status line of a run while it trains: from the newest loss record, past the
+    evaluation and checkpoint records after it and a torn last line."""
+    import json
+
+    from onestep.compare.board import run_status
+
+    assert run_status(tmp_path) == "starting"
+    records = [{"step": 50, "generator/loss": 0.5, "critic/loss": 1.0, "train_minutes": 0.2},
+               {"step": 100, "generator/loss": 0.25, "critic/loss": 0.75, "samples_per_s": 900.0, "train_minutes": 0.51},
+               {"step": 100, "train_minutes": 0.51, "checkpoint": "step-0000100"}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 1')
+    assert run_status(tmp_path) == "step 100, 0.5 min, generator/loss=0.25 critic/loss=0.75"
