@@ -2,6 +2,7 @@
 plugin, no import loop anywhere, ``metrics/`` sits below the trainer, and every function of the
 core longer than 40 lines is a plain sequence of statements."""
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,63 @@ def test_the_checks_see_what_they_look_for(tmp_path):
     fn = ast.parse(f"def g(x):\n    for i in range(3):\n{body}\n    return x\n").body[0]
     assert not plain_sequence(fn)
     assert plain_sequence(ast.parse("def h(p):\n" + "\n".join(f"    p.add({i})" for i in range(45))).body[0])
+
+
+# Words that are plugin component names and also the core's own vocabulary: config sections
+# (guidance, features), a data kind (latents), a network role (classifier) and the core's own
+# metric (sinkhorn). Every other plugin name in a core string is the core naming a method.
+CORE_VOCABULARY = {"guidance", "features", "latents", "classifier", "sinkhorn"}
+
+
+def registered_names(files) -> set[str]:
+    """The ``name = "..."`` class attributes of ``files`` (components as users name them)."""
+    names = set()
+    for f in files:
+        for node in ast.walk(ast.parse(Path(f).read_text())):
+            if isinstance(node, ast.ClassDef):
+                for st in node.body:
+                    if (isinstance(st, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "name" for t in st.targets)
+                            and isinstance(st.value, ast.Constant) and isinstance(st.value.value, str)):
+                        names.add(st.value.value)
+    return names
+
+
+def plugin_names() -> set[str]:
+    """Every name a plugin brings: its components, its package and its distribution name."""
+    names = registered_names(ROOT.glob("plugins/*/onestep_*/*.py")) | set(PLUGIN_PACKAGES)
+    names |= {f"onestep-{p.name}" for p in ROOT.glob("plugins/*") if p.is_dir()}
+    hooks = {n.name for n in ast.walk(ast.parse((CORE / "onestep" / "hookspecs.py").read_text()))
+             if isinstance(n, ast.FunctionDef)}  # onestep_couplers is a hook as well as a package
+    return names - CORE_VOCABULARY - hooks - registered_names(CORE.rglob("*.py"))
+
+
+def strings_naming(path: Path, names: set[str]) -> list[str]:
+    """``name: text`` for each string of ``path`` (docstrings aside: they may give examples) that
+    holds one of ``names`` as a whole word."""
+    tree = ast.parse(path.read_text())
+    docs = {id(n.body[0].value) for n in ast.walk(tree) if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef,
+            ast.AsyncFunctionDef)) and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+            found += [f"{n}: {node.value[:60]!r} (line {node.lineno})" for n in sorted(names)
+                      if re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", node.value)]
+    return found
+
+
+def test_no_core_string_names_a_plugin():
+    """The core names no method, backbone or latent format: roles such as the multi-step baseline
+    are declared by plugins (``Objective.comparison_role``), data formats decode through the data
+    source's own hooks."""
+    names = plugin_names()
+    assert {"flow-matching", "torchcfm-ot-cfm", "autoencoded", "wflow", "dit"} <= names
+    offenders = {str(p.relative_to(ROOT)): hits for p in sorted(CORE.rglob("*.py")) if (hits := strings_naming(p, names))}
+    assert not offenders
+
+
+def test_the_plugin_name_check_sees_a_plugin_name(tmp_path):
+    sample = tmp_path / "board.py"
+    sample.write_text('"""A docstring may name flow-matching as an example."""\nBASELINE = "flow-matching"\n'
+                      'HELP = f"default: {1} rows of wflow"\nOK = "a workflow, ditto"\n')
+    hits = strings_naming(sample, plugin_names())
+    assert len(hits) == 2 and hits[0].startswith("flow-matching:") and hits[1].startswith("wflow:")

@@ -366,6 +366,11 @@ class Objective(_TrainsNetworks):
     requires_coupler: ClassVar[bool] = False
     uses_guidance: ClassVar[bool] = False
     draws_samples: ClassVar[bool] = True
+    comparison_role: ClassVar[str] = ""
+    """What ``onestep board`` and ``onestep compare`` make of this objective without being told:
+    ``"baseline"``, the multi-step reference every board includes and also scores at few steps
+    (what a one-step model buys); ``"peer"``, an external implementation shown as reference rows;
+    ``""``, an ordinary method. Declared by the plugin, so the core names no method."""
 
     def __init__(
         self, config: Any, *, spec: DataSpec, coupler: Coupler | None = None,

@@ -40,7 +40,7 @@ def register(subparsers) -> None:
                    help="checkpoint every M training minutes; each is scored after training (default 2; 0: only the end)")
     p.add_argument("--methods", metavar="A,B,...",
                    help="objective names, or variants NAME@LABEL (own row, same preset, NAME@LABEL:key=value overrides); default: "
-                        "flow-matching, torchcfm-ot-cfm and every objective with a preset for the data")
+                        "the baseline and peer objectives (their plugins declare the role) and every objective with a preset for the data")
     p.add_argument("--backbone", metavar="NAME", help="backbone for every method (default: each preset's)")
     add_preset_args(p)
     p.add_argument("--out", metavar="DIR", help="output folder, new or empty (default: runs/board-DATA)")

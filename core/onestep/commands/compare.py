@@ -78,7 +78,7 @@ def register(subparsers) -> None:
                    help="local Inception weights (torch-fidelity's inception-v3-compat .pth) for image metrics; "
                         "default: a classifier trained on the data")
     p.add_argument("--overwrite", action="store_true", help="replace the runs of an earlier comparison in --out")
-    p.add_argument("--no-peer", action="store_true", help="leave out the torchcfm OT-CFM reference row")
+    p.add_argument("--no-peer", action="store_true", help="leave out the external reference rows (objectives whose plugins declare comparison_role 'peer')")
     p.add_argument("--peer-nfe", type=_ints, default=[50, 100], metavar="N,M", help="Euler steps of the peer rows (default 50,100)")
     p.add_argument("--speed-samples", type=int, default=1000, help="samples per throughput timing")
     p.add_argument("overrides", nargs="*", metavar="[NAME:]key.path=value",

@@ -50,12 +50,11 @@ from ..logs import write_curve
 from ..progress import bar as progress_bar
 from ..metrics.evaluate import EVAL_SEED_OFFSET, applicable_metrics, check_applicable, held_out, score
 from ..registry import Registry
-from .comparison import PEER, check_components, method_files, objective_of, split_overrides
+from .comparison import check_components, method_files, objective_of, objectives_with_role, role_of, split_overrides
 from .gate import StartGate
 from .presets import presets_by_objective
 from .speed import pipeline_throughput
 
-BASELINE = "flow-matching"
 UNLIMITED_STEPS = 10**9
 INTERRUPTED = 130  # exit code of a run stopped by Ctrl-C after writing its checkpoint
 GRID_SEED = 0
@@ -118,12 +117,13 @@ class BoardSettings:
 
 
 def default_methods(registry: Registry, data: str, presets: str | None) -> list[str]:
-    """The baseline, the external peer (when installed) and every installed objective with a preset
-    for exactly this data."""
+    """The baseline, the external peer (the installed objectives whose plugins declare those roles)
+    and every installed objective with a preset for exactly this data."""
     found = presets_by_objective(presets) if presets else {}
     with_preset = [o for o, files in found.items() if any(d == data for _, d in files)]
     installed = set(registry.names("objective"))
-    chosen = [BASELINE] + ([PEER] if PEER in installed else []) + sorted(o for o in with_preset if o not in (BASELINE, PEER))
+    roles = objectives_with_role(registry, "baseline") + objectives_with_role(registry, "peer")
+    chosen = roles + sorted(o for o in with_preset if o not in roles)
     return [m for m in chosen if m in installed]
 
 
@@ -272,13 +272,13 @@ def score_end(s: BoardSettings, m: str, pipe: OneStepPipeline | None, code: int,
     (whose curve starts with this end point) and, for the multi-step baseline, at the few-step NFEs;
     their grids go into ``grids``."""
     run_dir = out / "runs" / m
-    reference = objective_of(m) == PEER
+    reference = role_of(scorer.registry, m) == "peer"
     if pipe is None:
         log(f"board: {m} failed: {last_line(out / f'{m}.log')}")
         return [BoardRow(m, 0, {}, 0.0, 0, 0.0, str(run_dir), files, reference, error=last_line(out / f"{m}.log"))]
     _, end = checkpoint_records(run_dir)
     pipe.to(scorer.device)
-    few = [k for k in s.few_steps if k != pipe.default_nfe] if pipe.default_nfe > 1 and objective_of(m) == BASELINE else []
+    few = [k for k in s.few_steps if k != pipe.default_nfe] if pipe.default_nfe > 1 and role_of(scorer.registry, m) == "baseline" else []
     nfes = [pipe.default_nfe] + few
     rows = []
     for nfe in nfes:

@@ -26,7 +26,15 @@ from .presets import find_preset
 from ..trainer import Trainer
 from .speed import sampling_throughput
 
-PEER = "torchcfm-ot-cfm"  # the external reference objective (plugin torchcfm-peer)
+def objectives_with_role(registry: Registry, role: str) -> list[str]:
+    """The installed objectives whose plugin declares ``comparison_role == role`` (``baseline``,
+    ``peer``; see :class:`onestep.interfaces.Objective`), by name."""
+    return [n for n in registry.names("objective") if getattr(registry.get("objective", n).cls, "comparison_role", "") == role]
+
+
+def role_of(registry: Registry, method: str) -> str:
+    """The comparison role of a method label's objective (``""`` for an ordinary method)."""
+    return getattr(registry.get("objective", objective_of(method)).cls, "comparison_role", "")
 
 UNLIMITED_STEPS = 10**9  # the budget stops training; train.steps=N still caps it
 
@@ -105,6 +113,15 @@ def split_overrides(overrides: Iterable[str], names: Sequence[str]) -> tuple[lis
                         "override", "objectives")
 
 
+def peer_jobs(registry: Registry, objectives: Sequence[str], nfes: Sequence[int]) -> list[tuple[str, list[int]]]:
+    """The external reference rows: each installed peer objective not already compared, at ``nfes``."""
+    peers = [p for p in objectives_with_role(registry, "peer") if p not in objectives]
+    if not peers and not any(role_of(registry, o) == "peer" for o in objectives):
+        raise ConfigError("the external reference row needs an installed objective whose plugin declares comparison_role "
+                          "'peer' (an external implementation shown as reference rows); install such a plugin or pass --no-peer")
+    return [(p, list(nfes)) for p in peers]
+
+
 def run_comparison(
     objectives: Sequence[str], *, data: str | None, backbone: str | None, budget_minutes: float,
     out_dir: str | Path, files: Sequence[str] = (), overrides: Sequence[str] = (), peer: bool = True,
@@ -118,12 +135,7 @@ def run_comparison(
     if not objectives:
         raise ConfigError("--objectives: expected at least one objective name")
     registry = Registry.discover()
-    jobs = [(o, None) for o in objectives]
-    if peer:
-        if PEER not in registry.names("objective"):
-            raise ConfigError(f"the external reference row needs the plugin torchcfm-peer (objective {PEER!r}); "
-                              "install plugins/torchcfm-peer or pass --no-peer")
-        jobs.append((PEER, list(peer_nfes)))
+    jobs = [(o, None) for o in objectives] + (peer_jobs(registry, objectives, peer_nfes) if peer else [])
     names = [n for n, _ in jobs]
     common, scoped = split_overrides(overrides, names)
     configs_of = method_files(names, data, files, presets)

@@ -28,6 +28,7 @@ class FlowMatching(Objective):
     """Rectified-flow velocity regression with a k-step Euler sampler (multi-step baseline)."""
 
     name = "flow-matching"
+    comparison_role = "baseline"
     Config = FlowMatchingConfig
     ema_networks = ("generator",)
     uses_coupler = True  # classifier-free guidance is built in (objective.guidance_scale): no guidance plugin

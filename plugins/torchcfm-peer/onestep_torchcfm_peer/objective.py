@@ -28,6 +28,7 @@ class TorchCFMOTCFM(Objective):
     """torchcfm's OT-CFM (exact minibatch OT) with an Euler sampler: the external reference row."""
 
     name = "torchcfm-ot-cfm"
+    comparison_role = "peer"
     Config = TorchCFMConfig  # no coupler or guidance plugin: torchcfm pairs the batch itself
 
     def __init__(self, config, *, spec, coupler=None, guidance=None) -> None:
