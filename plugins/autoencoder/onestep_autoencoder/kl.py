@@ -145,7 +145,7 @@ def train_kl(x: torch.Tensor, arch: KLArch, recipe: KLRecipe, device: torch.devi
         means = torch.cat(means)
         shift, spread = float(means.mean()), float(means.std())
     net.register_to_config(scaling_factor=1.0 / max(spread, 1e-6), shift_factor=shift)
-    numbers = {"final_mse": float(rec), "final_kl": float(kl), "steps": recipe.steps,
+    numbers = {"final_mse": float(rec.detach()), "final_kl": float(kl.detach()), "steps": recipe.steps,
                "posterior_std_over_latent_std": float(torch.stack(stds).mean()) / max(spread, 1e-6)}
     return net.cpu(), numbers
 
