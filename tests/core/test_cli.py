@@ -52,7 +52,7 @@ def test_run_then_sample_and_eval_from_the_checkpoint(tmp_path, capsys):
     assert result["step"] == 30 and result["sinkhorn"] > 0
 
 
-@pytest.mark.parametrize("command", [["plugins"], ["config"], ["--help"]])
+@pytest.mark.parametrize("command", [["plugins"], ["--help"]])
 def test_a_reader_that_closes_early_ends_the_command_quietly(command):
     """``onestep plugins | head``: the reader is gone before the output is written; exit 0, no traceback."""
     import os
