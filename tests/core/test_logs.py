@@ -47,3 +47,19 @@ def test_tensorboard_can_be_switched_off(tmp_path):
     tiny_run(tmp_path / "run", "train.tensorboard=false", "eval.metrics=[]", "train.sample_every=0")
     assert (tmp_path / "run" / "metrics.jsonl").is_file()
     assert not list((tmp_path / "run").glob("events.out.tfevents.*"))
+
+
+def test_a_resumed_run_draws_each_step_once(tmp_path):
+    """Resuming from step 10 of a run that had reached step 20: TensorBoard drops the first
+    file's later steps, as metrics.jsonl is truncated, so no step appears twice."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    quiet = ["eval.metrics=[]", "train.sample_every=0", "train.checkpoint_every=10"]
+    tiny_run(tmp_path / "run", *quiet)
+    cfg = compose(objective="flow-matching", backbone="mlp", data="gmm8", overrides=[
+        f"output_dir={tmp_path / 'run'}", "train.progress=false", "train.steps=20", "train.log_every=10",
+        "train.batch_size=32", "backbone.width=16", "objective.nfe=2", "eval.num_samples=100", "sample.num=100", *quiet])
+    Trainer(cfg, console=False).fit(resume=tmp_path / "run" / "checkpoints" / "step-0000010", overwrite=True)
+    assert len(list((tmp_path / "run").glob("events.out.tfevents.*"))) == 2
+    events = EventAccumulator(str(tmp_path / "run"), size_guidance={"scalars": 0}).Reload()
+    assert [e.step for e in events.Scalars("samples_per_s")] == [10, 20]

@@ -59,6 +59,7 @@ UNLIMITED_STEPS = 10**9
 INTERRUPTED = 130  # exit code of a run stopped by Ctrl-C after writing its checkpoint
 GRID_SEED = 0
 STATUS_EVERY_S = 30.0  # seconds between the status lines of the runs while they train
+LOG_EVERY = 100  # steps between the runs' loss records (what the status lines read)
 
 
 @attrs.define
@@ -129,9 +130,11 @@ def default_methods(registry: Registry, data: str, presets: str | None) -> list[
 
 def child_overrides(s: BoardSettings, n_eval: int, metrics: list[str]) -> list[str]:
     """What the board sets in every run (before the user's overrides, which win): the runs train and
-    checkpoint at the marks; the board scores the checkpoints afterwards."""
+    checkpoint at the marks; the board scores the checkpoints afterwards. Losses are recorded every
+    :data:`LOG_EVERY` steps (the presets' 1,000 can take minutes), for the status lines."""
     marks = int(s.minutes // s.marks) if s.marks else 0
     return [f"train.steps={UNLIMITED_STEPS}", f"train.max_minutes={s.minutes}", "train.eval_every_minutes=0",
+            f"train.log_every={LOG_EVERY}",
             f"train.checkpoint_every_minutes={s.marks}", f"train.keep_checkpoints={marks + 2}",
             "train.eval_every=0", "train.sample_every=0", "train.checkpoint_every=0", "train.progress=false",
             f"eval.num_samples={n_eval}", f"eval.metrics=[{','.join(metrics)}]", "eval.at_end=false"] + (
@@ -326,13 +329,15 @@ def prepare_feature_network(source, eval_config, registry: Registry, metrics: Se
 
 
 def train_together(argv: dict[str, list[str]], out: Path, deadline: float | None = None,
-                   gate: StartGate | None = None, log=print, status_every: float = STATUS_EVERY_S) -> dict[str, int]:
+                   gate: StartGate | None = None, log=print, status_every: float | None = None) -> dict[str, int]:
     """Start one ``onestep run`` per method at once, wait for all; return codes by method. Each
     process's output goes to ``out/METHOD.log``; each gets an equal share of the CPU threads.
     ``gate`` (the runs' ``--start-gate``) opens once every run is ready or has stopped. At
     ``deadline`` (a ``time.perf_counter`` value) the runs still going get a Ctrl-C (they write a
     checkpoint and stop: code :data:`INTERRUPTED`), and a termination a minute later. Every
-    ``status_every`` seconds of training, one line per run still going (:func:`run_status`)."""
+    ``status_every`` seconds (None: :data:`STATUS_EVERY_S`) of training, one line per run still
+    going (:func:`run_status`)."""
+    status_every = status_every or STATUS_EVERY_S
     procs = launch(argv, out)
     codes = {}
     opened, begun = gate is None, time.perf_counter()

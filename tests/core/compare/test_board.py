@@ -1,6 +1,7 @@
 """`onestep board`: methods trained together from their presets, scored at marks, one table, one
 figure of FID against minutes, one grid per row; and its one-line errors."""
 import json
+import re
 
 import matplotlib.image
 import pytest
@@ -23,13 +24,18 @@ def write_presets(folder, *presets):
 
 @pytest.mark.slow
 def test_board_trains_two_methods_together_from_presets(tmp_path, capsys, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     monkeypatch.setenv("ONESTEP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("onestep.compare.board.STATUS_EVERY_S", 2.0)
     presets = write_presets(tmp_path / "presets", PRESET_FM, PRESET_OTNFM)
     out = tmp_path / "board"
     rc = main(["board", "--data", "digits", "--minutes", "0.12", "--marks", "0.05", "--methods", "flow-matching,ot-nfm@deep",
                "--presets", str(presets), "--out", str(out), "--eval-samples", "100", "--mark-samples", "60", "--speed-samples", "50",
                "--few-steps", "1", "--metrics", "fid,precision-recall,class-accuracy", "ot-nfm@deep:backbone.depth=2"])
-    assert rc == 0, capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    assert re.search(r"board: flow-matching: step \d+, \d+\.\d min, velocity/loss=", printed.out), printed.out
     board = json.loads((out / "board.json").read_text())
     rows = board["rows"]
     assert [(r["method"], r["nfe"]) for r in rows] == [("flow-matching", 4), ("flow-matching", 1), ("ot-nfm@deep", 1)]
@@ -41,6 +47,10 @@ def test_board_trains_two_methods_together_from_presets(tmp_path, capsys, monkey
     assert len(curve) >= 2 and curve[0]["minutes"] < curve[-1]["minutes"]  # a mark, then the end
     assert curve[0]["step"] < curve[-1]["step"] and curve[0]["metrics"] != curve[-1]["metrics"]  # scored from the mark's checkpoint
     assert curve[-1]["metrics"] == rows[0]["metrics"]  # the end point is the row, scored by the board itself
+    events = EventAccumulator(str(out / "runs" / "flow-matching"), size_guidance={"scalars": 0}).Reload()
+    fid_tag = next(k for k in curve[-1]["metrics"] if k.startswith("fid["))
+    assert [(e.step, e.value) for e in events.Scalars(f"board/{fid_tag}")] == [
+        (p["step"], pytest.approx(p["metrics"][fid_tag], rel=1e-6)) for p in curve]  # the curve, beside the run's losses
     assert board["meta"]["eval_samples"] == 100 and board["meta"]["held_out"] == 180 and board["meta"]["mark_samples"] == 60
     start = out / "start"  # both runs waited at the start line, and the board let them go together
     assert (start / "go").is_file() and len(list(start.glob("*.ready"))) == 2
