@@ -105,9 +105,19 @@ class WFlowConfig:
     guidance_scale: float = 0.0
     """CFG scale w used when sampling, in [guidance_min, guidance_max]."""
     sinkhorn_iters: int = 10
-    """Sinkhorn iterations per plan, from zero potentials at the target temperature (the paper's
-    10). Few iterations enforce the plan's column marginals (every data point gets matched) only
-    loosely; rare distant modes of a toy mixture need ~100."""
+    """Sinkhorn iterations per chunk, from zero potentials at the target temperature: the paper's
+    10 are the fast path (one chunk, then one marginal check), and further chunks run only while
+    the plans miss their marginals by more than ``sinkhorn_tol``."""
+    sinkhorn_tol: float = 0.1
+    """Largest marginal error a plan may keep: ``max_j |log(mass received by data point j / its
+    weight)|`` over every plan of the step (0.1: every point within ~10% of its mass). Loose
+    column marginals leave rare, distant data points (minority modes) unmatched, and the flow
+    stops pulling particles to them. 0: exactly ``sinkhorn_iters`` iterations (the paper's fixed
+    budget, no host sync)."""
+    sinkhorn_max_iters: int = 300
+    """Cap on the iterations of one solve when the tolerance is not met (at least one chunk of
+    ``sinkhorn_iters``). Training logs the iterations run (``sinkhorn_iters``, the most of the
+    step's solves) and the marginal error reached (``sinkhorn_error``)."""
     precision: str = "fp32"
     """Cost GEMM of the solver: fp32, tf32 or bf16 (see onestep_sinkhorn.squared_cost)."""
     sinkhorn_compile: bool = False
@@ -181,9 +191,10 @@ class WFlow(Objective):
         if guidance is not None and not self.conditional:
             raise ConfigError(f"guidance {guidance.name!r}: needs labelled data and objective.class_conditional=true")
         # plans ~ exp(-|x - y|^2) on coordinates pre-divided by sqrt(R S): epsilon 1/2 for the cost |x - y|^2 / 2
-        self.solver = SinkhornSolver(0.5, max_iters=config.sinkhorn_iters, check_every=config.sinkhorn_iters,
-                                     tol=0.0, anneal=False, precision=config.precision,
-                                     compile=config.sinkhorn_compile)
+        cap = max(config.sinkhorn_iters, config.sinkhorn_max_iters) if config.sinkhorn_tol > 0 else config.sinkhorn_iters
+        self.solver = SinkhornSolver(0.5, max_iters=cap,
+                                     check_every=config.sinkhorn_iters, tol=config.sinkhorn_tol, anneal=False,
+                                     precision=config.precision, compile=config.sinkhorn_compile)
         self._bank: torch.Tensor | None = None  # [K, Q, *shape] real samples per class
         self._count: torch.Tensor | None = None  # [K] filled slots (slots 0..count-1 are valid)
         self._next: torch.Tensor | None = None  # [K] next slot to write
@@ -203,6 +214,7 @@ class WFlow(Objective):
         need(c.bank_per_class >= 1, "bank_per_class", f"expected >= 1, got {c.bank_per_class}")
         need(all(p >= 2 for p in c.patch_stats), "patch_stats", f"expected patch sizes >= 2, got {c.patch_stats}")
         need(c.sinkhorn_iters >= 1, "sinkhorn_iters", f"expected >= 1, got {c.sinkhorn_iters}")
+        need(c.sinkhorn_tol >= 0, "sinkhorn_tol", f"expected >= 0 (0: a fixed sinkhorn_iters), got {c.sinkhorn_tol}")
         need(c.precision in PRECISIONS, "precision", f"expected one of {', '.join(PRECISIONS)}, got {c.precision!r}")
         guided = (c.guidance_min, c.guidance_max) != (0.0, 0.0)
         need(-1.0 <= c.guidance_min <= 0.0, "guidance_min", f"expected in [-1, 0], got {c.guidance_min}")
@@ -249,14 +261,16 @@ class WFlow(Objective):
     @torch.no_grad()
     def velocity(self, q: list[torch.Tensor], q2: list[torch.Tensor] | None, p: list[torch.Tensor],
                  p_w: torch.Tensor | None = None, u: list[torch.Tensor] | None = None,
-                 w: torch.Tensor | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+                 w: torch.Tensor | None = None, stats: dict | None = None,
+                 ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
         """Per family f: generated ``q[f]`` [K, N, L, d] (K classes of N particles at L places),
         the second batch ``q2[f]`` (same shape; two-batch self term), real ``p[f]`` [K, M, L, d]
         with weights ``p_w`` [K, M] (zeros: empty bank slots), unconditional data ``u[f]``
         [U, L, d] and CFG scales ``w`` [K] (None: no CFG). Returns the velocities [K, N, L, d]
         and the scales ``s_f`` (u = phi_f / s_f), both in the coordinates of the step rule, and the
         mean raw RMS of the velocities (before normalisation; a tensor, so logging costs no host
-        sync). All plans in one batched solve per (vector size, reference size)."""
+        sync). All plans in one batched solve per (vector size, reference size); ``stats`` receives
+        their iteration count and marginal error (see :func:`project_stacked`)."""
         c = self.config
         k = q[0].shape[0]
         problems, layout = [], []
@@ -278,7 +292,7 @@ class WFlow(Objective):
                     refs.append((uf.repeat(k, 1, 1), None))
                 layout.append((f, r, len(refs), a))
                 problems += [(a, y, b) for y, b in refs]
-        projections = iter(project_stacked(self.solver, problems))
+        projections = iter(project_stacked(self.solver, problems, stats))
         velocities = [torch.zeros_like(qf) for qf in q]
         raw = []
         for f, r, n_refs, a in layout:
@@ -374,12 +388,15 @@ class WFlow(Objective):
             if w is not None:
                 fam_u = self.phi(data[:c.bank_per_class].float())
             fam_q = [f.detach().view(k, n, *f.shape[1:]) for f in fam_x]
-            v, scales, raw_rms = self.velocity(fam_q, fam_x2, fam_p, real_w, fam_u, w)
+            plans: dict = {}
+            v, scales, raw_rms = self.velocity(fam_q, fam_x2, fam_p, real_w, fam_u, w, plans)
         losses = []
         for xf, vf, sf in zip(fam_x, v, scales):
             uf = xf.view(k, n, *xf.shape[1:]) / sf
             losses.append((uf - (uf.detach() + vf)).pow(2).mean())
-        loss, logs = torch.stack(losses).mean(), {"velocity_rms": raw_rms}
+        loss = torch.stack(losses).mean()
+        logs = {"velocity_rms": raw_rms, "sinkhorn_error": plans["marginal_error"],
+                "sinkhorn_iters": float(plans["iterations"])}
         if self.guidance is not None:
             term, extra = self.guidance.generator_term(nets, x, noise, y, info)
             loss = loss + term

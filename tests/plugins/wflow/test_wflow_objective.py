@@ -120,7 +120,7 @@ def test_feature_space_velocity_equals_a_direct_computation():
     objective's batched velocity equals the loop-by-loop float64 computation."""
     spec = DataSpec(shape=(1, 4, 4), num_classes=2, kind="images")
     phi = TinyFeatures(spec=spec)
-    cfg = WFlowConfig(epsilon=[0.05, 0.3], sinkhorn_iters=5, patch_stats=[2], guidance_max=1.0)
+    cfg = WFlowConfig(epsilon=[0.05, 0.3], sinkhorn_iters=5, sinkhorn_tol=0.0, patch_stats=[2], guidance_max=1.0)
     objective = WFlow(cfg, spec=spec, features=phi)
     g = torch.Generator().manual_seed(0)
     k, n, m, n_u = 2, 6, 7, 5
