@@ -56,6 +56,35 @@ def test_pixel_velocity_is_minus_n_times_the_gradient_of_the_two_batch_ot_differ
     assert float((one - none)[0, :, 0].norm(dim=1).mean()) < float((v - none[0, :, 0]).norm(dim=1).mean())
 
 
+def test_default_plans_meet_their_marginals_where_the_papers_ten_iterations_do_not():
+    """Generated particles on the six dominant modes of the imbalanced mixture, data with the two
+    distant 2% modes, the MNIST presets' temperatures R = 0.05 and 0.01: the paper's fixed 10
+    iterations leave the plans' worst data point far from its mass (the minority points are the
+    ones left short), the default iterates in chunks of 10 until every point is within
+    sinkhorn_tol, and reports both numbers (logged as sinkhorn_error / sinkhorn_iters)."""
+    from onestep.data.toy import GMMImbalanced, GMMImbalancedConfig
+
+    source = GMMImbalanced(GMMImbalancedConfig())
+    g = torch.Generator().manual_seed(0)
+    comp = torch.multinomial(source.weights(), 256, replacement=True, generator=g)
+    data = source.means()[comp] + 0.3 * torch.randn(256, 2, generator=g)
+    bulk = source.means()[torch.randint(0, 6, (512,), generator=g)] + 0.3 * torch.randn(512, 2, generator=g)
+    q, q2 = bulk[:256], bulk[256:]
+    runs = {}
+    for tol in (0.0, None):
+        cfg = WFlowConfig(epsilon=[0.05, 0.01]) if tol is None else WFlowConfig(epsilon=[0.05, 0.01], sinkhorn_tol=tol)
+        stats = {}
+        (v,), _, _ = WFlow(cfg, spec=DataSpec(shape=(2,))).velocity(points(q), points(q2), points(data), stats=stats)
+        runs[tol] = (stats["iterations"], float(stats["marginal_error"]), v[0, :, 0])
+    assert runs[0.0][0] == 10 and runs[0.0][1] > 0.5, runs[0.0][:2]
+    default = WFlowConfig()
+    assert 10 < runs[None][0] <= default.sinkhorn_max_iters and runs[None][1] <= default.sinkhorn_tol, runs[None][:2]
+    # the velocities differ where the plans differ: toward the minority modes
+    rare = source.means()[6:]
+    toward = lambda v: (v * (rare[0] - q)).sum(1).clamp_min(0).sum() + (v * (rare[1] - q)).sum(1).clamp_min(0).sum()
+    assert float(toward(runs[None][2])) > float(toward(runs[0.0][2]))
+
+
 class TinyFeatures(FeatureNetwork):
     """A fixed random conv map [B, 3, 4, 4] and a vector [B, 5] of 1 x 4 x 4 samples."""
 
