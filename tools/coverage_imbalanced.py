@@ -1,7 +1,8 @@
 """The W-Flow paper's mode-coverage experiment (arXiv 2605.11755, Fig. 6a): a 2-D Gaussian mixture of
 six dominant modes on a ring and two distant minority modes (``gmm-imbalanced``: 2% of the mass each,
 at distance 10), learnt by W-Flow, AF and OT-NFM (one step) and flow matching (50 Euler steps), every
-method with its own default settings, the same MLP and the same number of training steps.
+method with its own default settings (OT-NFM with minibatch-OT pairs), the same MLP and the same number
+of training steps.
 
     python tools/coverage_imbalanced.py                        # CPU, a few minutes
     python tools/coverage_imbalanced.py --steps 2000 --out docs/figures/wflow-imbalanced.png
@@ -34,7 +35,9 @@ def train(method: str, args, registry: Registry, out: Path) -> tuple[dict, torch
                  f"train.steps={args.steps}", f"train.batch_size={args.batch}", "train.warmup_steps=20",
                  f"backbone.width={args.width}", "backbone.depth=2", f"eval.num_samples={args.samples}",
                  "sample.num=10", f"seed={args.seed}"]
-    cfg = compose(objective=method, backbone="mlp", data="gmm-imbalanced", registry=registry, overrides=overrides)
+    coupler = "minibatch-ot" if method == "ot-nfm" else None  # OT-NFM needs a coupling: exact OT within the batch
+    cfg = compose(objective=method, backbone="mlp", data="gmm-imbalanced", coupler=coupler, registry=registry,
+                  overrides=overrides)
     run = Trainer(cfg, registry=registry, console=False)
     start = time.perf_counter()
     metrics = run.fit()["metrics"]

@@ -34,6 +34,15 @@ classes, places, points and dimensions), and they are summed::
 so the gradient reaches the generator through phi's Jacobian. Without normalisation the target
 is ``u + eta V`` (pixel space with one R and no normalisation is the pre-feature W-Flow).
 
+**Plans.** The authors run a fixed 10 log-domain Sinkhorn iterations from zero potentials per plan
+(1 at scale). The projection normalises each plan over its rows, so what few iterations leave
+loose are the column marginals: data points that are light and far from the particles (minority
+modes) receive less than their mass and stop pulling particles to them. Here the 10 iterations
+are the first chunk, and further chunks run only while the worst data point of any plan misses
+its mass by more than ``sinkhorn_tol`` (in log ratio), up to ``sinkhorn_max_iters``; one host
+sync per solve reads the error. Training logs the error and the iterations
+(``sinkhorn_error``, ``sinkhorn_iters``); ``sinkhorn_tol=0`` is the authors' fixed budget.
+
 **Class-conditional data.** Each step generates ``per_class`` (>= 64 in the paper) particles for
 each of ``train.batch_size // per_class`` classes (at most all classes; each then gets
 ``batch_size // classes``), and compares them with up to ``bank_per_class`` real samples of the
