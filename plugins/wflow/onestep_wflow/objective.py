@@ -24,7 +24,10 @@ cost, a bias toward contraction) and ``"none"`` (V = T_{q,p}(a) - a) are kept fo
 between generated and real points is 1: ``u = phi_f / s_f`` with
 ``s_f^2 = S_f / d_f``, ``S_f`` the mean squared gen-data distance (no gradient). The plan is
 ``pi ~ exp(-|a - b|^2 / (R S_f))`` for each R in ``epsilon`` (R = 0.05 and 0.01 in the paper),
-i.e. the temperature is R times the mean squared distance, whatever the feature size. Each R
+i.e. the temperature is R times the mean squared distance, whatever the feature size (capped at
+the data's local scale, ``local_k``: the median squared distance from a particle to its k-th
+nearest real point; a cap that only binds in low dimension, where S measures the distance
+between modes rather than their width). Each R
 gives V_R in u-coordinates; with ``normalize_velocity`` each is divided by its RMS (over all
 classes, places, points and dimensions), and they are summed::
 
@@ -88,6 +91,12 @@ class WFlowConfig:
     epsilon: list[float] = attrs.Factory(lambda: [0.05])
     """Relative temperatures R: plan ~ exp(-|a - b|^2 / (R S)), S the mean squared distance
     between generated and real points of the feature. Several: one velocity each, summed."""
+    local_k: int = 10
+    """Cap each temperature R S at the median squared distance from a generated point to its k-th
+    nearest real point (0: no cap, the paper's rule). In high dimension distances concentrate and
+    the cap lies far above R S; in low dimension (2-D mixtures) S is set by the distances between
+    modes, R S blurs every mode, and the flow has no force that spreads a mode the generator has
+    collapsed (the samples then lie on a thin curve through the modes)."""
     normalize_velocity: bool = True
     """Divide each temperature's velocity by its RMS (the paper's rule); false keeps raw V."""
     eta: float = 1.0
@@ -183,6 +192,18 @@ def mean_squared_distance(q: torch.Tensor, p: torch.Tensor, p_w: torch.Tensor | 
     return (q2 + p2 - 2 * (q.mean(1) * pm).sum(-1)).mean()
 
 
+def local_squared_distance(q: torch.Tensor, p: torch.Tensor, p_w: torch.Tensor | None, k: int) -> torch.Tensor:
+    """Median over classes, places and generated points of the squared distance from a point of q
+    [K, N, L, d] to its ``k``-th nearest point of p [K, M, L, d] (zero weights in p_w [K, M]:
+    absent points), the data's local scale around the particles."""
+    a, b = _problems(q), _problems(p)
+    dist = torch.cdist(a, b).pow(2)
+    if p_w is not None:
+        dist = dist.masked_fill(p_w.repeat_interleave(q.shape[2], 0)[:, None] <= 0, math.inf)
+    kth = dist.topk(min(k, b.shape[1]), dim=2, largest=False).values[..., -1]
+    return kth.clamp_max(torch.finfo(kth.dtype).max).median()  # fewer than k points: no cap
+
+
 class WFlow(Objective):
     """Regress a one-step generator onto one step of the Sinkhorn-divergence gradient flow,
     in pixel space or in the features of a frozen network (the paper's recipe)."""
@@ -220,6 +241,7 @@ class WFlow(Objective):
         need(len(c.epsilon) > 0 and all(r > 0 for r in c.epsilon), "epsilon",
              f"expected a non-empty list of relative temperatures > 0 (e.g. [0.05]), got {c.epsilon}")
         need(c.per_class >= 1, "per_class", f"expected >= 1, got {c.per_class}")
+        need(c.local_k >= 0, "local_k", f"expected >= 0 (0: no cap), got {c.local_k}")
         need(c.bank_per_class >= 1, "bank_per_class", f"expected >= 1, got {c.bank_per_class}")
         need(all(p >= 2 for p in c.patch_stats), "patch_stats", f"expected patch sizes >= 2, got {c.patch_stats}")
         need(c.sinkhorn_iters >= 1, "sinkhorn_iters", f"expected >= 1, got {c.sinkhorn_iters}")
@@ -288,8 +310,10 @@ class WFlow(Objective):
             d = qf.shape[-1]
             s2 = mean_squared_distance(qf, p[f], p_w).clamp_min(1e-12)
             scales.append((s2 / d).sqrt())
+            cap = local_squared_distance(qf, p[f], p_w, c.local_k) if c.local_k else None
             for r in c.epsilon:
-                inv = (r * s2).rsqrt()
+                temp = r * s2 if cap is None else torch.minimum(r * s2, cap).clamp_min(1e-12)
+                inv = temp.rsqrt()
                 a = _problems(qf * inv)
                 refs = [(_problems(p[f] * inv), None if p_w is None else p_w.repeat_interleave(qf.shape[2], 0))]
                 if c.self_term == "two-batch":
@@ -299,18 +323,18 @@ class WFlow(Objective):
                 if w is not None:
                     uf = (u[f] * inv).permute(1, 0, 2)  # [L, U, d]: the same reference for every class
                     refs.append((uf.repeat(k, 1, 1), None))
-                layout.append((f, r, len(refs), a))
+                layout.append((f, (temp / s2 * d).sqrt(), len(refs), a))
                 problems += [(a, y, b) for y, b in refs]
         projections = iter(project_stacked(self.solver, problems, stats))
         velocities = [torch.zeros_like(qf) for qf in q]
         raw = []
-        for f, r, n_refs, a in layout:
+        for f, to_u, n_refs, a in layout:
             t = [next(projections) for _ in range(n_refs)]
             t_data = t[0]
             v = t_data - (t[1] if c.self_term != "none" else a)
             if w is not None:
                 v = v + w.repeat_interleave(q[f].shape[2]).view(-1, 1, 1) * (t_data - t[-1])
-            v = _unproblems(v, k) * math.sqrt(r * q[f].shape[-1])  # from sqrt(R S) units to u = phi / s_f
+            v = _unproblems(v, k) * to_u  # from sqrt(temperature) units to u = phi / s_f
             rms = v.pow(2).mean().sqrt()
             raw.append(rms)
             velocities[f] += v / rms.clamp_min(1e-12) if c.normalize_velocity else v
