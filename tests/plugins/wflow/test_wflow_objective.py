@@ -302,19 +302,26 @@ def test_wflow_matches_gmm8(registry, quiet):
 
 
 @pytest.mark.slow
-def test_wflow_covers_the_rare_distant_modes_of_the_imbalanced_mixture(registry, quiet):
-    # the rare modes are reached through the plan's column constraint (every data point is matched),
-    # which the paper's 10 iterations from zero potentials enforce only loosely: mode masses 6/7
-    # were 0.002 / 0.002 at 10 iterations, 0.007-0.008 at 100 (seeds 0, 1)
-    cfg = compose(objective="wflow", backbone="mlp", data="gmm-imbalanced", registry=registry,
-                  overrides=quiet + TOY + ["train.steps=400", "eval.num_samples=2000", "objective.sinkhorn_iters=100"])
-    summary = Trainer(cfg, registry=registry, console=False).fit()
-    m = summary["metrics"]
-    # modes 6 and 7 carry 2% each at distance 10; "covered" = at least 10% of the true weight
+def test_wflow_covers_the_rare_distant_modes_of_the_imbalanced_mixture(registry, quiet, tmp_path):
+    """The W-Flow paper's coverage toy (Fig. 6a): six dominant modes and two 2% modes at distance
+    10. W-Flow with its default plans (iterated to the marginal tolerance: the rare points are
+    reached through the plan's column constraint) covers both rare modes, and at the same short
+    budget its off-mode fraction is no worse than 50-step flow matching's + 0.05. Measured (seed 0,
+    400 steps): rare masses 0.003 / 0.004, off-mode 0.45; flow matching 0.004 / 0.0005 (mode 7
+    not covered), 0.60. The longer comparison with AF and OT-NFM: tools/coverage_imbalanced.py."""
+    runs = {}
+    for objective in ("wflow", "flow-matching"):
+        overrides = [f"output_dir={tmp_path}/{objective}", "train.progress=false", "train.log_every=1000",
+                     *TOY[1:], "train.steps=400", "eval.num_samples=2000"]
+        if objective != "wflow":
+            overrides.remove("objective.lr=3e-3")
+        cfg = compose(objective=objective, backbone="mlp", data="gmm-imbalanced", registry=registry, overrides=overrides)
+        runs[objective] = Trainer(cfg, registry=registry, console=False).fit()["metrics"]
+    m = runs["wflow"]
+    # modes 6 and 7 carry 2% each; "covered" = at least 10% of the true weight
     assert m["modes_covered"] == 8, m
     assert m["mode_mass_6"] > 0.002 and m["mode_mass_7"] > 0.002, m
-    # the bulk is still sharpening after 200 steps (TV ~0.19 here); the claim is the rare modes
-    assert m["mode_weight_tv"] < 0.3, m
+    assert m["off_mode_fraction"] <= runs["flow-matching"]["off_mode_fraction"] + 0.05, runs
 
 
 @pytest.mark.slow
