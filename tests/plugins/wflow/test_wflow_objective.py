@@ -39,7 +39,7 @@ def test_pixel_velocity_is_minus_n_times_the_gradient_of_the_two_batch_ot_differ
     x, x2 = torch.randn(64, 2, generator=g), torch.randn(64, 2, generator=g)
     data = torch.randn(64, 2, generator=g) * 0.5 + torch.tensor([2.0, -1.0])
     r = 0.1
-    cfg = WFlowConfig(epsilon=[r], normalize_velocity=False, sinkhorn_iters=3000)
+    cfg = WFlowConfig(epsilon=[r], normalize_velocity=False, sinkhorn_iters=3000, local_k=0)
     (v,), (s,), _ = WFlow(cfg, spec=DataSpec(shape=(2,))).velocity(points(x), points(x2), points(data))
     mean_sq = torch.cdist(x, data).pow(2).mean()
     torch.testing.assert_close(s, (mean_sq / 2).sqrt())
