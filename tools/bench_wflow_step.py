@@ -3,6 +3,22 @@ same step with geomloss computing the plans, measured in the same run.
 
     python tools/bench_wflow_step.py                 # MNIST-sized step (GPU): 10 classes x 64
     python tools/bench_wflow_step.py --small         # a quick check, CPU ok
+    python tools/bench_wflow_step.py --presets mnist-latent imagenet-b2   # adaptive vs fixed plans (GPU)
+    python tools/bench_wflow_step.py --presets mnist-latent imagenet-b2 --tiny   # the same, CPU-sized
+
+``--presets``: the step at a preset's plan sizes with W-Flow's default plans (chunks of 10
+Sinkhorn iterations until every plan's marginal error is below ``sinkhorn_tol``, at most
+``sinkhorn_max_iters``) against the paper's fixed 10 iterations (``sinkhorn_tol=0 local_k=0``), both in the
+same run, with the ratio, the iterations the default ran and the marginal error each left:
+
+- ``mnist-latent`` (configs/mnist-latent/wflow.yaml): 16-D codes, 10 classes x 128 generated
+  against a bank of 1,024 per class, R = 0.05 and 0.01, MLP 1024 x 4, fp32;
+- ``imagenet-b2`` (configs/imagenet256/wflow-b2.yaml): 4 x 32 x 32 latents, one GPU's micro-batch
+  of 8 classes x 64 against a bank of 64, conv-mae features (width 128, 3 stages; random
+  weights), CFG (w in [0, 2], a third reference per plan), DiT-B/2 under bf16 autocast.
+
+Data and features are random, so the iterations the default needs here are those of random
+clouds; a training run logs its own (``sinkhorn_iters``, ``sinkhorn_error``).
 
 The step is the objective's own ``loss`` + backward + AdamW: generator forward (with gradients)
 and a second forward (self term), the feature network on generated, second-batch and memory-bank
@@ -90,8 +106,82 @@ class GeomlossPlans:
         return out
 
 
+PRESETS = {
+    # name: (sample shape, classes, per class, bank, R list, feature encoder width (0: none), CFG max, backbone, bf16)
+    "mnist-latent": ((16,), 10, 128, 1024, [0.05, 0.01], 0, 0.0, ("mlp", {"width": 1024, "depth": 4}), False),
+    "imagenet-b2": ((4, 32, 32), 8, 64, 64, [0.05], 128, 2.0, ("dit", {"size": "B/2"}), True),
+}
+
+
+def preset_step(name: str, tiny: bool, device: torch.device, repeats: int) -> list[tuple[str, str, str]]:
+    """Time one W-Flow step at a preset's plan sizes with the default adaptive plans and with the
+    paper's fixed 10 iterations; rows (what, value, notes)."""
+    shape, classes, per_class, bank, rs, enc_width, cfg_max, (backbone, bb_kwargs), bf16 = PRESETS[name]
+    if tiny:  # CPU-sized: same plan structure, fewer and smaller pieces
+        classes, per_class, bank = 2, 16, min(bank, 64)
+        enc_width = min(enc_width, 8)
+        shape = shape if len(shape) == 1 else (shape[0], 16, 16)
+        bb_kwargs = {"width": 64, "depth": 2} if backbone == "mlp" else {"size": "T/4"}
+    spec = DataSpec(shape=shape, num_classes=classes, kind="latents")
+    features = None
+    tmp = tempfile.TemporaryDirectory()
+    if enc_width:
+        torch.manual_seed(0)
+        weights = save_encoder(ConvEncoder(EncoderArch(in_channels=shape[0] + 1, width=enc_width, stages=3)),
+                               Path(tmp.name) / "encoder.safetensors")
+        features = LatentMAEFeatures(LatentMAEConfig(path=str(weights)), spec=spec)
+        features.prepare(None, device)
+    registry = Registry.discover()
+    rows = []
+    results = {}
+    for label, tol in (("default", None), ("fixed", 0.0)):
+        config = WFlowConfig(epsilon=rs, per_class=per_class, bank_per_class=bank, guidance_max=cfg_max)
+        if tol is not None:  # the paper's step: fixed iterations, the temperature R S uncapped
+            config.sinkhorn_tol, config.local_k = tol, 0
+        objective = WFlow(config, spec=spec, features=features)
+        info = registry.get("backbone", backbone)
+        torch.manual_seed(0)
+        generator = registry.build("backbone", backbone, info.cls.Config(**bb_kwargs)).build(
+            objective.networks()["generator"], spec).to(device)
+        opt = torch.optim.AdamW(generator.parameters(), lr=1e-4, betas=(0.9, 0.95))
+        nets = Networks({"generator": generator})
+        g = torch.Generator().manual_seed(1)
+        batch = classes * per_class
+        data = Batch(torch.randn(batch, *shape, generator=g).to(device), torch.arange(batch).remainder(classes).to(device))
+        for _ in range(max(1, -(-bank // per_class))):  # fill the memory bank
+            objective._push(data.x, data.y)
+        logs = []
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
+                loss, out = objective.loss("generator", nets, [data], StepInfo(0, 1))
+            loss.backward()
+            opt.step()
+            logs.append((out["sinkhorn_iters"], float(out["sinkhorn_error"])))
+
+        for _ in range(2):  # warm-up
+            step()
+        logs.clear()
+        ms = median_ms(step, repeats, device, warmup=0)
+        iters = sum(i for i, _ in logs) / len(logs)
+        err = max(e for _, e in logs)
+        results[label] = ms
+        what = "default plans" if tol is None else "the paper's fixed 10 iterations"
+        rows.append((f"{name}: step, {what}", f"{ms:.2f}",
+                     f"{iters:.0f} iterations per solve, marginal error {err:.3g} (tol {config.sinkhorn_tol})"))
+    tmp.cleanup()
+    rows.append((f"{name}: slowdown default / paper's fixed 10", f"{results['default'] / results['fixed']:.2f}x",
+                 f"{classes} classes x {per_class} vs bank {bank}, R={rs}, {'features' if enc_width else 'no features'}"
+                 f"{', CFG' if cfg_max else ''}, {backbone} {bb_kwargs}"))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", nargs="+", choices=sorted(PRESETS), help="adaptive vs fixed plans at these "
+                    "presets' plan sizes (instead of the geomloss comparison)")
+    ap.add_argument("--tiny", action="store_true", help="with --presets: CPU-sized versions of the presets")
     ap.add_argument("--small", action="store_true", help="4 classes x 16, bank 32, width-8 encoder, MLP 128: CPU ok")
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--per-class", type=int, default=64)
@@ -108,6 +198,20 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
+    if args.presets:
+        device = torch.device(args.device)
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        print(f"device={name} torch={torch.__version__} repeats={args.repeats}{' (tiny sizes)' if args.tiny else ''}")
+        print()
+        print("| what | ms (or ratio) | notes |")
+        print("|---|---|---|")
+        for preset in args.presets:
+            for what, value, note in preset_step(preset, args.tiny, device, args.repeats):
+                print(f"| {what} | {value} | {note} |", flush=True)
+        return
     if args.small:
         args.classes, args.per_class, args.bank, args.encoder_width, args.repeats = 4, 16, 32, 8, 3
     device = torch.device(args.device)

@@ -29,7 +29,8 @@ class SinkhornBarycentricProjection:
 
 
 def project_stacked(solver: SinkhornSolver,
-                    problems: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]) -> list[torch.Tensor]:
+                    problems: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
+                    stats: dict | None = None) -> list[torch.Tensor]:
     """Barycentric projections ``T_{x,y}(x)`` of many independent problems, in one batched solve
     per (point dimension, reference size) instead of one per problem.
 
@@ -38,7 +39,9 @@ def project_stacked(solver: SinkhornSolver,
     ``M_i`` weighted reference points (zero weights mask missing points, e.g. empty memory-bank
     slots; None: uniform). Problems of equal ``d`` and ``M`` are concatenated along the batch
     dimension and solved together. Returns the projections ``[G_i, N, d_i]`` (float32) in the
-    order given."""
+    order given. ``stats`` (a dict), when given, receives the largest iteration count of the
+    solves (``iterations``, an int) and their largest marginal violation (``marginal_error``, a
+    0-dim device tensor: reading it is left to the caller)."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i, (x, y, _) in enumerate(problems):
         if x.dim() != 3 or y.dim() != 3 or x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
@@ -55,6 +58,10 @@ def project_stacked(solver: SinkhornSolver,
             b_all = torch.cat([torch.ones(problems[i][1].shape[:2], device=y_all.device) if b is None else b.float()
                                for i, b in zip(idx, weights)])
         result = solver.solve(x_all, y_all, None, b_all)
+        if stats is not None:
+            stats["iterations"] = max(stats.get("iterations", 0), result.iterations)
+            err = result.marginal_error
+            stats["marginal_error"] = err if "marginal_error" not in stats else torch.maximum(stats["marginal_error"], err)
         with torch.no_grad(), torch.autocast(y_all.device.type, enabled=False):
             t = result.barycentric_projection(y_all)
         for i, part in zip(idx, t.split([problems[i][0].shape[0] for i in idx])):

@@ -24,7 +24,10 @@ cost, a bias toward contraction) and ``"none"`` (V = T_{q,p}(a) - a) are kept fo
 between generated and real points is 1: ``u = phi_f / s_f`` with
 ``s_f^2 = S_f / d_f``, ``S_f`` the mean squared gen-data distance (no gradient). The plan is
 ``pi ~ exp(-|a - b|^2 / (R S_f))`` for each R in ``epsilon`` (R = 0.05 and 0.01 in the paper),
-i.e. the temperature is R times the mean squared distance, whatever the feature size. Each R
+i.e. the temperature is R times the mean squared distance, whatever the feature size (capped at
+the data's local scale, ``local_k``: the median squared distance from a particle to its k-th
+nearest real point; a cap that only binds in low dimension, where S measures the distance
+between modes rather than their width). Each R
 gives V_R in u-coordinates; with ``normalize_velocity`` each is divided by its RMS (over all
 classes, places, points and dimensions), and they are summed::
 
@@ -33,6 +36,15 @@ classes, places, points and dimensions), and they are summed::
 
 so the gradient reaches the generator through phi's Jacobian. Without normalisation the target
 is ``u + eta V`` (pixel space with one R and no normalisation is the pre-feature W-Flow).
+
+**Plans.** The authors run a fixed 10 log-domain Sinkhorn iterations from zero potentials per plan
+(1 at scale). The projection normalises each plan over its rows, so what few iterations leave
+loose are the column marginals: data points that are light and far from the particles (minority
+modes) receive less than their mass and stop pulling particles to them. Here the 10 iterations
+are the first chunk, and further chunks run only while the worst data point of any plan misses
+its mass by more than ``sinkhorn_tol`` (in log ratio), up to ``sinkhorn_max_iters``; one host
+sync per solve reads the error. Training logs the error and the iterations
+(``sinkhorn_error``, ``sinkhorn_iters``); ``sinkhorn_tol=0`` is the authors' fixed budget.
 
 **Class-conditional data.** Each step generates ``per_class`` (>= 64 in the paper) particles for
 each of ``train.batch_size // per_class`` classes (at most all classes; each then gets
@@ -79,6 +91,12 @@ class WFlowConfig:
     epsilon: list[float] = attrs.Factory(lambda: [0.05])
     """Relative temperatures R: plan ~ exp(-|a - b|^2 / (R S)), S the mean squared distance
     between generated and real points of the feature. Several: one velocity each, summed."""
+    local_k: int = 10
+    """Cap each temperature R S at the median squared distance from a generated point to its k-th
+    nearest real point (0: no cap, the paper's rule). In high dimension distances concentrate and
+    the cap lies far above R S; in low dimension (2-D mixtures) S is set by the distances between
+    modes, R S blurs every mode, and the flow has no force that spreads a mode the generator has
+    collapsed (the samples then lie on a thin curve through the modes)."""
     normalize_velocity: bool = True
     """Divide each temperature's velocity by its RMS (the paper's rule); false keeps raw V."""
     eta: float = 1.0
@@ -105,9 +123,20 @@ class WFlowConfig:
     guidance_scale: float = 0.0
     """CFG scale w used when sampling, in [guidance_min, guidance_max]."""
     sinkhorn_iters: int = 10
-    """Sinkhorn iterations per plan, from zero potentials at the target temperature (the paper's
-    10). Few iterations enforce the plan's column marginals (every data point gets matched) only
-    loosely; rare distant modes of a toy mixture need ~100."""
+    """Sinkhorn iterations per chunk, from zero potentials at the target temperature: the paper's
+    10 are the fast path (one chunk, then one marginal check), and further chunks run only while
+    the plans miss their marginals by more than ``sinkhorn_tol``."""
+    sinkhorn_tol: float = 0.1
+    """Largest marginal error a plan may keep: ``max_j |log(mass received by data point j / its
+    weight)|`` over every plan of the step (0.1: every point within ~10% of its mass). Loose
+    column marginals leave rare, distant data points (minority modes) unmatched, and the flow
+    stops pulling particles to them. 0: exactly ``sinkhorn_iters`` iterations (the paper's fixed
+    budget, no host sync; the ImageNet L/2 and XL/2 presets' single iteration). Each chunk after
+    the first costs one host sync, so a tolerance wants chunks of ~10 iterations."""
+    sinkhorn_max_iters: int = 300
+    """Cap on the iterations of one solve when the tolerance is not met (at least one chunk of
+    ``sinkhorn_iters``). Training logs the iterations run (``sinkhorn_iters``, the most of the
+    step's solves) and the marginal error reached (``sinkhorn_error``)."""
     precision: str = "fp32"
     """Cost GEMM of the solver: fp32, tf32 or bf16 (see onestep_sinkhorn.squared_cost)."""
     sinkhorn_compile: bool = False
@@ -164,6 +193,18 @@ def mean_squared_distance(q: torch.Tensor, p: torch.Tensor, p_w: torch.Tensor | 
     return (q2 + p2 - 2 * (q.mean(1) * pm).sum(-1)).mean()
 
 
+def local_squared_distance(q: torch.Tensor, p: torch.Tensor, p_w: torch.Tensor | None, k: int) -> torch.Tensor:
+    """Median over classes, places and generated points of the squared distance from a point of q
+    [K, N, L, d] to its ``k``-th nearest point of p [K, M, L, d] (zero weights in p_w [K, M]:
+    absent points), the data's local scale around the particles."""
+    a, b = _problems(q), _problems(p)
+    dist = torch.cdist(a, b).pow(2)
+    if p_w is not None:
+        dist = dist.masked_fill(p_w.repeat_interleave(q.shape[2], 0)[:, None] <= 0, math.inf)
+    kth = dist.topk(min(k, b.shape[1]), dim=2, largest=False).values[..., -1]
+    return kth.clamp_max(torch.finfo(kth.dtype).max).median()  # fewer than k points: no cap
+
+
 class WFlow(Objective):
     """Regress a one-step generator onto one step of the Sinkhorn-divergence gradient flow,
     in pixel space or in the features of a frozen network (the paper's recipe)."""
@@ -181,9 +222,10 @@ class WFlow(Objective):
         if guidance is not None and not self.conditional:
             raise ConfigError(f"guidance {guidance.name!r}: needs labelled data and objective.class_conditional=true")
         # plans ~ exp(-|x - y|^2) on coordinates pre-divided by sqrt(R S): epsilon 1/2 for the cost |x - y|^2 / 2
-        self.solver = SinkhornSolver(0.5, max_iters=config.sinkhorn_iters, check_every=config.sinkhorn_iters,
-                                     tol=0.0, anneal=False, precision=config.precision,
-                                     compile=config.sinkhorn_compile)
+        cap = max(config.sinkhorn_iters, config.sinkhorn_max_iters) if config.sinkhorn_tol > 0 else config.sinkhorn_iters
+        self.solver = SinkhornSolver(0.5, max_iters=cap,
+                                     check_every=config.sinkhorn_iters, tol=config.sinkhorn_tol, anneal=False,
+                                     precision=config.precision, compile=config.sinkhorn_compile)
         self._bank: torch.Tensor | None = None  # [K, Q, *shape] real samples per class
         self._count: torch.Tensor | None = None  # [K] filled slots (slots 0..count-1 are valid)
         self._next: torch.Tensor | None = None  # [K] next slot to write
@@ -200,9 +242,11 @@ class WFlow(Objective):
         need(len(c.epsilon) > 0 and all(r > 0 for r in c.epsilon), "epsilon",
              f"expected a non-empty list of relative temperatures > 0 (e.g. [0.05]), got {c.epsilon}")
         need(c.per_class >= 1, "per_class", f"expected >= 1, got {c.per_class}")
+        need(c.local_k >= 0, "local_k", f"expected >= 0 (0: no cap), got {c.local_k}")
         need(c.bank_per_class >= 1, "bank_per_class", f"expected >= 1, got {c.bank_per_class}")
         need(all(p >= 2 for p in c.patch_stats), "patch_stats", f"expected patch sizes >= 2, got {c.patch_stats}")
         need(c.sinkhorn_iters >= 1, "sinkhorn_iters", f"expected >= 1, got {c.sinkhorn_iters}")
+        need(c.sinkhorn_tol >= 0, "sinkhorn_tol", f"expected >= 0 (0: a fixed sinkhorn_iters), got {c.sinkhorn_tol}")
         need(c.precision in PRECISIONS, "precision", f"expected one of {', '.join(PRECISIONS)}, got {c.precision!r}")
         guided = (c.guidance_min, c.guidance_max) != (0.0, 0.0)
         need(-1.0 <= c.guidance_min <= 0.0, "guidance_min", f"expected in [-1, 0], got {c.guidance_min}")
@@ -249,14 +293,16 @@ class WFlow(Objective):
     @torch.no_grad()
     def velocity(self, q: list[torch.Tensor], q2: list[torch.Tensor] | None, p: list[torch.Tensor],
                  p_w: torch.Tensor | None = None, u: list[torch.Tensor] | None = None,
-                 w: torch.Tensor | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+                 w: torch.Tensor | None = None, stats: dict | None = None,
+                 ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
         """Per family f: generated ``q[f]`` [K, N, L, d] (K classes of N particles at L places),
         the second batch ``q2[f]`` (same shape; two-batch self term), real ``p[f]`` [K, M, L, d]
         with weights ``p_w`` [K, M] (zeros: empty bank slots), unconditional data ``u[f]``
         [U, L, d] and CFG scales ``w`` [K] (None: no CFG). Returns the velocities [K, N, L, d]
         and the scales ``s_f`` (u = phi_f / s_f), both in the coordinates of the step rule, and the
         mean raw RMS of the velocities (before normalisation; a tensor, so logging costs no host
-        sync). All plans in one batched solve per (vector size, reference size)."""
+        sync). All plans in one batched solve per (vector size, reference size); ``stats`` receives
+        their iteration count and marginal error (see :func:`project_stacked`)."""
         c = self.config
         k = q[0].shape[0]
         problems, layout = [], []
@@ -265,8 +311,10 @@ class WFlow(Objective):
             d = qf.shape[-1]
             s2 = mean_squared_distance(qf, p[f], p_w).clamp_min(1e-12)
             scales.append((s2 / d).sqrt())
+            cap = local_squared_distance(qf, p[f], p_w, c.local_k) if c.local_k else None
             for r in c.epsilon:
-                inv = (r * s2).rsqrt()
+                temp = r * s2 if cap is None else torch.minimum(r * s2, cap).clamp_min(1e-12)
+                inv = temp.rsqrt()
                 a = _problems(qf * inv)
                 refs = [(_problems(p[f] * inv), None if p_w is None else p_w.repeat_interleave(qf.shape[2], 0))]
                 if c.self_term == "two-batch":
@@ -276,18 +324,18 @@ class WFlow(Objective):
                 if w is not None:
                     uf = (u[f] * inv).permute(1, 0, 2)  # [L, U, d]: the same reference for every class
                     refs.append((uf.repeat(k, 1, 1), None))
-                layout.append((f, r, len(refs), a))
+                layout.append((f, (temp / s2 * d).sqrt(), len(refs), a))
                 problems += [(a, y, b) for y, b in refs]
-        projections = iter(project_stacked(self.solver, problems))
+        projections = iter(project_stacked(self.solver, problems, stats))
         velocities = [torch.zeros_like(qf) for qf in q]
         raw = []
-        for f, r, n_refs, a in layout:
+        for f, to_u, n_refs, a in layout:
             t = [next(projections) for _ in range(n_refs)]
             t_data = t[0]
             v = t_data - (t[1] if c.self_term != "none" else a)
             if w is not None:
                 v = v + w.repeat_interleave(q[f].shape[2]).view(-1, 1, 1) * (t_data - t[-1])
-            v = _unproblems(v, k) * math.sqrt(r * q[f].shape[-1])  # from sqrt(R S) units to u = phi / s_f
+            v = _unproblems(v, k) * to_u  # from sqrt(temperature) units to u = phi / s_f
             rms = v.pow(2).mean().sqrt()
             raw.append(rms)
             velocities[f] += v / rms.clamp_min(1e-12) if c.normalize_velocity else v
@@ -374,12 +422,15 @@ class WFlow(Objective):
             if w is not None:
                 fam_u = self.phi(data[:c.bank_per_class].float())
             fam_q = [f.detach().view(k, n, *f.shape[1:]) for f in fam_x]
-            v, scales, raw_rms = self.velocity(fam_q, fam_x2, fam_p, real_w, fam_u, w)
+            plans: dict = {}
+            v, scales, raw_rms = self.velocity(fam_q, fam_x2, fam_p, real_w, fam_u, w, plans)
         losses = []
         for xf, vf, sf in zip(fam_x, v, scales):
             uf = xf.view(k, n, *xf.shape[1:]) / sf
             losses.append((uf - (uf.detach() + vf)).pow(2).mean())
-        loss, logs = torch.stack(losses).mean(), {"velocity_rms": raw_rms}
+        loss = torch.stack(losses).mean()
+        logs = {"velocity_rms": raw_rms, "sinkhorn_error": plans["marginal_error"],
+                "sinkhorn_iters": float(plans["iterations"])}
         if self.guidance is not None:
             term, extra = self.guidance.generator_term(nets, x, noise, y, info)
             loss = loss + term

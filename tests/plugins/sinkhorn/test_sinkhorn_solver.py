@@ -160,6 +160,32 @@ def test_fixed_budget_and_annealing_end_at_the_target_temperature():
     assert loose.iterations > len(anneal)
 
 
+def test_tolerance_serves_every_reference_point_and_stops_at_the_first_chunk_when_met():
+    """W-Flow's adaptive plans: chunks of 10 iterations from zero potentials until the marginal
+    error (the worst reference point's |log(received mass / weight)| under the row-normalised plan
+    that the projection uses) is below tol. A bulk of particles against data with a light cluster
+    far away: 10 iterations leave the far points short of their mass, the tolerance brings it;
+    a well-posed problem stops after one chunk."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(200, 2, generator=g)
+    far = torch.randn(8, 2, generator=g) * 0.2 + torch.tensor([3.0, 3.0])
+    y = torch.cat([torch.randn(192, 2, generator=g), far])
+
+    def received(res):  # mass per reference point under the row-normalised plan, over its weight
+        w = torch.softmax(res.log_b[:, None] + (res.g[:, None] - res.cost) / res.epsilon, dim=2)[0]
+        return w.mean(0) * len(y)
+
+    fixed = SinkhornSolver(0.1, max_iters=10, check_every=10, tol=0.0, anneal=False).solve(x, y)
+    adaptive = SinkhornSolver(0.1, max_iters=1000, check_every=10, tol=0.05, anneal=False).solve(x, y)
+    assert fixed.iterations == 10 and float(fixed.marginal_error) > 0.3
+    assert 10 < adaptive.iterations < 1000 and float(adaptive.marginal_error) <= 0.05
+    # the reported error is the projection's: every point within it (one iteration later: tighter)
+    assert float(received(adaptive).log().abs().max()) <= 0.05
+    assert float(received(fixed)[-8:].mean()) < 0.8 < float(received(adaptive)[-8:].mean())
+    easy = SinkhornSolver(2.0, max_iters=1000, check_every=10, tol=0.05, anneal=False).solve(x, y[:192])
+    assert easy.iterations == 10 and float(easy.marginal_error) <= 0.05
+
+
 def test_bad_settings_raise_one_line_errors():
     for kwargs, field in (({"epsilon": 0}, "epsilon"), ({"epsilon": 1, "scaling": 1.0}, "scaling"),
                           ({"epsilon": 1, "precision": "fp8"}, "precision")):

@@ -39,7 +39,7 @@ def test_pixel_velocity_is_minus_n_times_the_gradient_of_the_two_batch_ot_differ
     x, x2 = torch.randn(64, 2, generator=g), torch.randn(64, 2, generator=g)
     data = torch.randn(64, 2, generator=g) * 0.5 + torch.tensor([2.0, -1.0])
     r = 0.1
-    cfg = WFlowConfig(epsilon=[r], normalize_velocity=False, sinkhorn_iters=3000)
+    cfg = WFlowConfig(epsilon=[r], normalize_velocity=False, sinkhorn_iters=3000, local_k=0)
     (v,), (s,), _ = WFlow(cfg, spec=DataSpec(shape=(2,))).velocity(points(x), points(x2), points(data))
     mean_sq = torch.cdist(x, data).pow(2).mean()
     torch.testing.assert_close(s, (mean_sq / 2).sqrt())
@@ -54,6 +54,70 @@ def test_pixel_velocity_is_minus_n_times_the_gradient_of_the_two_batch_ot_differ
     one = WFlow(attrs.evolve(cfg, self_term="one-batch"), spec=DataSpec(shape=(2,))).velocity(points(x), None, points(data))[0][0]
     none = WFlow(attrs.evolve(cfg, self_term="none"), spec=DataSpec(shape=(2,))).velocity(points(x), None, points(data))[0][0]
     assert float((one - none)[0, :, 0].norm(dim=1).mean()) < float((v - none[0, :, 0]).norm(dim=1).mean())
+
+
+def test_default_plans_meet_their_marginals_where_the_papers_ten_iterations_do_not():
+    """Generated particles on the six dominant modes of the imbalanced mixture, data with the two
+    distant 2% modes, the MNIST presets' temperatures R = 0.05 and 0.01: the paper's fixed 10
+    iterations leave the plans' worst data point far from its mass (the minority points are the
+    ones left short), the default iterates in chunks of 10 until every point is within
+    sinkhorn_tol, and reports both numbers (logged as sinkhorn_error / sinkhorn_iters)."""
+    from onestep.data.toy import GMMImbalanced, GMMImbalancedConfig
+
+    source = GMMImbalanced(GMMImbalancedConfig())
+    g = torch.Generator().manual_seed(0)
+    comp = torch.multinomial(source.weights(), 256, replacement=True, generator=g)
+    data = source.means()[comp] + 0.3 * torch.randn(256, 2, generator=g)
+    bulk = source.means()[torch.randint(0, 6, (512,), generator=g)] + 0.3 * torch.randn(512, 2, generator=g)
+    q, q2 = bulk[:256], bulk[256:]
+    runs = {}
+    for tol in (0.0, None):
+        cfg = WFlowConfig(epsilon=[0.05, 0.01], local_k=0)
+        cfg = cfg if tol is None else attrs.evolve(cfg, sinkhorn_tol=tol)
+        stats = {}
+        (v,), _, _ = WFlow(cfg, spec=DataSpec(shape=(2,))).velocity(points(q), points(q2), points(data), stats=stats)
+        runs[tol] = (stats["iterations"], float(stats["marginal_error"]), v[0, :, 0])
+    assert runs[0.0][0] == 10 and runs[0.0][1] > 0.5, runs[0.0][:2]
+    default = WFlowConfig()
+    assert 10 < runs[None][0] <= default.sinkhorn_max_iters and runs[None][1] <= default.sinkhorn_tol, runs[None][:2]
+    # the velocities differ where the plans differ: toward the minority modes
+    rare = source.means()[6:]
+    toward = lambda v: (v * (rare[0] - q)).sum(1).clamp_min(0).sum() + (v * (rare[1] - q)).sum(1).clamp_min(0).sum()
+    assert float(toward(runs[None][2])) > float(toward(runs[0.0][2]))
+
+
+def test_local_temperature_cap_spreads_collapsed_modes_and_leaves_high_dimensions_alone():
+    """2-D: eight modes of std 0.3 on a circle of radius 4, generated modes collapsed to std 0.1.
+    The paper's temperature R S (S: mean squared gen-data distance, set by the circle) blurs every
+    mode, and the flow has no force that spreads them again (the generator's samples stay on a
+    thin curve); capped at the data's local scale (local_k, the default) the velocity points out
+    of the collapsed modes. In 64-D (8x8 digits) the cap lies far above R S: same velocity."""
+    from onestep.data.toy import GMM8, GMM8Config
+
+    means = GMM8(GMM8Config()).means()
+    g = torch.Generator().manual_seed(0)
+
+    def draw(n, std):
+        c = torch.randint(0, 8, (n,), generator=g)
+        return means[c] + std * torch.randn(n, 2, generator=g), c
+
+    outward = {}
+    for k in (0, 10):
+        obj = WFlow(WFlowConfig(local_k=k, normalize_velocity=False), spec=DataSpec(shape=(2,)))
+        total = 0.0
+        for _ in range(10):
+            (q, c), (q2, _), (p, _) = draw(256, 0.1), draw(256, 0.1), draw(256, 0.3)
+            (v,), (s,), _ = obj.velocity(points(q), points(q2), points(p))
+            r = q - means[c]
+            total += float((v[0, :, 0] * s * r / r.norm(dim=1, keepdim=True)).sum(1).mean()) / 10
+        outward[k] = total
+    assert outward[10] > 0.1 and outward[0] < 0.05, outward
+    x = torch.rand(3, 96, 64, generator=g)  # generated, second batch and data from one law: the converged state
+    q, q2, p = points(x[0, :64]), points(x[1, :64]), points(x[2])
+    cfg = WFlowConfig(epsilon=[0.05, 0.01], sinkhorn_tol=0.0)
+    plain = WFlow(attrs.evolve(cfg, local_k=0), spec=DataSpec(shape=(64,))).velocity(q, q2, p)[0][0]
+    capped = WFlow(cfg, spec=DataSpec(shape=(64,))).velocity(q, q2, p)[0][0]
+    torch.testing.assert_close(capped, plain)
 
 
 class TinyFeatures(FeatureNetwork):
@@ -120,7 +184,7 @@ def test_feature_space_velocity_equals_a_direct_computation():
     objective's batched velocity equals the loop-by-loop float64 computation."""
     spec = DataSpec(shape=(1, 4, 4), num_classes=2, kind="images")
     phi = TinyFeatures(spec=spec)
-    cfg = WFlowConfig(epsilon=[0.05, 0.3], sinkhorn_iters=5, patch_stats=[2], guidance_max=1.0)
+    cfg = WFlowConfig(epsilon=[0.05, 0.3], sinkhorn_iters=5, sinkhorn_tol=0.0, patch_stats=[2], guidance_max=1.0)
     objective = WFlow(cfg, spec=spec, features=phi)
     g = torch.Generator().manual_seed(0)
     k, n, m, n_u = 2, 6, 7, 5
@@ -238,19 +302,26 @@ def test_wflow_matches_gmm8(registry, quiet):
 
 
 @pytest.mark.slow
-def test_wflow_covers_the_rare_distant_modes_of_the_imbalanced_mixture(registry, quiet):
-    # the rare modes are reached through the plan's column constraint (every data point is matched),
-    # which the paper's 10 iterations from zero potentials enforce only loosely: mode masses 6/7
-    # were 0.002 / 0.002 at 10 iterations, 0.007-0.008 at 100 (seeds 0, 1)
-    cfg = compose(objective="wflow", backbone="mlp", data="gmm-imbalanced", registry=registry,
-                  overrides=quiet + TOY + ["train.steps=400", "eval.num_samples=2000", "objective.sinkhorn_iters=100"])
-    summary = Trainer(cfg, registry=registry, console=False).fit()
-    m = summary["metrics"]
-    # modes 6 and 7 carry 2% each at distance 10; "covered" = at least 10% of the true weight
+def test_wflow_covers_the_rare_distant_modes_of_the_imbalanced_mixture(registry, quiet, tmp_path):
+    """The W-Flow paper's coverage toy (Fig. 6a): six dominant modes and two 2% modes at distance
+    10. W-Flow with its default plans (iterated to the marginal tolerance: the rare points are
+    reached through the plan's column constraint) covers both rare modes, and at the same short
+    budget its off-mode fraction is no worse than 50-step flow matching's + 0.05. Measured (seed 0,
+    400 steps): rare masses 0.003 / 0.004, off-mode 0.45; flow matching 0.004 / 0.0005 (mode 7
+    not covered), 0.60. The longer comparison with AF and OT-NFM: tools/coverage_imbalanced.py."""
+    runs = {}
+    for objective in ("wflow", "flow-matching"):
+        overrides = [f"output_dir={tmp_path}/{objective}", "train.progress=false", "train.log_every=1000",
+                     *TOY[1:], "train.steps=400", "eval.num_samples=2000"]
+        if objective != "wflow":
+            overrides.remove("objective.lr=3e-3")
+        cfg = compose(objective=objective, backbone="mlp", data="gmm-imbalanced", registry=registry, overrides=overrides)
+        runs[objective] = Trainer(cfg, registry=registry, console=False).fit()["metrics"]
+    m = runs["wflow"]
+    # modes 6 and 7 carry 2% each; "covered" = at least 10% of the true weight
     assert m["modes_covered"] == 8, m
     assert m["mode_mass_6"] > 0.002 and m["mode_mass_7"] > 0.002, m
-    # the bulk is still sharpening after 200 steps (TV ~0.19 here); the claim is the rare modes
-    assert m["mode_weight_tv"] < 0.3, m
+    assert m["off_mode_fraction"] <= runs["flow-matching"]["off_mode_fraction"] + 0.05, runs
 
 
 @pytest.mark.slow
