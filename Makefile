@@ -8,7 +8,7 @@ PKGS := core $(wildcard plugins/*)
 STAMP := $(VENV)/.installed
 export DS_BUILD_OPS := 0
 
-.PHONY: install demo demo-toy test test-all clean
+.PHONY: install demo test test-all clean
 
 $(STAMP): pyproject.toml $(foreach p,$(PKGS),$(p)/pyproject.toml)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,12 +35,6 @@ demo: install
 	OMP_NUM_THREADS=1 $(BIN)/onestep compare --objectives adversarial-flow,flow-matching --data autoencoded \
 	  --backbone mlp --budget-minutes 2 --no-peer --presets none --config configs/demo/mnist.yaml \
 	  --metrics fid,class-accuracy --out runs/demo
-
-# The 2-D toy (8-mode mixture): W-Flow next to flow matching, one minute each, in runs/demo-toy.
-demo-toy: install
-	rm -rf runs/demo-toy
-	OMP_NUM_THREADS=1 $(BIN)/onestep compare --objectives wflow,flow-matching --data gmm8 --backbone mlp \
-	  --budget-minutes 1 --no-peer --presets none --config configs/demo/demo.yaml --out runs/demo-toy
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -150,17 +150,6 @@ def test_a_plugin_rejecting_its_settings_with_a_value_error_is_one_config_error(
     assert str(err.value) == "coupler 'picky': k must be at least 1, got 0"
 
 
-def test_the_demo_config_tunes_wflow_and_leaves_the_baseline_at_its_defaults(registry):
-    """`make demo` compares both objectives with configs/demo/demo.yaml (see the Makefile)."""
-    from pathlib import Path
-
-    demo = Path(__file__).parents[2] / "configs" / "demo" / "demo.yaml"
-    wflow = build(registry, files=[demo], objective="wflow")
-    baseline = build(registry, files=[demo], objective="flow-matching")
-    assert (wflow.objective.config.epsilon, wflow.objective.config.lr) == ([0.05], 0.01)
-    assert baseline.objective.config.nfe == 50 and baseline.backbone == wflow.backbone
-
-
 def test_the_mnist_demo_config_tunes_af_and_a_small_autoencoder_and_leaves_the_baseline_at_its_defaults(registry):
     """`make demo` compares AF and flow matching with configs/demo/mnist.yaml (see the Makefile):
     one small autoencoder and metrics classifier for both runs, AF's settings for AF only."""
