@@ -17,6 +17,14 @@ import torch
 from .errors import ConfigError
 
 
+def cache_root(kind: str) -> Path:
+    """Where frozen helper networks of ``kind`` (``features``, ``autoencoders``, ...) are cached:
+    ``$ONESTEP_CACHE/<kind>`` when the variable is set, else ``~/.cache/onestep/<kind>``. The one
+    rule every cache of the core and the plugins follows."""
+    base = os.environ.get("ONESTEP_CACHE")
+    return (Path(base) if base else Path.home() / ".cache" / "onestep") / kind
+
+
 def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
     """``write(tmp)`` to a temporary file beside ``path`` (same suffix, so writers that infer the
     format still do), then renamed into place: a process stopped while writing leaves the previous

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import attrs
@@ -22,7 +21,7 @@ from torch import nn
 
 from ..config import unstructure
 from ..errors import ConfigError
-from ..files import write_atomic
+from ..files import cache_root, write_atomic
 from ..interfaces import DataSource
 from ..progress import bar as progress_bar
 
@@ -68,10 +67,6 @@ class DigitCNN(nn.Module):
         return self.features_and_logits(x)[1]
 
 
-def cache_root() -> Path:
-    """``$ONESTEP_CACHE/features`` when set, else ``~/.cache/onestep/features``."""
-    base = os.environ.get("ONESTEP_CACHE")
-    return Path(base) / "features" if base else Path.home() / ".cache" / "onestep" / "features"
 
 
 def cache_path(source: DataSource, recipe: ClassifierRecipe, root: str | Path | None = None) -> Path:
@@ -80,7 +75,7 @@ def cache_path(source: DataSource, recipe: ClassifierRecipe, root: str | Path | 
     key = json.dumps({"source": source.name, "config": unstructure(source.config), "recipe": attrs.asdict(recipe),
                       "arch": ARCH_VERSION}, sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return (Path(root) if root else cache_root()) / f"{source.name}-cnn-{digest}.pt"
+    return (Path(root) if root else cache_root("features")) / f"{source.name}-cnn-{digest}.pt"
 
 
 def _images(source: DataSource, split: str) -> tuple[torch.Tensor, torch.Tensor]:

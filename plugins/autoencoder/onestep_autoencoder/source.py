@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -32,6 +31,7 @@ from torch.utils.data import TensorDataset
 
 from onestep.config import structure, unstructure
 from onestep.errors import ConfigError
+from onestep.files import cache_root
 from onestep.interfaces import DataSource, DataSpec
 
 from .diffusers_vae import LatentDecoder, decoder_from_export, export_vae, latent_factors
@@ -41,9 +41,6 @@ from .network import AutoencoderArch, TrainRecipe, load_autoencoder, save_autoen
 RECIPE_VERSION = 1
 
 
-def cache_root() -> Path:
-    base = os.environ.get("ONESTEP_CACHE")
-    return Path(base) / "autoencoders" if base else Path.home() / ".cache" / "onestep" / "autoencoders"
 
 
 def _check_common(config) -> None:
@@ -106,7 +103,7 @@ class TrainedAutoencoderSource(DataSource):
         key = json.dumps({"source": base.name, "config": unstructure(base.config), "arch": attrs.asdict(self.arch()),
                           "recipe": attrs.asdict(self.recipe(), filter=lambda a, _: a.name != "checkpoint_every"),
                           "version": RECIPE_VERSION}, sort_keys=True, default=str)
-        root = Path(self.config.cache_dir) if self.config.cache_dir else cache_root()
+        root = Path(self.config.cache_dir) if self.config.cache_dir else cache_root("autoencoders")
         return root / f"{base.name}-{self.tag}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
 
     def train_network(self, x: torch.Tensor, device: torch.device, partial: Path) -> tuple[torch.nn.Module, dict]:

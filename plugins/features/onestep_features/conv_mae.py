@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import attrs
@@ -32,7 +31,7 @@ from torch import nn
 
 from onestep.config import unstructure
 from onestep.errors import ConfigError, OnestepError
-from onestep.files import write_atomic
+from onestep.files import cache_root, write_atomic
 from onestep.interfaces import DataSource, FeatureNetwork
 
 from .encoder import ConvEncoder, EncoderArch, ResBlock, _norm, load_encoder, save_encoder
@@ -84,9 +83,6 @@ class ConvDecoder(nn.Module):
         return out if tuple(out.shape[-2:]) == self.size else F.interpolate(out, self.size, mode="bilinear")
 
 
-def cache_root() -> Path:
-    base = os.environ.get("ONESTEP_CACHE")
-    return Path(base) / "feature-networks" if base else Path.home() / ".cache" / "onestep" / "feature-networks"
 
 
 def recipe(config: ConvMAEConfig) -> dict:
@@ -98,7 +94,7 @@ def cache_path(source: DataSource, config: ConvMAEConfig) -> Path:
     key = json.dumps({"source": source.name, "config": unstructure(source.config), "shape": list(source.spec().shape),
                       "recipe": recipe(config), "version": RECIPE_VERSION}, sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return (Path(config.cache_dir) if config.cache_dir else cache_root()) / f"{source.name}-conv-mae-{digest}.safetensors"
+    return (Path(config.cache_dir) if config.cache_dir else cache_root("feature-networks")) / f"{source.name}-conv-mae-{digest}.safetensors"
 
 
 def train_images(source: DataSource, split: str = "train") -> torch.Tensor:
