@@ -8,7 +8,7 @@ PKGS := core $(wildcard plugins/*)
 STAMP := $(VENV)/.installed
 export DS_BUILD_OPS := 0
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo test clean
 
 $(STAMP): pyproject.toml $(foreach p,$(PKGS),$(p)/pyproject.toml)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
