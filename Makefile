@@ -31,8 +31,11 @@ demo: install
 	OMP_NUM_THREADS=1 $(BIN)/onestep compare --objectives wflow,flow-matching --data gmm8 --backbone mlp \
 	  --budget-minutes 1 --no-peer --presets none --config configs/demo/demo.yaml --out runs/demo
 
+# Two test processes (pytest-xdist), one per core of CI's 2-core machine, each of one torch thread
+# (tests/conftest.py): the whole suite in about half the wall time of one process. A targeted
+# `pytest tests/...` runs in one process.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 clean:
 	rm -rf $(VENV) runs

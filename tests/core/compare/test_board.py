@@ -22,8 +22,7 @@ def write_presets(folder, *presets):
 
 
 @pytest.mark.slow
-def test_board_trains_two_methods_together_from_presets(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("ONESTEP_CACHE", str(tmp_path / "cache"))
+def test_board_trains_two_methods_together_from_presets(tmp_path, capsys):
     presets = write_presets(tmp_path / "presets", PRESET_FM, PRESET_OTNFM)
     out = tmp_path / "board"
     rc = main(["board", "--data", "digits", "--minutes", "0.12", "--marks", "0.05", "--methods", "flow-matching,ot-nfm@deep",
