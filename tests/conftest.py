@@ -5,9 +5,9 @@ import pytest
 import torch
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
-# One torch thread per test process: the suite's ops are small, so a second thread mostly spins; with
-# SIGINT ignored on a busy 2-core machine, two threads made the suite take 2.1x the CPU time (1141 s
-# against 543 s) and single runs up to 8x the wall time. pytest-xdist runs two such processes instead.
+# One torch thread per test process: the suite's ops are small, so a second thread mostly spins. On a
+# busy 2-core machine two threads made the suite take 2.1x the CPU time (1141 s against 543 s) and a
+# single toy run 8x the wall time; `make test` runs two such processes instead (pytest-xdist).
 torch.set_num_threads(1)
 
 
