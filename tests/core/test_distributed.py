@@ -1,6 +1,6 @@
-"""Two processes launched by torchrun train one run together on CPU (gloo), write one set of
-outputs, and resume from their checkpoint, each process reading only its own optimizer file, to
-the weights of an uninterrupted run. A single process opens no network port and needs no C++
+"""Two processes (two launchers meeting at a rendezvous, or one torchrun) train one run together on
+CPU (gloo), write one set of outputs, and resume from its checkpoint, each process reading only its
+own optimizer file, to the weights of the uninterrupted run. A single process opens no network port and needs no C++
 compiler (DeepSpeed's CPU op is never built)."""
 import json
 import os
