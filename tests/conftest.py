@@ -5,7 +5,21 @@ import pytest
 import torch
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One torch thread per test process: the suite's ops are small, so a second thread mostly spins. On a
+# busy 2-core machine two threads made the suite take 2.1x the CPU time (1141 s against 543 s) and a
+# single toy run 8x the wall time; `make test` runs two such processes instead (pytest-xdist).
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def helper_network_cache(tmp_path_factory):
+    """``$ONESTEP_CACHE`` for the session: the helper networks that metrics and data sources train
+    (data classifiers, conv-mae features, autoencoders) are trained once per session and shared by
+    its tests, and the suite never reads or fills the user's ``~/.cache/onestep``."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("ONESTEP_CACHE", str(tmp_path_factory.mktemp("onestep-cache")))
+    yield
+    patch.undo()
 
 
 @pytest.fixture(scope="session")
@@ -22,18 +36,18 @@ def quiet(tmp_path):
 
 
 @pytest.fixture
-def digits_label_metrics(tmp_path):
+def digits_label_metrics():
     """Overrides for a 400-step MLP run on the 8x8 digits scored by FID and class accuracy, both
-    from one data classifier cached under tmp_path (trained once)."""
-    cache = tmp_path / "features"
+    from the session's one data classifier of the digits (see :func:`helper_network_cache`)."""
     return ["train.progress=false", "train.log_every=1000", "train.steps=400", "train.batch_size=256",
             "backbone.width=256", "backbone.depth=3", "eval.metrics=[fid,class-accuracy]", "eval.num_samples=1000",
-            "sample.num=200", f"eval.options.fid.cache_dir={cache}", f"eval.options.class-accuracy.cache_dir={cache}"]
+            "sample.num=200"]
 
 
 @pytest.fixture
 def one_thread():
-    """One torch thread for tests of many tiny ops, where a second thread costs more than it gives."""
+    """One torch thread, as the session sets it, also after a test before changed it (tests of many
+    tiny ops, where a second thread costs more than it gives)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

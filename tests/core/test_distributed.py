@@ -1,6 +1,6 @@
-"""Two processes launched by torchrun train one run together on CPU (gloo), write one set of
-outputs, and resume from their checkpoint, each process reading only its own optimizer file, to
-the weights of an uninterrupted run. A single process opens no network port and needs no C++
+"""Two processes (two launchers meeting at a rendezvous, or one torchrun) train one run together on
+CPU (gloo), write one set of outputs, and resume from its checkpoint, each process reading only its
+own optimizer file, to the weights of the uninterrupted run. A single process opens no network port and needs no C++
 compiler (DeepSpeed's CPU op is never built)."""
 import json
 import os
@@ -39,33 +39,10 @@ def tiny_run(tmp_path):
             "train.log_every=1", "backbone.width=32", "backbone.depth=1", "sample.num=200"]
 
 
-def torchrun(args, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *tiny_run(tmp_path),
-           "objective.nfe=4", "eval.num_samples=200", "eval.metrics=[sinkhorn]", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-@pytest.mark.slow
-def test_two_processes_train_resume_and_write_once(tmp_path):
-    first = torchrun(["train.steps=4"], tmp_path)
-    assert first.returncode == 0, first.stderr[-3000:]
-    second = torchrun(["train.steps=8", "--resume"], tmp_path)
-    assert second.returncode == 0, second.stderr[-3000:]
-    run = tmp_path / "run"
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000004", "step-0000008"]
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    steps = [r["step"] for r in records if "velocity/loss" in r]
-    assert steps == list(range(1, 9)), "each step logged once, by rank 0 alone"
-    runs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"run"' in line]
-    assert [r["world"] for r in runs] == [2, 2] and runs[1]["start_step"] == 4
-    assert second.stdout.count("metrics step=8") == 1
-    # ZeRO-2 resume: each process reads its own rank's optimizer file, not every rank's
-    resumed = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"resumed"' in line]
-    assert [r["optimizer_files"] for r in resumed] == [["generator.optim.rank0.pt"]], resumed
-    # and continues exactly: the same weights as an uninterrupted two-process run
-    whole = torchrun(["train.steps=8"], tmp_path / "whole")
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    assert_same_checkpoint_weights(tmp_path / "whole" / "run", run, 8)
+def launch(launcher, run_args):
+    """``python -m torch.distributed.run`` with ``launcher``'s options over :func:`tiny_run`'s command."""
+    return [sys.executable, "-m", "torch.distributed.run", *launcher, *run_args, "objective.nfe=2", "eval.num_samples=200",
+            "eval.metrics=[sinkhorn]"]
 
 
 def _free_port() -> int:
@@ -76,26 +53,51 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _records(path, text):
+    """The JSON records of the lines of ``path`` that contain ``text``."""
+    return [json.loads(line) for line in path.read_text().splitlines() if text in line]
+
+
 @pytest.mark.slow
-def test_two_hosts_meet_at_a_rendezvous_endpoint_and_train_one_run(tmp_path):
+def test_two_hosts_train_one_run_and_two_processes_resume_it_exactly(tmp_path):
     """Multi-host as a cluster launches it: one launcher per host (here two launchers on this
-    machine, one process each), meeting at a c10d rendezvous endpoint; together they train one run
-    (world 2) and rank 0 alone writes its outputs."""
-    endpoint = f"127.0.0.1:{_free_port()}"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
-           f"--rdzv-endpoint={endpoint}", "--rdzv-id=onestep-two-hosts", *tiny_run(tmp_path), "train.steps=3",
-           "objective.nfe=2", "eval.metrics=[]"]
+    machine, one process each) meet at a c10d rendezvous endpoint and train one run of 8 steps
+    (world 2, ZeRO-2, checkpoints at 4 and 8), rank 0 alone writing its outputs. A copy of that
+    run that lost its step-8 checkpoint (a crash after step 4's) is resumed by one launcher of two
+    processes (torchrun --standalone): each process reads only its own optimizer file, each step
+    is logged once, and step 8 has the uninterrupted run's weights bit for bit.
+    (One rendezvous run and one resumed run replace a rendezvous run, two torchrun runs of the
+    resume and a third uninterrupted one.)"""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    hosts = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**env, "OMP_NUM_THREADS": "1"}) for _ in range(2)]
-    outs = [h.communicate(timeout=600) for h in hosts]
-    assert [h.returncode for h in hosts] == [0, 0], [err[-2000:] for _, err in outs]
-    run = tmp_path / "run"
-    runs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"run"' in line]
-    assert [r["world"] for r in runs] == [2]
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "velocity/loss" in r] == [1, 2, 3]
-    assert (run / "checkpoints" / "step-0000003").is_dir()
+    env["OMP_NUM_THREADS"] = "1"
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    hosts = ["--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{_free_port()}",
+             "--rdzv-id=onestep-two-hosts"]
+    cmd = launch(hosts, [*tiny_run(whole), "train.steps=8", "train.checkpoint_every=4"])
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    run = whole / "run"
+    assert [r["world"] for r in _records(run / "log.jsonl", '"run"')] == [2]
+    assert [r["step"] for r in _records(run / "metrics.jsonl", '"velocity/loss"')] == list(range(1, 9))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000004", "step-0000008"]
+
+    shutil.copytree(whole, resumed)
+    shutil.rmtree(resumed / "run" / "checkpoints" / "step-0000008")
+    second = subprocess.run(launch(["--standalone", "--nproc_per_node=2"], [*tiny_run(resumed), "train.steps=8",
+                                                                          "train.checkpoint_every=4", "--resume"]),
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    run = resumed / "run"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000004", "step-0000008"]
+    steps = [r["step"] for r in _records(run / "metrics.jsonl", '"velocity/loss"')]
+    assert steps == list(range(1, 9)), "each step logged once, by rank 0 alone"
+    runs = _records(run / "log.jsonl", '"run"')
+    assert [r["world"] for r in runs] == [2, 2] and runs[1]["start_step"] == 4
+    assert second.stdout.count("metrics step=8") == 1
+    resumes = _records(run / "log.jsonl", '"resumed"')
+    assert [r["optimizer_files"] for r in resumes] == [["generator.optim.rank0.pt"]], resumes
+    assert_same_checkpoint_weights(whole / "run", run, 8)
 
 
 def test_a_single_process_listens_on_loopback_only():

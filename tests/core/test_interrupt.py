@@ -14,6 +14,16 @@ ARGS = ["--objective", "flow-matching", "--backbone", "mlp", "--data", "moons", 
         "objective.nfe=2", "eval.metrics=[]", "sample.num=50", "train.steps=20", "train.log_every=5"]
 
 
+@pytest.fixture(autouse=True)
+def default_sigint():
+    """SIGINT's default handler, as an interactive shell gives it: under nohup or ``&`` the suite
+    starts with SIGINT ignored, and a keypress would never reach the command."""
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, signal.SIG_DFL if before is None else before)
+
+
 def _main(args):
     try:
         return main(args)

@@ -22,7 +22,7 @@ def test_flow_matching_matches_gmm8(registry, quiet):
     assert after < floor + 0.3, (after, floor)
     assert summary["metrics"]["modes_covered"] == 8
     out = run.out_dir
-    assert (out / "config.yaml").is_file() and (out / "samples").glob("*.png")
+    assert (out / "config.yaml").is_file() and any((out / "samples").glob("*.png"))
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) >= 60 and '"velocity/loss"' in lines[0]
 

@@ -63,7 +63,7 @@ def test_plugin_runs_from_yaml_without_touching_the_core(registry, tmp_path, qui
         "backbone: {name: mlp, width: 32, depth: 1}\n"
         "data: {name: gmm1d, size: 1000}\n"
         "coupler: {name: sorted-projection, random_direction: false}\n"
-        "train: {steps: 5, batch_size: 32}\n"
+        "train: {steps: 60, batch_size: 32}\n"
         "sample: {num: 100}\n"
         "eval: {num_samples: 100, metrics: [sinkhorn]}\n"
     )
@@ -71,8 +71,10 @@ def test_plugin_runs_from_yaml_without_touching_the_core(registry, tmp_path, qui
     assert cfg.coupler.name == "sorted-projection" and cfg.coupler.config.random_direction is False
     run = Trainer(cfg, registry=registry, console=False)
     assert type(run.coupler) is registry.get("coupler", "sorted-projection").cls
+    untrained = run.evaluate(["sinkhorn"])["sinkhorn"]
     summary = run.fit()
-    assert summary["step"] == 5 and summary["metrics"]["sinkhorn"] >= 0
+    # the plugin's pairs train the model: measured 0.75 / 0.84 untrained, 0.17 / 0.24 after 60 steps (seeds 0 / 1)
+    assert summary["step"] == 60 and summary["metrics"]["sinkhorn"] < untrained / 2, (untrained, summary["metrics"])
     assert "coupler:\n  name: sorted-projection\n  random_direction: false" in (tmp_path / "run" / "config.yaml").read_text()
 
 

@@ -26,7 +26,6 @@ def write_presets(folder, *presets):
 def test_board_trains_two_methods_together_from_presets(tmp_path, capsys, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    monkeypatch.setenv("ONESTEP_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("onestep.compare.board.STATUS_EVERY_S", 2.0)
     presets = write_presets(tmp_path / "presets", PRESET_FM, PRESET_OTNFM)
     out = tmp_path / "board"

@@ -7,8 +7,7 @@ from onestep.cli import main
 from onestep.trainer import Trainer
 
 
-def test_eval_without_metrics_reports_fid_on_an_image_run(tmp_path, capsys, monkeypatch, registry):
-    monkeypatch.setenv("ONESTEP_CACHE", str(tmp_path / "cache"))
+def test_eval_without_metrics_reports_fid_on_an_image_run(tmp_path, capsys, registry):
     cfg = compose(objective="flow-matching", backbone="mlp", data="digits", registry=registry,
                   overrides=[f"output_dir={tmp_path}/run", "train.progress=false", "train.steps=20", "train.batch_size=64",
                              "backbone.width=32", "backbone.depth=1", "objective.nfe=2", "eval.metrics=[]"])

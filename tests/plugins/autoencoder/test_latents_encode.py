@@ -182,12 +182,17 @@ def test_train_on_latents_end_to_end_and_export(encoded, tmp_path, quiet):
 
     cfg = compose(objective="flow-matching", backbone="mlp", data="latents", overrides=[
         *quiet, f"data.path={encoded}", "data.test_fraction=0.2", "objective.nfe=2", "backbone.width=32",
-        "backbone.depth=1", "train.steps=6", "train.batch_size=4", "sample.grid=4", "eval.num_samples=8"])
+        "backbone.depth=1", "train.steps=40", "train.batch_size=4", "train.optim.lr=1e-2", "train.warmup_steps=0",
+        "sample.grid=4", "eval.num_samples=8"])
     run = Trainer(cfg, console=False)
+    untrained = run.evaluate(["sinkhorn"])["sinkhorn"]
     summary = run.fit()
     grid = np.asarray(Image.open(summary["samples_png"]))
     assert grid.shape[:2] == (2 * (SIZE + 1) + 1, 2 * (SIZE + 1) + 1)  # 4 decoded 32x32 images, 2 per row
-    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["eval"]["sinkhorn"] >= 0
+    # scored in latent space against the held-out latents, the samples moved toward them (measured:
+    # 607 untrained, 539 after 40 steps; a width-32 MLP cannot match 1,024-dim latents, so no more)
+    trained = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["eval"]["sinkhorn"]
+    assert trained < 0.95 * untrained, (untrained, trained)
     pipe = OneStepPipeline.from_pretrained(export_checkpoint(summary["checkpoint"], tmp_path / "export"))
     assert (tmp_path / "export" / "vae" / "config.json").is_file()
     torch.testing.assert_close(pipe(num_images=5, seed=3, output_type="model"), run.sample(5, seed=3), rtol=0, atol=0)
