@@ -39,6 +39,27 @@ def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
     return path
 
 
+def save_partial(path: str | Path, step: int, generator: torch.Generator, **stateful) -> None:
+    """The state of an interrupted helper-network training (each named object's ``state_dict``,
+    the data generator's state and the ``step``), written atomically; plain tensors and containers
+    only, so :func:`load_partial` reads it with ``weights_only=True``."""
+    state = {name: obj.state_dict() for name, obj in stateful.items()}
+    state.update(generator=generator.get_state(), step=int(step))
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_partial(path: str | Path, generator: torch.Generator, **stateful) -> int:
+    """Restore what :func:`save_partial` wrote at ``path`` into ``generator`` and the named objects;
+    the step it reached (0 when there is no such file: a fresh start)."""
+    if not Path(path).is_file():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for name, obj in stateful.items():
+        obj.load_state_dict(state[name])
+    generator.set_state(state["generator"])
+    return int(state["step"])
+
+
 def save_weights_file(tensors: dict[str, torch.Tensor], path: str | Path, format: str, version: str,
                       arch: dict, meta: dict | None = None) -> Path:
     """Write ``tensors`` with their format, version, ``arch`` and ``meta`` to ``path``, atomically."""

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from onestep.errors import ConfigError
-from onestep.files import read_weights_file, save_weights_file, write_atomic
+from onestep.files import load_partial, read_weights_file, save_partial, save_weights_file
 
 from .diffusers_vae import import_diffusers
 
@@ -102,14 +102,7 @@ def train_kl(x: torch.Tensor, arch: KLArch, recipe: KLRecipe, device: torch.devi
         net = build_network(arch).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=recipe.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe.steps)
-    start = 0
-    if partial.is_file():
-        state = torch.load(partial, map_location="cpu", weights_only=True)
-        net.load_state_dict(state["network"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        g.set_state(state["generator"])
-        start = int(state["step"])
+    start = load_partial(partial, g, network=net, optimizer=opt, scheduler=sched)
     data = x.to(device)
     batch = min(recipe.batch_size, len(x))
     latent = arch.latent_shape()
@@ -130,9 +123,7 @@ def train_kl(x: torch.Tensor, arch: KLArch, recipe: KLRecipe, device: torch.devi
         sched.step()
         done = step + 1
         if done % recipe.checkpoint_every == 0 and done < recipe.steps:
-            state = {"network": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "generator": g.get_state(), "step": done}
-            write_atomic(partial, lambda tmp: torch.save(state, tmp))
+            save_partial(partial, done, g, network=net, optimizer=opt, scheduler=sched)
             if log is not None:
                 log(step=done, loss=float(rec))
     net.eval().requires_grad_(False)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from onestep.errors import ConfigError
-from onestep.files import read_weights_file, save_weights_file, write_atomic
+from onestep.files import load_partial, read_weights_file, save_partial, save_weights_file
 from onestep.progress import bar as progress_bar
 
 FORMAT = "onestep-autoencoder"
@@ -104,14 +104,7 @@ def train_autoencoder(x: torch.Tensor, arch: AutoencoderArch, recipe: TrainRecip
         net = Autoencoder(arch).to(device)
     opt = torch.optim.Adam([*net.encoder.parameters(), *net.decoder.parameters()], lr=recipe.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe.steps)
-    start = 0
-    if partial.is_file():
-        state = torch.load(partial, map_location="cpu", weights_only=True)
-        net.load_state_dict(state["network"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        g.set_state(state["generator"])
-        start = int(state["step"])
+    start = load_partial(partial, g, network=net, optimizer=opt, scheduler=sched)
     data = x.to(device)
     batch = min(recipe.batch_size, len(x))
     loss = torch.zeros(())
@@ -130,9 +123,7 @@ def train_autoencoder(x: torch.Tensor, arch: AutoencoderArch, recipe: TrainRecip
         sched.step()
         done = step + 1
         if done % recipe.checkpoint_every == 0 and done < recipe.steps:
-            state = {"network": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "generator": g.get_state(), "step": done}
-            write_atomic(partial, lambda tmp: torch.save(state, tmp))
+            save_partial(partial, done, g, network=net, optimizer=opt, scheduler=sched)
             if log is not None:
                 log(step=done, loss=float(loss))
     bar.close()
