@@ -29,12 +29,12 @@ from .speed import sampling_throughput
 def objectives_with_role(registry: Registry, role: str) -> list[str]:
     """The installed objectives whose plugin declares ``comparison_role == role`` (``baseline``,
     ``peer``; see :class:`onestep.interfaces.Objective`), by name."""
-    return [n for n in registry.names("objective") if getattr(registry.get("objective", n).cls, "comparison_role", "") == role]
+    return [n for n in registry.names("objective") if role_of(registry, n) == role]
 
 
 def role_of(registry: Registry, method: str) -> str:
     """The comparison role of a method label's objective (``""`` for an ordinary method)."""
-    return getattr(registry.get("objective", objective_of(method)).cls, "comparison_role", "")
+    return registry.get("objective", objective_of(method)).cls.comparison_role
 
 UNLIMITED_STEPS = 10**9  # the budget stops training; train.steps=N still caps it
 

@@ -67,10 +67,9 @@ class KLArch:
                 "norm_num_groups": groups, "sample_size": self.shape[1]}
 
 
-def build_network(arch: KLArch, factors: tuple[float, float] = (1.0, 0.0)) -> nn.Module:
-    """A fresh ``AutoencoderKL`` of ``arch`` whose config carries ``(scaling_factor, shift_factor)``."""
-    scale, shift = factors
-    return import_diffusers().AutoencoderKL(**arch.diffusers_config(), scaling_factor=scale, shift_factor=shift)
+def build_network(arch: KLArch) -> nn.Module:
+    """A fresh ``AutoencoderKL`` of ``arch``; its latent factors are set once training ends."""
+    return import_diffusers().AutoencoderKL(**arch.diffusers_config(), scaling_factor=1.0, shift_factor=0.0)
 
 
 @attrs.define

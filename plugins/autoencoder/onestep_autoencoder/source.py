@@ -34,13 +34,11 @@ from onestep.errors import ConfigError
 from onestep.files import cache_root
 from onestep.interfaces import DataSource, DataSpec
 
-from .diffusers_vae import LatentDecoder, decoder_from_export, export_vae, latent_factors
+from .diffusers_vae import LatentDecoder, decoder_from_export, encode, export_vae, latent_factors
 from .kl import KLArch, KLRecipe, load_kl, save_kl, train_kl
 from .network import AutoencoderArch, TrainRecipe, load_autoencoder, save_autoencoder, train_autoencoder
 
 RECIPE_VERSION = 1
-
-
 
 
 def _check_common(config) -> None:
@@ -305,8 +303,6 @@ class AutoencodedKL(TrainedAutoencoderSource):
         return DataSpec(shape=self.arch().latent_shape(), num_classes=self.base().spec().num_classes, kind="latents")
 
     def encode_images(self, x: torch.Tensor) -> torch.Tensor:
-        from .diffusers_vae import encode
-
         net = self.autoencoder()
         scale, shift = latent_factors(net)
         return (encode(net, x) - shift) * scale
