@@ -145,8 +145,9 @@ def save_classifier(net: DigitCNN, path: str | Path, meta: dict) -> Path:
 def load_classifier(path: str | Path) -> tuple[DigitCNN, dict]:
     """The network stored at ``path`` and its metadata (``test_accuracy``, ``source``...); a file
     that is not such a weights file is a one-line ``ConfigError`` naming it."""
-    tensors, arch, meta = read_weights_file(path, "feature classifier", FORMAT, VERSION, "onestep feature classifier",
-                                            missing=" (written by the image metrics into their cache; delete the cache to retrain)")
+    tensors, arch, meta = read_weights_file(
+        path, "feature classifier", FORMAT, VERSION, "onestep feature classifier",
+        missing=" (written by the image metrics into their cache; delete the cache to retrain)")
     try:
         net = DigitCNN(**arch)
         net.load_state_dict(tensors)

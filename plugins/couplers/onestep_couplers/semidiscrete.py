@@ -37,8 +37,8 @@ so the fit keeps improving during training at no extra cost.
 a cell goes to the same sample. A smooth network regressed onto it learns the average of
 neighbouring cells, and in a 16-dim latent with 6,000 samples per class neighbouring cells hold
 quite different samples, so the learnt map keeps only part of each class's variance (under-
-dispersed samples: docs/results-history.md, #2026-12-02-otnfm-in-cell). The extension adds the first-order term of a smooth map
-inside each cell,
+dispersed samples: docs/results-history.md, #2026-12-02-otnfm-in-cell). The extension adds the
+first-order term of a smooth map inside each cell,
 
     T_kappa(z) = x_{j(z)} + kappa * S_g (z - m_{j(z)}),                                 (3)
 

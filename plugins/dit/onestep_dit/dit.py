@@ -20,9 +20,9 @@ passes are distinguishable while every weight is shared (the parameter count doe
 ``repeats``). Only the generator recurses; critics and classifiers keep the standard depth.
 
 Speed options (docs/results-history.md, #2026-11-23-af-dit-guidance): ``attention`` picks the SDPA
-kernel (cuDNN was the fastest for head dim 72 on an H100) and ``residual_bf16`` keeps the hidden state between blocks in bf16 under
-bf16 autocast (half the memory traffic of the LayerNorm, modulation and residual kernels; the
-reference DiT keeps it fp32).
+kernel (cuDNN was the fastest for head dim 72 on an H100) and ``residual_bf16`` keeps the hidden
+state between blocks in bf16 under bf16 autocast (half the memory traffic of the LayerNorm,
+modulation and residual kernels; the reference DiT keeps it fp32).
 """
 from __future__ import annotations
 
