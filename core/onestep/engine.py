@@ -42,7 +42,7 @@ def resolve_optim(name: str, defaults: dict[str, Any], train: TrainConfig) -> di
 def zero_section(train: TrainConfig) -> dict[str, Any]:
     """ZeRO settings. Without clipping, stages 1 and 2 skip the global gradient norm: DeepSpeed
     computes it with one kernel per parameter and then checks it on the host, a synchronisation
-    that leaves the GPU idle at every optimizer step (tools/RESULTS.md)."""
+    that leaves the GPU idle at every optimizer step (docs/results-history.md, #2026-11-23-af-dit-guidance)."""
     section: dict[str, Any] = {"stage": train.zero_stage}
     if train.zero_stage in (1, 2):
         section["compute_grad_norm"] = train.grad_clip > 0
@@ -70,7 +70,7 @@ def deepspeed_config(train: TrainConfig, world: int) -> dict[str, Any]:
         "steps_per_print": 10**12,
         "wall_clock_breakdown": False,
         # DeepSpeed's throughput timer synchronises the device at every engine forward and step
-        # (8 idle gaps per AF step, ~6% of a DiT-XL/2 step); the trainer measures samples/s itself.
+        # (idle gaps: docs/results-history.md, #2026-11-23-af-dit-guidance); the trainer measures samples/s itself.
         "timers": {"throughput": {"enabled": False}},
     }
 

@@ -10,9 +10,8 @@ recipes), so no dataset is needed; the step time does not depend on the values o
 
 Projection. One GPU of an N-GPU data-parallel run does the same work as the measured GPU plus
 the gradient all-reduce. That cost is taken from a measurement shipped with the package,
-``measured_scaling.json`` (samples/s on 1 and 2 GPUs by ZeRO stage, with its device, date and
-command; tools/RESULTS.md, "Scaling"): on 2 H200s, with the per-GPU batch held, DiT-B/2 reached
-1.99x the samples/s of one GPU under ZeRO-2 and 1.89x under ZeRO-3. As an efficiency per doubling
+``measured_scaling.json`` (samples/s on 1 and 2 GPUs by ZeRO stage with the per-GPU batch held,
+with its device, date and command; the numbers: tools/RESULTS.md, "Scaling"). As an efficiency per doubling
 of the GPU count, e, the projected throughput is ``N * (per-GPU samples/s) * e^log2(N) / e^log2(W)``
 when W GPUs were measured. Beyond the measured GPU count this is an extrapolation (stated in the
 output); ``scaling`` overrides e.

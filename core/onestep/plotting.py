@@ -22,6 +22,17 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
+GRID_MAX_CLASSES = 16
+GRID_COLUMNS = 10
+
+
+def grid_columns(num_classes: int) -> int:
+    """Columns of a sample grid: one per class for labelled data of at most
+    :data:`GRID_MAX_CLASSES` classes (the samples cycle through the labels), else
+    :data:`GRID_COLUMNS`. The one rule of every grid: the trainer's, compare's and the board's."""
+    return num_classes if 0 < num_classes <= GRID_MAX_CLASSES else GRID_COLUMNS
+
+
 def image_grid(x: torch.Tensor, nrow: int | None = None) -> np.ndarray:
     """[N, C, H, W] in [-1, 1] -> one uint8 image [rows*H, cols*W, C or nothing]."""
     x = x.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).cpu()

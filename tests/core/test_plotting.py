@@ -40,8 +40,8 @@ def test_every_figure_labels_its_axes_with_units(tmp_path, monkeypatch):
     every panel says what its axes hold; a quantity says its unit or scale in parentheses."""
     import json
 
-    from onestep.compare.board import BoardRow
-    from onestep.compare.comparison import Comparison, Row
+    from onestep.compare.comparison import Comparison
+    from onestep.compare.rows import Row
     from onestep.compare.report import save_curves, save_figure, save_grids
     from onestep.plotting import save_loss_curves
 
@@ -53,14 +53,14 @@ def test_every_figure_labels_its_axes_with_units(tmp_path, monkeypatch):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "generator/loss": 1 / s, "critic/loss": s})
                                                     + "\n" for s in (1, 2, 3)))
     save_loss_curves(tmp_path / "metrics.jsonl", tmp_path / "losses.png")
-    rows = [Row("a", 1, {}, 1.0, 1.0, 1, 1.0, "x"), Row("b", 1, {}, 1.0, 1.0, 1, 1.0, "y")]
+    rows = [Row("a", 1, {}, 1.0, 1, 1.0, "x"), Row("b", 1, {}, 1.0, 1, 1.0, "y")]
     save_figure(Comparison(rows, {"a (1 NFE)": torch.randn(50, 2), "b (1 NFE)": torch.randn(50, 2)}, None, {}),
                 tmp_path / "compare-points.png")
     images = {"a (1 NFE)": torch.rand(20, 1, 8, 8), "b (1 NFE)": torch.rand(20, 1, 8, 8)}
     save_figure(Comparison(rows, images, None, {"grid_columns": 10, "num_classes": 10}), tmp_path / "compare-images.png")
     save_grids(images, 10, tmp_path / "grids.png", classes=10)
     curve = [{"minutes": m, "step": 10 * m, "metrics": {"fid": 10.0 / m}} for m in (1, 2)]
-    save_curves([BoardRow("a", 1, {"fid": 5.0}, 1.0, 20, 2.0, "x", [], curve=curve)], tmp_path / "curves.png")
+    save_curves([Row("a", 1, {"fid": 5.0}, 1.0, 20, 2.0, "x", curve=curve)], tmp_path / "curves.png")
     assert len(drawn) == 7
     for figure in drawn:
         for ax in figure.axes:

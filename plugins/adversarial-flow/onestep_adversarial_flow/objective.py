@@ -31,7 +31,7 @@ fixed scale (norm 1/sqrt(numel) over the batch, like the OT gradient's) whatever
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import attrs
 import torch
@@ -64,10 +64,23 @@ def relativistic(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.softplus(b - a).mean()
 
 
-def finite_difference_penalty(moved: torch.Tensor, logits: torch.Tensor, eps: float, weight: torch.Tensor) -> torch.Tensor:
-    """mean_i w_i (D(v_i + eps n_i) - D(v_i))^2 / eps^2 ~= mean_i w_i ||grad D(v_i)||^2 (Eq. 4, 6),
-    from ``moved = D(v + eps n)`` with n ~ N(0, I) and ``logits = D(v)``."""
-    return ((moved - logits).float().square() * weight).mean() / eps**2
+def finite_difference_penalty(perturbed: torch.Tensor, logits: torch.Tensor, eps: float, weight: torch.Tensor) -> torch.Tensor:
+    """mean_i w_i (D(v_i + eps n_i) - D(v_i))^2 / eps^2 ~= mean_i w_i ||grad D(v_i)||^2 (Eq. 4-6),
+    from ``perturbed = D(v + eps n)`` with n ~ N(0, I) and ``logits = D(v)``."""
+    return ((perturbed - logits).float().square() * weight).mean() / eps**2
+
+
+class CriticLogits(NamedTuple):
+    """D of one critic step's rows: the n real rows x_t and generated rows G (the relativistic and
+    centring terms); the first k of each, v (``*_probed``, the same logits), and v + eps n
+    (``*_perturbed``): R1's finite difference at real rows, R2's at generated rows (Eq. 4-6)."""
+
+    real: torch.Tensor
+    fake: torch.Tensor
+    real_probed: torch.Tensor
+    fake_probed: torch.Tensor
+    real_perturbed: torch.Tensor
+    fake_perturbed: torch.Tensor
 
 
 class GradientNormalizer:
@@ -77,12 +90,12 @@ class GradientNormalizer:
     like Adam's second moment so the first steps are not inflated. Across processes the squared
     norm is averaged (each keeps its local scale).
 
-    Measured failure (tools/RESULTS.md, 2026-12-02): when the critic goes flat (MNIST latent, once
-    the OT weight has decayed) the normaliser rescales its vanishing gradient back to unit size, the
-    generator keeps cancelling whatever signal the critic starts to build, and the critic stays
-    flat (R1 ~1e-9). ``grad_norm=false`` kept the critic alive and gave 4.2 / 4.5 against 6.3 / 7.0
-    (CPU, two seeds), and on the 6-minute latent board 2.93 / 2.59 against 3.72 with it (R1 1e-2 vs
-    2e-3 at the end); the latent preset turns it off. On by default: it is the paper's method."""
+    Measured failure (docs/results-history.md, #2026-12-02-af-no-normaliser): when the critic goes
+    flat (MNIST latent, once the OT weight has decayed) the normaliser rescales its vanishing
+    gradient back to unit size, the generator keeps cancelling whatever signal the critic starts to
+    build, and the critic stays flat. ``grad_norm=false`` kept the critic alive and gave the lower
+    FID, on CPU and on the latent board (tools/RESULTS.md, "The 16-D latent board"); the latent
+    preset turns it off. On by default: it is the paper's method."""
 
     def __init__(self, decay: float, target: float = 1.0, eps: float = 1e-12) -> None:
         self.decay, self.target, self.eps = decay, target, eps
@@ -263,51 +276,62 @@ class AdversarialFlow(Objective):
         return super().loss(phase, nets, batches, info)
 
     def critic_loss(self, nets: Networks, batches: Sequence[Batch]):
+        """Eq. 13: the relativistic loss (Eq. 1, 16) + lambda_gp (R1 + R2) + lambda_cp (logit
+        centring, Eq. 7). R1 and R2 (Eq. 4-6) are finite differences at the first k real and
+        generated rows v: w (D(v + eps n) - D(v))^2 / eps^2."""
         c = self.config
         x_s, x_t, _, y, s, t = self._draw(batches)
         with torch.no_grad():
             fake = self.transport(nets["generator"], x_s, s, t, y).to(x_t.dtype)
-        n = x_t.shape[0]
-        k = max(1, round(n * c.gp_fraction))
+        k = max(1, round(x_t.shape[0] * c.gp_fraction))
         w = (s - t).abs().clamp_min(c.ot_delta)[:k]
-        moved = torch.cat([x_t[:k], fake[:k]])
-        nudged = moved + c.gp_eps * torch.randn_like(moved)
-        tk, yk = torch.cat([t[:k], t[:k]]), (torch.cat([y[:k], y[:k]]) if y is not None else None)
-        if c.gp_precision in ("fp32", "fp16"):
-            # R1/R2 (Eq. 4, 6) from a critic call on [v, v + eps n] with autocast off (or in float16):
-            # the difference of two logits must not be bf16 rounding. Its base logits D(v) are also
-            # the adversarial term's first k real and fake logits, so the run's-precision call only
-            # covers the other n - k pairs and no row is computed twice. The plain critic: its
-            # engine's forward would switch the run's autocast back on.
-            device = x_t.device.type
-            precision = (torch.autocast(device, enabled=False) if c.gp_precision == "fp32"  # no cache: the
-                         else torch.autocast(device, dtype=torch.float16, cache_enabled=False))  # run's holds bf16 casts
-            with precision:
-                both = nets.plain("critic")(torch.cat([moved, nudged]).float(), **self.critic_inputs(cat2(tk), cat2(yk))).float()
-            base_real, base_gen, moved_real, moved_gen = both.split([k, k, k, k])
-            real, gen = base_real, base_gen
-            if k < n:
-                rest = nets["critic"](torch.cat([x_t[k:], fake[k:]]),
-                                      **self.critic_inputs(cat2(t[k:]), cat2(y[k:]) if y is not None else None)).float()
-                rest_real, rest_gen = rest.split([n - k, n - k])
-                real, gen = torch.cat([base_real, rest_real]), torch.cat([base_gen, rest_gen])
-        else:
-            # One critic call on [real, fake, real[:k] + eps n, fake[:k] + eps n]: R1 and R2 share the
-            # forward and backward of the adversarial term (larger matmuls, fewer launches). Exact
-            # only for critics that treat samples independently (no batch statistics).
-            cond = self.critic_inputs(torch.cat([t, t, tk]), torch.cat([y, y, yk]) if y is not None else None)
-            real, gen, moved_real, moved_gen = nets["critic"](torch.cat([x_t, fake, nudged]), **cond).float().split([n, n, k, k])
-            base_real, base_gen = real[:k], gen[:k]
-        adv = relativistic(real, gen)
-        r1 = finite_difference_penalty(moved_real, base_real, c.gp_eps, w)
-        r2 = finite_difference_penalty(moved_gen, base_gen, c.gp_eps, w)
-        centring = (real + gen).square().mean()
+        probed = torch.cat([x_t[:k], fake[:k]])  # v: the real rows R1 probes, then the generated rows R2 probes
+        perturbed = probed + c.gp_eps * torch.randn_like(probed)  # v + eps n
+        d = self.critic_logits(nets, x_t, fake, perturbed, t, y)
+        adv = relativistic(d.real, d.fake)
+        r1 = finite_difference_penalty(d.real_perturbed, d.real_probed, c.gp_eps, w)
+        r2 = finite_difference_penalty(d.fake_perturbed, d.fake_probed, c.gp_eps, w)
+        centring = (d.real + d.fake).square().mean()
         loss = adv + c.lambda_gp * (r1 + r2) + c.lambda_cp * centring
         logs = {"adv": adv.detach(), "r1": r1.detach(), "r2": r2.detach(), "centring": centring.detach(),
-                "logit_real": real.mean().detach(), "logit_fake": gen.mean().detach()}
+                "logit_real": d.real.mean().detach(), "logit_fake": d.fake.mean().detach()}
         return loss, logs
 
+    def critic_logits(self, nets: Networks, real: torch.Tensor, fake: torch.Tensor, perturbed: torch.Tensor,
+                      t: torch.Tensor, y) -> CriticLogits:
+        """The critic's logits of one critic step (see :class:`CriticLogits`), in float32, each row
+        computed once, at ``gp_precision``:
+
+        - ``fp32`` / ``fp16``: the probed rows and their perturbed copies in one call with autocast
+          off (or in float16), since the difference of two logits must not be bf16 rounding; the
+          other n - k real and generated rows in a second call at the run's precision. The plain
+          critic: its engine's forward would switch the run's autocast back on.
+        - ``autocast``: all rows in one call at the run's precision (larger matmuls, fewer
+          launches; biased under bf16). Exact only for critics that treat samples independently
+          (no batch statistics)."""
+        n, k = real.shape[0], perturbed.shape[0] // 2
+        if self.config.gp_precision == "autocast":
+            cond = self.critic_inputs(torch.cat([t, t, t[:k], t[:k]]), torch.cat([y, y, y[:k], y[:k]]) if y is not None else None)
+            d_real, d_fake, real_perturbed, fake_perturbed = nets["critic"](
+                torch.cat([real, fake, perturbed]), **cond).float().split([n, n, k, k])
+            return CriticLogits(d_real, d_fake, d_real[:k], d_fake[:k], real_perturbed, fake_perturbed)
+        device = real.device.type
+        precision = (torch.autocast(device, enabled=False) if self.config.gp_precision == "fp32"  # no cache: the
+                     else torch.autocast(device, dtype=torch.float16, cache_enabled=False))  # run's holds bf16 casts
+        with precision:
+            cond = self.critic_inputs(cat2(cat2(t[:k])), cat2(cat2(y[:k])) if y is not None else None)
+            real_probed, fake_probed, real_perturbed, fake_perturbed = nets.plain("critic")(
+                torch.cat([real[:k], fake[:k], perturbed]).float(), **cond).float().split([k, k, k, k])
+        d_real, d_fake = real_probed, fake_probed
+        if k < n:
+            cond = self.critic_inputs(cat2(t[k:]), cat2(y[k:]) if y is not None else None)
+            rest_real, rest_fake = nets["critic"](torch.cat([real[k:], fake[k:]]), **cond).float().split([n - k, n - k])
+            d_real, d_fake = torch.cat([real_probed, rest_real]), torch.cat([fake_probed, rest_fake])
+        return CriticLogits(d_real, d_fake, real_probed, fake_probed, real_perturbed, fake_perturbed)
+
     def generator_loss(self, nets: Networks, batches: Sequence[Batch], info: StepInfo):
+        """Eq. 14: the relativistic loss of D(phi(G)) against D(x_t) + lambda_ot L_ot (Eq. 11, 20),
+        plus the guidance term (Eq. 25-26) when a guidance is configured."""
         c = self.config
         x_s, x_t, z, y, s, t = self._draw(batches)
         fake = self.transport(nets["generator"], x_s, s, t, y)

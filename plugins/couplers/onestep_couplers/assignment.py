@@ -15,9 +15,10 @@ Two solvers:
   minima), so the returned cost is within a factor ``1 + rel_gap`` of the optimum. We chose the
   auction over entropic Sinkhorn + rounding because its gap is bounded a priori and it returns a
   permutation directly, and over a GPU Hungarian method because its rounds are dense, branch-free
-  tensor ops. Measured on an H100 (tools/RESULTS.md) it is still 8-60x SLOWER than scipy on the
-  host CPU for 256..2048 points in 784 dimensions (many small bidding rounds, each a host sync),
-  so it is opt-in (``solver: auction``), for when the cost matrix must not leave the GPU.
+  tensor ops. It is still slower than scipy on the host CPU for hundreds to thousands of points
+  in 784 dimensions (many small bidding rounds, each a host sync; the ratio: tools/RESULTS.md,
+  "Couplers and Sinkhorn"), so it is opt-in (``solver: auction``), for when the cost matrix must
+  not leave the GPU.
 
 Both return ``perm`` with ``perm[j]`` the row matched to column j.
 """

@@ -26,9 +26,9 @@ noise vector per distinct training sample: it suits finite data sets (toy sets, 
 latent sets up to ``max_points`` samples). Augmented data (random flips/crops) never repeats and
 grows the table: use ``minibatch-ot`` for it.
 
-Measured limitation (tools/RESULTS.md): the network only ever sees the N kept noise vectors. On
-2D toys that is plenty; on MNIST (4,500 digits, 784 dimensions) the one-step map fitted to them
-generalised worse to fresh noise than minibatch OT did (Sinkhorn 136 vs 82 after 2,500 steps).
+Measured limitation (docs/results-history.md, #2026-11-23-couplers): the network only ever sees
+the N kept noise vectors. On 2D toys that is plenty; on MNIST digits the one-step map fitted to
+them generalised worse to fresh noise than minibatch OT did.
 
 Deviation note: the paper's text (beyond its abstract: "scalable minibatch and online coupling
 strategies") was not available to us, so the update rule above is our reading of "a coupling kept
@@ -37,9 +37,9 @@ the cost of one minibatch assignment per batch. Checked again 2026-11-30 and 202
 15): no HTML or PDF text of arXiv 2604.06413 was reachable; the public summaries (pith.science/paper/2604.06413,
 arxivlens.com's summary page) say only that it studies global OT, minibatch OT and online
 couplings, that global and minibatch OT give the best trajectories, and that exact coupling costs
-O(B^3) per batch. The online rule remains unverified against the method section. Measured
-(tools/RESULTS.md): its pairs keep less of a noise's partner across batches than minibatch OT
-(consistency 0.17 vs 0.26 on 784-dim clusters); ``semidiscrete-ot`` (the global map) keeps 1.0.
+O(B^3) per batch. The online rule remains unverified against the method section. Its pairs keep
+less of a noise's partner across batches than minibatch OT does, and ``semidiscrete-ot`` (the
+global map) keeps all of them (consistency across batches: tools/RESULTS.md, "Couplers and Sinkhorn").
 """
 from __future__ import annotations
 

@@ -36,9 +36,9 @@ so the fit keeps improving during training at no extra cost.
 **In-cell extension** (``in_cell`` = kappa > 0). The map (1) is piecewise constant: every noise of
 a cell goes to the same sample. A smooth network regressed onto it learns the average of
 neighbouring cells, and in a 16-dim latent with 6,000 samples per class neighbouring cells hold
-quite different samples, so the learnt map keeps only ~70% of each class's variance (under-
-dispersed samples: tools/RESULTS.md). The extension adds the first-order term of a smooth map
-inside each cell,
+quite different samples, so the learnt map keeps only part of each class's variance (under-
+dispersed samples: docs/results-history.md, #2026-12-02-otnfm-in-cell). The extension adds the
+first-order term of a smooth map inside each cell,
 
     T_kappa(z) = x_{j(z)} + kappa * S_g (z - m_{j(z)}),                                 (3)
 
@@ -241,7 +241,7 @@ class SemiDiscreteOT(Coupler):
         sample, other groups' samples masked out: more arithmetic than one product per group, but
         no host synchronisation (no data-dependent shapes). On a CPU, where a synchronisation costs
         nothing and arithmetic is the cost, one product per group present (``groups`` times less
-        arithmetic: 10x faster steps on MNIST)."""
+        arithmetic)."""
         if z.device.type != "cpu" or len(self.groups) == 1:
             return self._best(z, 0, len(self.points), psi, groups)
         out = torch.empty(len(z), dtype=torch.long)

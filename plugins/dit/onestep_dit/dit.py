@@ -19,10 +19,10 @@ each pass adds a learned timestep-like embedding of its pass index to the condit
 passes are distinguishable while every weight is shared (the parameter count does not depend on
 ``repeats``). Only the generator recurses; critics and classifiers keep the standard depth.
 
-Speed options (tools/RESULTS.md): ``attention`` picks the SDPA kernel (cuDNN is the fastest for
-head dim 72 on H100) and ``residual_bf16`` keeps the hidden state between blocks in bf16 under
-bf16 autocast (half the memory traffic of the LayerNorm, modulation and residual kernels; the
-reference DiT keeps it fp32).
+Speed options (docs/results-history.md, #2026-11-23-af-dit-guidance): ``attention`` picks the SDPA
+kernel (cuDNN was the fastest for head dim 72 on an H100) and ``residual_bf16`` keeps the hidden
+state between blocks in bf16 under bf16 autocast (half the memory traffic of the LayerNorm,
+modulation and residual kernels; the reference DiT keeps it fp32).
 """
 from __future__ import annotations
 
@@ -52,8 +52,8 @@ FAMILIES: dict[str, tuple[int, int, int]] = {
     "P": (2, 32, 2),
 }
 READOUTS = ("cls", "mean")
-# SDPA kernel choice; "auto" lets torch pick. cuDNN is the fastest at DiT's head dim 72 on H100
-# (tools/RESULTS.md). A named kernel falls back to the math kernel where it cannot run (cuDNN on CPU).
+# SDPA kernel choice; "auto" lets torch pick (the kernels compared: see the module docstring).
+# A named kernel falls back to the math kernel where it cannot run (cuDNN on CPU).
 ATTENTION_KERNELS: dict[str, tuple[SDPBackend, ...]] = {
     "auto": (),
     "cudnn": (SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH),
@@ -303,8 +303,8 @@ class DiTBackbone(Backbone):
 
     def compile(self, module: DiT, **options) -> None:
         """Regional compilation: each block, not the whole network. Every block shares one graph,
-        so the warm-up is about 60 s instead of about 285 s for DiT-XL/2 under AF, at about 2 MFU
-        points less (tools/RESULTS.md)."""
+        so the warm-up is a fraction of the whole network's for a slightly lower MFU
+        (docs/results-history.md, #2026-11-23-af-dit-guidance)."""
         for block in module.blocks:
             block.compile(**options)
 

@@ -84,7 +84,7 @@ def _log_weights(w: torch.Tensor | None, batch: int, n: int, device: torch.devic
 def _logsumexp(a: torch.Tensor, dim: int) -> torch.Tensor:
     """``log sum exp`` over ``dim`` (no autograd: the solver's loop) with each term floored at
     ``exp(-80)`` times the largest: below float32 resolution of the sum, and it keeps CPUs off
-    the slow path that ``exp`` takes for very negative arguments (4x slower cost passes).
+    the slow path that ``exp`` takes for very negative arguments (several times slower cost passes).
     Masked (``-inf``) terms thus weigh ``e^-80`` instead of 0, which no float32 sum can see."""
     m = a.amax(dim, keepdim=True)
     return (a - m).clamp_min_(-80.0).exp_().sum(dim).log_().add_(m.squeeze(dim))
@@ -98,7 +98,7 @@ def _row_softmin(cost, h, inv_eps):
 def _col_softmin(cost_t, h, inv_eps):
     """``-eps log sum_i exp(h_i - C_ij / eps)`` for h [B, N] -> [B, M], read from the
     transposed cost ``C^T`` [B, M, N] so that both passes reduce over contiguous rows (a
-    strided reduction over ``C`` ran at half the speed of the row pass on an H100)."""
+    strided reduction over ``C`` is slower: docs/results-history.md, #2026-11-23-wflow-sinkhorn)."""
     return _row_softmin(cost_t, h, inv_eps)
 
 

@@ -26,7 +26,7 @@ def write_presets(folder, *presets):
 def test_board_trains_two_methods_together_from_presets(tmp_path, capsys, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    monkeypatch.setattr("onestep.compare.board.STATUS_EVERY_S", 2.0)
+    monkeypatch.setattr("onestep.compare.launch.STATUS_EVERY_S", 2.0)
     presets = write_presets(tmp_path / "presets", PRESET_FM, PRESET_OTNFM)
     out = tmp_path / "board"
     rc = main(["board", "--data", "digits", "--minutes", "0.12", "--marks", "0.05", "--methods", "flow-matching,ot-nfm@deep",
@@ -105,7 +105,7 @@ def test_a_training_run_reports_its_steps_minutes_and_last_losses(tmp_path):
     evaluation and checkpoint records after it and a torn last line."""
     import json
 
-    from onestep.compare.board import run_status
+    from onestep.compare.launch import run_status
 
     assert run_status(tmp_path) == "starting"
     records = [{"step": 50, "generator/loss": 0.5, "critic/loss": 1.0, "train_minutes": 0.2},

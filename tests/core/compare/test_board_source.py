@@ -4,7 +4,7 @@ on different data, before anything trains."""
 import pytest
 import yaml
 
-from onestep.compare.board import BoardSettings, plan_board
+from onestep.compare.plan import BoardSettings, plan_board
 from onestep.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -148,3 +148,37 @@ def test_class_accuracy_is_high_when_samples_obey_their_labels_and_chance_when_n
     assert obeyed[key] > 0.85 and abs(obeyed[key] - obeyed[ceiling]) < 0.1, obeyed
     assert shuffled[key] < 0.25, shuffled
     assert score(None) == {}  # unconditional samples have no label to obey
+
+
+def test_the_classifier_cache_is_a_weights_file_and_a_pickle_is_never_loaded(digits, tmp_path):
+    """The cache is safetensors with its format and architecture; a pickle at the cache's name is a
+    one-line error naming the file, and an older onestep's ``.pt`` cache is left alone (retrained),
+    neither of them unpickled."""
+    import pickle
+
+    from safetensors import safe_open
+
+    from onestep.errors import ConfigError
+    from onestep.metrics.classifier import load_classifier
+
+    source, configs, _, _ = digits
+    recipe = ClassifierRecipe(epochs=1)
+    marker = tmp_path / "unpickled"
+
+    class Trap:
+        def __reduce__(self):
+            return open, (str(marker), "w")
+
+    path = cache_path(source, recipe, tmp_path / "old")
+    path.parent.mkdir()
+    path.with_suffix(".pt").write_bytes(pickle.dumps({"state_dict": Trap()}))
+    assert ensure_classifier(source, recipe, root=path.parent) == path
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata()["format"] == "onestep-feature-classifier"
+    net, meta = load_classifier(path)
+    assert meta["source"] == "digits" and meta["test_accuracy"] > 0.5 and net.arch["num_classes"] == 10
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(pickle.dumps({"state_dict": Trap()}))
+    with pytest.raises(ConfigError, match=r"^feature classifier: file '.*bad.safetensors' is not a safetensors file"):
+        load_classifier(bad)
+    assert not marker.exists()

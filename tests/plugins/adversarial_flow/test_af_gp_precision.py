@@ -62,14 +62,14 @@ def test_the_trainer_runs_the_fp32_r1r2_call_outside_autocast(registry, quiet, t
         (len(args[0]), torch.is_autocast_enabled("cpu") and (torch.get_autocast_dtype("cpu") if precision == "fp16" else True))))
     run.fit()
     k = 4  # gp_fraction 0.25 of 16; the critic phase runs first, then the generator's two calls of 16
-    # [moved, nudged] at the penalty's precision, then the other 16 - k real and fake rows under bf16:
+    # [probed, perturbed] at the penalty's precision, then the other 16 - k real and fake rows under bf16:
     # the base logits of the penalty call serve the adversarial term, no row runs twice
     if precision == "fp16":
         assert calls[:2] == [(4 * k, torch.float16), (2 * (16 - k), torch.bfloat16)], calls
     elif precision == "fp32":
         assert calls[:2] == [(4 * k, r1r2_autocast), (2 * (16 - k), True)], calls
     else:
-        assert calls[0] == (2 * 16 + 2 * k, r1r2_autocast), calls  # one folded call: [real, fake, nudged]
+        assert calls[0] == (2 * 16 + 2 * k, r1r2_autocast), calls  # one folded call: [real, fake, perturbed]
 
 
 def test_the_float16_call_gives_the_fp32_estimate_with_the_same_noise(registry):

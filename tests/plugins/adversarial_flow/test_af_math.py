@@ -104,8 +104,8 @@ def test_finite_difference_r1_r2_approximate_the_autograd_gradient_penalty():
     exact_v = v.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(exact_v).sum(), exact_v, create_graph=True)
     g_exact = torch.autograd.grad((grad.square().sum(1) * weight).mean(), params)
-    moved = critic(v + 0.01 * torch.randn_like(v))
-    g_fd = torch.autograd.grad(finite_difference_penalty(moved, critic(v), 0.01, weight), params)
+    perturbed = critic(v + 0.01 * torch.randn_like(v))
+    g_fd = torch.autograd.grad(finite_difference_penalty(perturbed, critic(v), 0.01, weight), params)
     cos = torch.nn.functional.cosine_similarity(torch.cat([g.flatten() for g in g_fd]),
                                                 torch.cat([g.flatten() for g in g_exact]), dim=0)
     assert cos > 0.95
