@@ -31,7 +31,7 @@ from torch import nn
 
 from onestep.config import unstructure
 from onestep.errors import ConfigError, OnestepError
-from onestep.files import cache_root, write_atomic
+from onestep.files import cache_root, load_partial, save_partial
 from onestep.interfaces import DataSource, FeatureNetwork
 
 from .encoder import ConvEncoder, EncoderArch, ResBlock, _norm, load_encoder, save_encoder
@@ -129,15 +129,7 @@ def train_mae(x: torch.Tensor, config: ConvMAEConfig, device: torch.device, part
     steps_per_epoch = max(1, n // batch)
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=config.epochs * steps_per_epoch)
-    start = 0
-    if partial.is_file():
-        state = torch.load(partial, map_location="cpu", weights_only=True)
-        encoder.load_state_dict(state["encoder"])
-        decoder.load_state_dict(state["decoder"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        g.set_state(state["generator"])
-        start = int(state["epoch"])
+    start = load_partial(partial, g, encoder=encoder, decoder=decoder, optimizer=opt, scheduler=sched)
     loss = torch.zeros(())
     for epoch in range(start, config.epochs):
         perm = torch.randperm(n, generator=g)
@@ -150,9 +142,7 @@ def train_mae(x: torch.Tensor, config: ConvMAEConfig, device: torch.device, part
             loss.backward()
             opt.step()
             sched.step()
-        state = {"encoder": encoder.state_dict(), "decoder": decoder.state_dict(), "optimizer": opt.state_dict(),
-                 "scheduler": sched.state_dict(), "generator": g.get_state(), "epoch": epoch + 1}
-        write_atomic(partial, lambda tmp: torch.save(state, tmp))
+        save_partial(partial, epoch + 1, g, encoder=encoder, decoder=decoder, optimizer=opt, scheduler=sched)
         if log is not None:
             log(epoch=epoch + 1, loss=float(loss))
     return encoder.cpu().eval().requires_grad_(False), {"final_loss": float(loss.detach()), "epochs": config.epochs}
