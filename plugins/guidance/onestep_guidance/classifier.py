@@ -162,6 +162,7 @@ def load_classifier(path: str, spec: DataSpec, device) -> nn.Module:
     from onestep import checkpoint as ckpt
     from onestep.config import build_config, read_file
     from onestep.registry import Registry
+    from onestep.statecodec import load_tensors
 
     if not Path(path).exists():
         raise ConfigError(f"guidance.weights: {path!r} not found (expected the run or step folder of an "
@@ -174,7 +175,7 @@ def load_classifier(path: str, spec: DataSpec, device) -> nn.Module:
             raise ConfigError(f"guidance.weights: {str(folder)!r} is a run of objective {config.objective.name!r}; "
                               f"expected a {NoisedClassifier.name!r} run")
         file = folder / f"{CLASSIFIER}.ema.safetensors"
-        weights = ckpt.load_tensors(file)
+        weights = load_tensors(file)
     except CheckpointError as exc:
         raise ConfigError(f"guidance.weights: {exc}") from None
     classifier = registry.build("backbone", config.backbone.name, config.backbone.config).build(CLASSIFIER_REQUEST, spec)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from onestep.checkpoint import load_state, save_state
+from onestep.statecodec import load_state, save_state
 from onestep.errors import ConfigError
 from onestep.interfaces import DataSource, DataSpec
 from onestep_couplers.couplers import MinibatchOT
