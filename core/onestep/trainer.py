@@ -21,9 +21,9 @@ from .config import RunConfig, unstructure
 from .data.loader import BatchStream
 from .divergence import DivergenceCheck
 from .distributed import barrier, init_process_group, resolve_device
-from .engine import EMA, make_engine, resolve_optim
-from .errors import CheckpointError, ConfigError, Interrupted
-from .interfaces import Networks, StepInfo
+from .engine import build_networks
+from .errors import CheckpointError, Interrupted
+from .interfaces import StepInfo
 from .interrupt import DeferredSigint
 from .logs import MetricsWriter, configure
 from .metrics.evaluate import held_out
@@ -43,8 +43,9 @@ class Trainer:
         runfolder.make(self.out_dir)
         self.device = resolve_device(config.device)
         self.rank, self.world = init_process_group(self.device)
-        self.log = configure(self.out_dir / "log.jsonl" if self.rank == 0 else None, console=console and self.rank == 0)
-        self.metrics = MetricsWriter(self.out_dir / "metrics.jsonl" if self.rank == 0 else None, config.train.tensorboard)
+        main = self.rank == 0
+        self.log = configure(self.out_dir / "log.jsonl" if main else None, console=console and main)
+        self.metrics = MetricsWriter(self.out_dir / "metrics.jsonl" if main else None, config.train.tensorboard)
         self._seed_everything(config.seed)
         torch.backends.cuda.matmul.allow_tf32 = config.train.tf32
         self.planned_steps = config.train.steps  # the LR schedule's horizon (re-planned under max_minutes)
@@ -65,42 +66,17 @@ class Trainer:
 
     def _build_components(self) -> None:
         built = build_components(self.config, self.registry)
-        self.source, self.spec, self.objective, self.backbone = built.source, built.spec, built.objective, built.backbone
+        self.source, self.spec = built.source, built.spec
+        self.objective, self.backbone = built.objective, built.backbone
         self.coupler, self.guidance = self.objective.coupler, self.objective.guidance
 
     def _build_networks(self) -> None:
-        t = self.config.train
-        owners = [self.objective] + ([self.guidance] if self.guidance else [])
-        self.owner_of: dict[str, Any] = {}
-        engines: dict[str, Any] = {}
-        ema: dict[str, EMA] = {}
-        for owner in owners:
-            for name, request in owner.networks().items():
-                if name in self.owner_of:
-                    raise ConfigError(
-                        f"network {name!r} is declared by both {self.owner_of[name].name} and {owner.name}"
-                    )
-                self.owner_of[name] = owner
-                module = self.backbone.build(request, self.spec)
-                if name in self.objective.ema_networks:  # copied before DeepSpeed partitions or hooks it
-                    ema[name] = EMA(module, t.ema_decay, t.ema_start, t.zero_stage)
-                if t.compile:
-                    self.backbone.compile(module)
-                optim = resolve_optim(name, owner.optim_defaults(name), t)
-                engines[name] = make_engine(module, optim, t, self.world, horizon=lambda: self.planned_steps)
-        self.engines = engines
-        self.ema = ema
-        for e in self.ema.values():
-            e.module.to(self.device)
-        self.nets = Networks(engines, {n: e.module for n, e in self.ema.items()}, {n: e.module for n, e in engines.items()})
-        self.phases = [(g, p) for g in owners[1:] for p in g.phases()] + [(self.objective, p) for p in self.objective.phases()]
-        if not self.phases:
-            raise ConfigError(f"objective {self.objective.name!r} declares no training phases")
-        self.divergence = DivergenceCheck(self.config, self.source, self.objective, self.owner_of, engines,
+        built = build_networks(self.objective, self.guidance, self.backbone, self.spec, self.config.train, self.world,
+                               self.device, horizon=lambda: self.planned_steps)
+        self.engines, self.ema, self.nets, self.owner_of, self.phases = (built.engines, built.ema, built.nets,
+                                                                         built.owner_of, built.phases)
+        self.divergence = DivergenceCheck(self.config, self.source, self.objective, self.owner_of, self.engines,
                                           [p for _, p in self.phases], self.out_dir / "checkpoints")
-        for owner, p in self.phases:
-            if p.network not in engines:
-                raise ConfigError(f"{owner.name} phase {p.name!r} trains unknown network {p.network!r}")
 
     def _build_streams(self) -> None:
         t = self.config.train
@@ -166,7 +142,7 @@ class Trainer:
                 raise Interrupted(f"interrupted at step {self.step} before a checkpoint of it was written; "
                                   + (f"the last checkpoint is {last} (continue from it with --resume)" if last
                                      else "no checkpoint was written")) from None
-        self.save_loss_curves()
+        self.outputs.loss_curves()
         if sigint.requested:
             raise Interrupted(f"interrupted: training stopped at step {self.step}, checkpoint {path} written; "
                               "continue with --resume")
@@ -235,7 +211,7 @@ class Trainer:
                     done = True
                     self.divergence.check_finite(logs, self.step)
                 if t.sample_every and self.step % t.sample_every == 0:
-                    self.save_sample_plot()
+                    self.outputs.sample_plot(self.step)
                 eval_due = (bool(t.eval_every) and self.step % t.eval_every == 0) or clock.eval_marks.passed(elapsed)
                 if eval_due and not done:
                     self.evaluate()
@@ -268,15 +244,10 @@ class Trainer:
         """``n`` held-out items (None: all) and their labels, in a fixed order."""
         return held_out(self.source, n)
 
-    def save_sample_plot(self) -> Path | None:
-        return self.outputs.sample_plot(self.step)
-
-    def save_loss_curves(self) -> Path | None:
-        return self.outputs.loss_curves()
-
     # ----------------------------------------------------------------------------- checkpoints
     def _components(self) -> dict[str, Any]:
-        return {k: c for k, c in (("objective", self.objective), ("guidance", self.guidance), ("coupler", self.coupler)) if c}
+        named = (("objective", self.objective), ("guidance", self.guidance), ("coupler", self.coupler))
+        return {k: c for k, c in named if c}
 
     def _state(self) -> TrainingState:
         return TrainingState(self.engines, self.ema, self.streams, self._components(),
