@@ -11,7 +11,7 @@ from typing import Iterator
 import attrs
 import torch
 
-from .config import TrainConfig
+from .schema import TrainConfig
 
 
 class MinuteMarks:

@@ -9,13 +9,13 @@ from typing import Any, Iterable
 import attrs
 import torch
 
-from .config import RunConfig
 from .export import GENERATOR, OneStepPipeline
 from .interfaces import DataSource, DataSpec, Networks, Objective
 from .logs import MetricsWriter
 from .metrics.evaluate import EVAL_SEED_OFFSET, evaluate
 from .plotting import save_loss_curves, save_samples
 from .registry import Registry
+from .schema import RunConfig
 
 
 def _scalar(v: Any) -> float:
@@ -39,7 +39,7 @@ class RunOutputs:
     writer: MetricsWriter
     log: Any
     rank: int
-    reference_features: dict = attrs.Factory(dict)  # the metrics' reference features (keyed by set size), kept across evaluations
+    reference_features: dict = attrs.Factory(dict)  # the metrics' features of held-out sets, kept across evaluations
     _pipeline: OneStepPipeline | None = attrs.field(default=None, init=False)
 
     @property
