@@ -78,7 +78,8 @@ def verify(folder: Path) -> None:
         if not f.is_file():
             raise CheckpointError(f"checkpoint file {str(f)!r}: missing")
         if sha256(f) != digest:
-            raise CheckpointError(f"checkpoint file {str(f)!r}: damaged (its SHA-256 differs from the one written with it)")
+            raise CheckpointError(f"checkpoint file {str(f)!r}: damaged (its SHA-256 differs from the one written "
+                                  "with it)")
 
 
 def newest_intact(path: str | Path) -> tuple[Path, list[tuple[Path, str]]]:

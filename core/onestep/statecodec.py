@@ -77,7 +77,8 @@ def load_state(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"checkpoint file {str(path)!r}: unreadable ({' '.join(str(exc).split())[:200]})") from None
+        detail = " ".join(str(exc).split())[:200]
+        raise CheckpointError(f"checkpoint file {str(path)!r}: unreadable ({detail})") from None
 
 
 def rng_state(device: torch.device | None = None) -> dict[str, Any]:
@@ -140,10 +141,12 @@ def save_training(root: Path, keep: int, step: int, state: TrainingState, config
                tmp / f"trainer.rank{state.rank}.pt")
     if state.rank == 0:
         for name, ema in state.ema.items():
-            save_tensors({k: v.detach().clone() for k, v in ema.module.state_dict().items()}, tmp / f"{name}.ema.safetensors")
+            weights = {k: v.detach().clone() for k, v in ema.module.state_dict().items()}
+            save_tensors(weights, tmp / f"{name}.ema.safetensors")
         (tmp / "config.yaml").write_text(config_yaml)
-        save_state({"step": step, "world": state.world, "networks": sorted(state.engines),
-                    "schedulers": {n: e.lr_scheduler.state_dict() for n, e in state.engines.items()}}, tmp / "trainer.pt")
+        schedulers = {n: e.lr_scheduler.state_dict() for n, e in state.engines.items()}
+        save_state({"step": step, "world": state.world, "networks": sorted(state.engines), "schedulers": schedulers},
+                   tmp / "trainer.pt")
     barrier()
     final = writer.commit(step)
     barrier()
