@@ -25,12 +25,12 @@ from cattrs.errors import (AttributeValidationNote, ClassValidationError, Forbid
                            IterableValidationError, IterableValidationNote)
 
 from .errors import ConfigError
-from .schema import (COMPONENT_SECTIONS, LR_DECAYS, POSITIVE, REQUIRED_SECTIONS, SAMPLER_SECTIONS,
+from .schema import (COMPONENT_SECTIONS, DEVICE, LR_DECAYS, POSITIVE, REQUIRED_SECTIONS, SAMPLER_SECTIONS,
                      ComponentChoice, EvalConfig, FieldError, OptimConfig, RunConfig, SampleConfig, SamplerConfig,
                      TrainConfig, at_least, check, one_of)
 
 __all__ = [  # the schema's names are re-exported: ``onestep.config`` is the public import path of both
-    "COMPONENT_SECTIONS", "LR_DECAYS", "POSITIVE", "REQUIRED_SECTIONS", "SAMPLER_SECTIONS", "ComponentChoice",
+    "COMPONENT_SECTIONS", "DEVICE", "LR_DECAYS", "POSITIVE", "REQUIRED_SECTIONS", "SAMPLER_SECTIONS", "ComponentChoice",
     "EvalConfig", "FieldError", "OptimConfig", "RunConfig", "SampleConfig", "SamplerConfig", "TrainConfig",
     "at_least", "check", "one_of", "CONVERTER", "make_converter", "structure", "unstructure", "read_file", "merge",
     "parse_override", "assemble", "build_config", "component_choice", "build_sampler_config", "metric_config",

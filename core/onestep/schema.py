@@ -64,6 +64,7 @@ def one_of(values: tuple, what: str = "one of") -> Callable[[Any, attrs.Attribut
 
 
 POSITIVE = check(lambda v: v > 0, "> 0")
+DEVICE = check(lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "auto, cpu or cuda[:N]")
 LR_DECAYS = ("none", "linear", "cosine")
 
 
