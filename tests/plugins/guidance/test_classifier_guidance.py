@@ -150,8 +150,8 @@ def test_registered_and_bad_settings_refused():
     registry = Registry.discover()
     assert registry.get("guidance", "classifier").cls is ClassifierGuidance
     assert registry.get("objective", "noised-classifier").cls is NoisedClassifier
-    for bad, message in ((dict(t_min=0.8, t_max=0.2), "guidance.t_min: expected 0 <= t_min <= t_max <= 1, got t_min 0.8"),
-                         (dict(num_times=0), "guidance.num_times: expected >= 1, got 0"),
+    window = "guidance.t_min: expected 0 <= t_min <= t_max <= 1, got t_min 0.8"
+    for bad, message in ((dict(t_min=0.8, t_max=0.2), window), (dict(num_times=0), "guidance.num_times: expected >= 1, got 0"),
                          (dict(scale=-1.0), "guidance.scale: expected >= 0, got -1.0")):
         with pytest.raises(ConfigError, match=f"^{message}"):
             structure({"weights": "anywhere", **bad}, ClassifierGuidanceConfig, "guidance")
