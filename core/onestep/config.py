@@ -41,32 +41,22 @@ def _type_name(t: Any) -> str:
     return getattr(t, "__name__", None) or str(t).replace("typing.", "")
 
 
-def _strict_int(v: Any, _t: Any) -> int:
-    if isinstance(v, bool):
-        raise ValueError(f"expected int, got {v!r}")
-    if isinstance(v, int):
-        return v
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    if isinstance(v, str):
-        try:
-            return int(v)
-        except ValueError:
-            pass
-    raise ValueError(f"expected int, got {v!r}")
+def _strict_number(kind: type) -> Callable[[Any, Any], Any]:
+    """The structure hook of ``int`` or ``float``: a number or a numeric string of that kind (a
+    whole float counts as an int; a bool is neither)."""
 
+    def structure_number(v: Any, _t: Any) -> Any:
+        whole = isinstance(v, int) or (isinstance(v, float) and v.is_integer())
+        if not isinstance(v, bool) and (isinstance(v, (int, float)) if kind is float else whole):
+            return kind(v)
+        if isinstance(v, str):
+            try:
+                return kind(v)
+            except ValueError:
+                pass
+        raise ValueError(f"expected {kind.__name__}, got {v!r}")
 
-def _strict_float(v: Any, _t: Any) -> float:
-    if isinstance(v, bool):
-        raise ValueError(f"expected float, got {v!r}")
-    if isinstance(v, (int, float)):
-        return float(v)
-    if isinstance(v, str):
-        try:
-            return float(v)
-        except ValueError:
-            pass
-    raise ValueError(f"expected float, got {v!r}")
+    return structure_number
 
 
 def _strict_bool(v: Any, _t: Any) -> bool:
@@ -90,8 +80,8 @@ def _is_fixed_tuple(t: Any) -> bool:
 
 def make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True)
-    conv.register_structure_hook(int, _strict_int)
-    conv.register_structure_hook(float, _strict_float)
+    conv.register_structure_hook(int, _strict_number(int))
+    conv.register_structure_hook(float, _strict_number(float))
     conv.register_structure_hook(bool, _strict_bool)
     conv.register_structure_hook(str, _strict_str)
 
