@@ -35,16 +35,16 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .statecodec import load_tensors, save_tensors, saved_step
 from .components import build_components
 from .config import RunConfig, SamplerConfig, SAMPLER_SECTIONS, assemble, build_config, build_sampler_config, read_file, unstructure
 from .distributed import resolve_device
 from .engine import sampling_autocast
 from .errors import CheckpointError, ConfigError, OnestepError
-from .interfaces import Backbone, DataSpec, NetworkRequest, Networks, Objective
 from .files import replace_atomic
+from .interfaces import Backbone, DataSpec, NetworkRequest, Networks, Objective
 from .modelcard import model_card
 from .registry import Registry
+from .statecodec import load_tensors, save_tensors, saved_step
 
 FORMAT = "onestep-pipeline"
 VERSION = 3

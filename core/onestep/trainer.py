@@ -1,6 +1,8 @@
-"""The training loop: builds the chosen components, wraps each network in a DeepSpeed engine,
-runs the phases the objective (and guidance) declare, and writes samples, metrics and atomic
-checkpoints. It knows no method: every loss comes from a component."""
+"""The training loop: builds the chosen components, wraps each network in a DeepSpeed engine
+(:func:`onestep.engine.build_networks`), runs the phases the objective (and guidance) declare, and
+writes metrics, samples and evaluations (:mod:`onestep.outputs`) and atomic checkpoints
+(:mod:`onestep.statecodec`) on the clock of :mod:`onestep.budget`. It knows no method: every loss
+comes from a component. :meth:`Trainer._train` is the loop, top to bottom."""
 from __future__ import annotations
 
 import random
