@@ -12,6 +12,9 @@ CORE = ROOT / "core"
 PLUGIN_PACKAGES = sorted(p.name for p in ROOT.glob("plugins/*/onestep_*") if p.is_dir())
 MAX_LINES = 40
 MAX_BLOCK = 2  # statements a loop or branch of a "plain sequence" may hold
+LONG_ON_PURPOSE = {"onestep.trainer._train"}
+"""Functions exempt from the length rule, each named: the training loop reads top to bottom in
+one screen (a step, then its chores in order) rather than split into pieces."""
 
 
 def module_name(path: Path, base: Path) -> str:
@@ -128,14 +131,19 @@ def plain_sequence(fn: ast.AST) -> bool:
 
 
 def test_no_long_function_in_the_core_but_plain_sequences():
-    long = []
+    long, exempt = [], set()
     for m, path in modules(CORE, "onestep").items():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 lines = node.end_lineno - node.lineno + 1
                 if lines > MAX_LINES and not plain_sequence(node):
-                    long.append(f"{m}.{node.name} ({lines} lines)")
+                    name = f"{m}.{node.name}"
+                    if name in LONG_ON_PURPOSE:
+                        exempt.add(name)
+                    else:
+                        long.append(f"{name} ({lines} lines)")
     assert not long, long
+    assert exempt == LONG_ON_PURPOSE, f"exempt but no longer long (drop the exemption): {LONG_ON_PURPOSE - exempt}"
 
 
 def test_the_checks_see_what_they_look_for(tmp_path):

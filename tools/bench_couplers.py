@@ -46,6 +46,7 @@ import time
 import attrs
 import torch
 
+from onestep.compare.speed import median_ms
 from onestep_couplers.assignment import pair_costs, squared_distances
 from onestep_couplers.couplers import Independent, MinibatchOT
 from onestep_couplers.diagnostics import consistency, global_ot_cost, mean_pair_cost
@@ -59,20 +60,6 @@ SIZES = (256, 512, 1024, 2048, 4096, 8192)
 def mixture(n: int, dim: int, g: torch.Generator) -> torch.Tensor:
     centres = torch.randn(10, dim, generator=g) * 0.5
     return centres[torch.randint(0, 10, (n,), generator=g)] + 0.5 * torch.randn(n, dim, generator=g)
-
-
-def timed(fn, device: torch.device, repeats: int) -> float:
-    """Median wall time of ``fn()`` in milliseconds (CUDA synchronised)."""
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def online_after_epochs(data: torch.Tensor, batch: int, epochs: int, g: torch.Generator) -> OnlineOT:
@@ -116,25 +103,25 @@ def bench(device: torch.device, batch: int, dim: int, epochs: int, scipy_max: in
     z = torch.randn(batch, dim, generator=g).to(device)
     repeats = 3 if batch <= 2048 else 1
     row = {"device": device.type, "batch": batch, "dim": dim,
-           "independent_ms": timed(lambda: Independent(Independent.Config()).pair(z, x), device, repeats),
-           "cost_matrix_ms": timed(lambda: squared_distances(z, x), device, repeats)}
+           "independent_ms": median_ms(lambda: Independent(Independent.Config()).pair(z, x), repeats, device, warmup=0),
+           "cost_matrix_ms": median_ms(lambda: squared_distances(z, x), repeats, device, warmup=0)}
     calls = iter([torch.randn(batch, dim, generator=g).to(device) for _ in range(repeats)])
-    row["semidiscrete_ms"] = timed(lambda: sd.pair(next(calls), x), device, repeats)
+    row["semidiscrete_ms"] = median_ms(lambda: sd.pair(next(calls), x), repeats, device, warmup=0)
     if sd_cell is not None:
         calls = iter([torch.randn(batch, dim, generator=g).to(device) for _ in range(repeats)])
-        row["in_cell_ms"] = timed(lambda: sd_cell.pair(next(calls), x), device, repeats)
+        row["in_cell_ms"] = median_ms(lambda: sd_cell.pair(next(calls), x), repeats, device, warmup=0)
     if batch <= sinkhorn_max:
-        row["sinkhorn_ms"] = timed(lambda: sinkhorn().pair(z, x), device, repeats)
+        row["sinkhorn_ms"] = median_ms(lambda: sinkhorn().pair(z, x), repeats, device, warmup=0)
     exact = None
     if batch <= scipy_max:
         paired = []
         scipy_ot = MinibatchOT(MinibatchOT.Config(solver="scipy"))
-        row["scipy_ms"] = timed(lambda: paired.append(scipy_ot.pair(z, x)[0]), device, repeats)
+        row["scipy_ms"] = median_ms(lambda: paired.append(scipy_ot.pair(z, x)[0]), repeats, device, warmup=0)
         exact = float(pair_costs(paired[-1], x).double().sum())
     if device.type == "cuda" and batch <= auction_max:
         paired = []
         auction_ot = MinibatchOT(MinibatchOT.Config(solver="auction"))
-        row["auction_ms"] = timed(lambda: paired.append(auction_ot.pair(z, x)[0]), device, repeats)
+        row["auction_ms"] = median_ms(lambda: paired.append(auction_ot.pair(z, x)[0]), repeats, device, warmup=0)
         if exact is not None:
             row["auction_gap"] = float(pair_costs(paired[-1], x).double().sum()) / exact - 1
     if exact is None:
@@ -144,7 +131,7 @@ def bench(device: torch.device, batch: int, dim: int, epochs: int, scipy_max: in
     row["semidiscrete_over_minibatch"] = row["semidiscrete_ms"] / row["minibatch_ot_ms"]
     online = online_after_epochs(data, batch, epochs, g)
     calls = iter([torch.randn(batch, dim, generator=g).to(device) for _ in range(repeats)])
-    row["online_ms"] = timed(lambda: online.pair(next(calls), x), device, repeats)
+    row["online_ms"] = median_ms(lambda: online.pair(next(calls), x), repeats, device, warmup=0)
     row["online_over_minibatch"] = row["online_ms"] / row["minibatch_ot_ms"]
     minibatch_cost = statistics.mean(
         float(pair_costs(*default.pair(torch.randn(batch, dim, generator=g).to(device), data[i:i + batch])[:2])

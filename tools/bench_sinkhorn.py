@@ -22,7 +22,7 @@ import argparse
 import math
 
 import torch
-from timing import median_ms
+from onestep.compare.speed import median_ms
 
 from onestep_sinkhorn import SinkhornSolver, squared_cost
 

@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 import torch
-from timing import median_ms
+from onestep.compare.speed import median_ms
 
 import onestep_wflow.objective as wflow_objective
 from onestep.interfaces import Batch, DataSpec, Networks, StepInfo

@@ -34,9 +34,9 @@ from pathlib import Path
 
 import torch
 import yaml
-from timing import median_ms
 
 import onestep_wflow.objective as wflow_objective
+from onestep.compare.speed import median_ms
 from onestep.interfaces import Batch, DataSpec, Networks, StepInfo
 from onestep.registry import Registry
 from onestep_features import ConvEncoder, EncoderArch, save_encoder

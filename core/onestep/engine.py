@@ -12,8 +12,9 @@ import attrs
 import torch
 from torch import nn
 
-from .config import OptimConfig, TrainConfig
 from .errors import ConfigError
+from .interfaces import Networks
+from .schema import OptimConfig, TrainConfig
 
 BASE_OPTIM = {"lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 0.0, "eps": 1e-8}
 
@@ -147,3 +148,50 @@ class EMA:
             torch._foreach_lerp_(dst, src, 1.0 - decay)
             for b_dst, b_src in zip(self.module.buffers(), module.buffers()):
                 b_dst.copy_(b_src)
+
+
+@attrs.define
+class RunNetworks:
+    """A run's trained networks: each one's DeepSpeed ``engine``, the ``ema`` copies, the
+    :class:`~onestep.interfaces.Networks` view components call, the component that declared each
+    (``owner_of``) and the training phases in order (the guidance's before the objective's),
+    each with its owner."""
+
+    engines: dict[str, Any]
+    ema: dict[str, EMA]
+    nets: Networks
+    owner_of: dict[str, Any]
+    phases: list[tuple[Any, Any]]
+
+
+def build_networks(objective: Any, guidance: Any, backbone: Any, spec: Any, train: TrainConfig, world: int,
+                   device: torch.device, horizon: Callable[[], int]) -> RunNetworks:
+    """Every network the objective and the guidance declare, built by ``backbone`` for ``spec``,
+    each in a DeepSpeed engine (its LR schedule ends at ``horizon()``), with an EMA copy on
+    ``device`` of the objective's ``ema_networks``. A network declared twice, no phase, or a
+    phase of an undeclared network is a one-line error."""
+    owners = [objective] + ([guidance] if guidance else [])
+    owner_of: dict[str, Any] = {}
+    engines: dict[str, Any] = {}
+    ema: dict[str, EMA] = {}
+    for owner in owners:
+        for name, request in owner.networks().items():
+            if name in owner_of:
+                raise ConfigError(f"network {name!r} is declared by both {owner_of[name].name} and {owner.name}")
+            owner_of[name] = owner
+            module = backbone.build(request, spec)
+            if name in objective.ema_networks:  # copied before DeepSpeed partitions or hooks it
+                ema[name] = EMA(module, train.ema_decay, train.ema_start, train.zero_stage)
+                ema[name].module.to(device)
+            if train.compile:
+                backbone.compile(module)
+            optim = resolve_optim(name, owner.optim_defaults(name), train)
+            engines[name] = make_engine(module, optim, train, world, horizon=horizon)
+    nets = Networks(engines, {n: e.module for n, e in ema.items()}, {n: e.module for n, e in engines.items()})
+    phases = [(g, p) for g in owners[1:] for p in g.phases()] + [(objective, p) for p in objective.phases()]
+    if not phases:
+        raise ConfigError(f"objective {objective.name!r} declares no training phases")
+    for owner, p in phases:
+        if p.network not in engines:
+            raise ConfigError(f"{owner.name} phase {p.name!r} trains unknown network {p.network!r}")
+    return RunNetworks(engines, ema, nets, owner_of, phases)

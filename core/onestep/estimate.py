@@ -28,8 +28,8 @@ from typing import Any
 import attrs
 import torch
 
-from .config import RunConfig
 from .errors import ConfigError, OnestepError
+from .schema import RunConfig
 
 SCALING_FILE = Path(__file__).with_name("measured_scaling.json")
 

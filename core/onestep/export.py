@@ -17,8 +17,9 @@ earlier export, never a folder onestep did not write)::
 
 :class:`OneStepPipeline` rebuilds the generator through the registry from ``config.json``,
 loads ``model.safetensors`` (nothing is unpickled) and samples with the objective's own
-``sample``, so a pipeline draws exactly what ``Trainer.sample`` draws for the same seed. Loading
-an export needs the objective's, the backbone's (and a feature network's) plugins only.
+``sample``. The trainer samples through the same pipeline over its EMA networks, so an export
+draws exactly what ``Trainer.sample`` draws for the same seed. Loading an export needs the
+objective's, the backbone's (and a feature network's) plugins only.
 """
 from __future__ import annotations
 
@@ -39,9 +40,11 @@ from .config import RunConfig, SamplerConfig, SAMPLER_SECTIONS, assemble, build_
 from .distributed import resolve_device
 from .engine import sampling_autocast
 from .errors import CheckpointError, ConfigError, OnestepError
+from .files import replace_atomic
 from .interfaces import Backbone, DataSpec, NetworkRequest, Networks, Objective
 from .modelcard import model_card
 from .registry import Registry
+from .statecodec import load_tensors, save_tensors, saved_step
 
 FORMAT = "onestep-pipeline"
 VERSION = 3
@@ -97,9 +100,9 @@ def load_run_generator(checkpoint: str | Path, overrides: Sequence[str] = (), re
     objective = built.objective
     request = generator_request(objective)
     name = f"{GENERATOR}.ema.safetensors" if GENERATOR in objective.ema_networks else f"{GENERATOR}.safetensors"
-    weights = ckpt.load_tensors(folder / name)
+    weights = load_tensors(folder / name)
     generator = build_generator(built.backbone, request, built.spec, weights, str(folder / name))
-    step = int(ckpt.load_state(folder / "trainer.pt")["step"])
+    step = saved_step(folder)
     return RunGenerator(config, built.source, built.spec, objective, weights, generator, step, folder)
 
 
@@ -126,16 +129,6 @@ def check_target(out: Path, checkpoint: Path, overwrite: bool) -> None:
                           "replace a folder onestep did not write")
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.with_name(f".old-{out.name}-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 def export_checkpoint(checkpoint: str | Path, out: str | Path, overrides: Sequence[str] = (), copy_vae: bool = True,
                       registry: Registry | None = None, overwrite: bool = False) -> Path:
     """Write the export folder ``out`` for checkpoint ``checkpoint`` (a run or step folder: the
@@ -160,7 +153,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, overrides: Sequen
         card = model_card(config, json.loads((tmp / "config.json").read_text()),
                           sum(w.numel() for w in weights.values()), run.folder, str(out))
         (tmp / "README.md").write_text(card)
-        _move_into_place(tmp, out)
+        replace_atomic(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -169,7 +162,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, overrides: Sequen
 def _write_export(tmp: Path, config: RunConfig, source, spec: DataSpec, objective: Objective,
                   request: NetworkRequest, weights: dict[str, torch.Tensor], step: int, copy_vae: bool) -> None:
     own = source.export_decoder(tmp, copy=copy_vae)
-    ckpt.save_tensors(weights, tmp / "model.safetensors")
+    save_tensors(weights, tmp / "model.safetensors")
     meta = {
         "format": FORMAT, "version": VERSION, "objective": config.objective.name, "backbone": config.backbone.name,
         "default_nfe": int(config.sample.nfe or objective.default_nfe()), "step": step,
@@ -217,13 +210,16 @@ class OneStepPipeline:
     """
 
     def __init__(self, objective: Objective, generator: nn.Module, spec: DataSpec, default_nfe: int,
-                 decoder: Callable[[torch.Tensor], torch.Tensor] | None = None, meta: dict[str, Any] | None = None) -> None:
+                 decoder: Callable[[torch.Tensor], torch.Tensor] | None = None, meta: dict[str, Any] | None = None,
+                 nets: Networks | None = None, precision: str | None = None) -> None:
         self.objective, self.generator, self.spec = objective, generator, spec
         self.default_nfe, self.decoder, self.meta = default_nfe, decoder, meta or {}
-        self.nets = Networks({GENERATOR: generator}, {GENERATOR: generator})
+        # the trainer passes all its networks (EMA copies where kept); an export carries the generator alone
+        self.nets = nets if nets is not None else Networks({GENERATOR: generator}, {GENERATOR: generator})
         self.source = None  # the data source, for pipelines loaded from a training checkpoint
         # bf16 autocast on a GPU when the generator was trained in bf16 (see sampling_autocast); set "fp32" to force full precision
-        self.precision = str(self.meta.get("precision") or self.meta.get("run", {}).get("train", {}).get("precision", "fp32"))
+        self.precision = precision or str(self.meta.get("precision")
+                                          or self.meta.get("run", {}).get("train", {}).get("precision", "fp32"))
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
@@ -236,7 +232,7 @@ class OneStepPipeline:
         spec = DataSpec(shape=tuple(s["shape"]), num_classes=int(s["num_classes"]), kind=str(s["kind"]))
         built = build_components(config, reg, spec=spec, sampling=True)
         request = NetworkRequest(**meta["network"])
-        weights = ckpt.load_tensors(folder / "model.safetensors")
+        weights = load_tensors(folder / "model.safetensors")
         generator = build_generator(built.backbone, request, spec, weights, str(folder / "model.safetensors"))
         decoder = None
         if meta.get("decoder"):
@@ -273,7 +269,7 @@ class OneStepPipeline:
 
     def labels(self, class_labels: int | Sequence[int] | torch.Tensor | None, n: int | None) -> tuple[torch.Tensor | None, int]:
         """Labels for ``n`` images: one label for all, a list (its length is ``n``), or classes in
-        turn (as ``Trainer.sample`` does) for a class-conditional model given none."""
+        turn for a class-conditional model given none."""
         k = self.spec.num_classes
         if class_labels is None:
             n = 1 if n is None else n
@@ -303,9 +299,11 @@ class OneStepPipeline:
                  seed: int | None = None, nfe: int | None = None, output_type: str = "pt",
                  batch_size: int = 1000) -> torch.Tensor | list:
         """``num_images`` samples with ``nfe`` network evaluations (default: the objective's, 1 for
-        one-step methods). ``seed`` makes the draw reproducible (same noise as
-        ``Trainer.sample(..., seed=seed)``). ``output_type``: ``pt`` (images in [-1, 1], or
-        points), ``model`` (model space, e.g. undecoded latents), ``np`` or ``pil``."""
+        one-step methods), drawn and decoded ``batch_size`` at a time, each batch moved to the CPU
+        as it is done. ``seed`` makes the draw reproducible, on its own RNG (the global one is left
+        as it was). ``output_type``: ``pt`` (images in [-1, 1], or points), ``model`` (model space,
+        e.g. undecoded latents), ``np`` or ``pil``. The one sampling loop of onestep: the trainer's
+        plots and evaluations, ``onestep sample``/``eval`` and exports all draw through it."""
         if output_type not in ("pt", "model", "np", "pil"):
             raise ConfigError(f"output_type: expected pt, model, np or pil, got {output_type!r}")
         if output_type == "pil" and self.spec.kind == "points":
@@ -322,17 +320,22 @@ class OneStepPipeline:
                 m = min(batch_size, n - i)
                 noise = torch.randn(m, *self.spec.shape, device=device)
                 yy = y[i:i + m].to(device) if y is not None else None
-                out.append(self._sample_batch(noise, yy, nfe).float())
+                x = self._sample_batch(noise, yy, nfe).float()
+                out.append((x if output_type == "model" else self.decode(x)).cpu())
         x = torch.cat(out)
-        if output_type != "model" and self.decoder is not None:
-            x = self.decoder(x)
-        elif output_type != "model" and self.source is not None:
-            x = self.source.decode(x)
-        x = x.cpu()
         if output_type == "np":
             return x.numpy()
         if output_type == "pil":
             return to_pil(x)
+        return x
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Model-space samples -> images (or points): the export's decoder, else the data source of
+        a pipeline loaded from a checkpoint, else ``x`` itself (data that needs no decoding)."""
+        if self.decoder is not None:
+            return self.decoder(x)
+        if self.source is not None:
+            return self.source.decode(x)
         return x
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,15 +26,46 @@ def cache_root(kind: str) -> Path:
     return (Path(base) if base else Path.home() / ".cache" / "onestep") / kind
 
 
-def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
+def replace_atomic(tmp: str | Path, path: str | Path, sync: bool = False) -> Path:
+    """Rename the finished file or folder ``tmp`` to ``path``: a reader sees the previous ``path``
+    or the new one, never a mix. A folder already at ``path`` is first renamed aside (a hidden
+    ``.old-<name>-<pid>`` beside it) and removed once the new one is in place. ``sync``: flush
+    ``tmp``'s files to disk before the rename and the parent folder's entry after it, so the
+    result survives a power loss (checkpoints). The one atomic replace of the core and plugins."""
+    tmp, path = Path(tmp), Path(path)
+    if sync:
+        for f in sorted(tmp.iterdir()) if tmp.is_dir() else [tmp]:
+            _fsync(f)
+    if path.is_dir() and not path.is_symlink():
+        old = path.with_name(f".old-{path.name}-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+    if sync:
+        _fsync(path.parent)
+    return path
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], Any], sync: bool = False) -> Path:
     """``write(tmp)`` to a temporary file beside ``path`` (same suffix, so writers that infer the
-    format still do), then renamed into place: a process stopped while writing leaves the previous
-    file (or none), never a truncated one, and no temporary file."""
+    format still do), then :func:`replace_atomic`: a process stopped while writing leaves the
+    previous file (or none), never a truncated one, and no temporary file."""
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         write(tmp)
-        os.replace(tmp, path)
+        replace_atomic(tmp, path, sync)
     finally:
         tmp.unlink(missing_ok=True)
     return path

@@ -4,6 +4,8 @@ from __future__ import annotations
 import signal
 import threading
 
+import torch
+
 
 class DeferredSigint:
     """While active, the first SIGINT (Ctrl-C) only sets :attr:`requested`, so the training
@@ -30,3 +32,15 @@ class DeferredSigint:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
+
+    def agreed(self, world: int, device: torch.device, exchange: bool) -> bool:
+        """Whether a Ctrl-C asks every process to stop after this step. One process decides alone
+        at every step; several agree only when ``exchange`` (the logging steps: one small
+        all-reduce), so they all stop at the same step."""
+        if world == 1:
+            return self.requested
+        if not exchange:
+            return False
+        flag = torch.tensor([float(self.requested)], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())

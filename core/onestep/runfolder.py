@@ -16,6 +16,7 @@ from typing import Iterable
 
 from . import checkpoint as ckpt
 from .errors import ConfigError
+from .files import write_atomic
 
 WRITTEN = ("config.yaml", "metrics.jsonl", "losses.png")  # files of a run besides checkpoints and samples
 EVENTS = "events.out.tfevents.*"  # TensorBoard's event files of the run
@@ -23,6 +24,17 @@ EVENTS = "events.out.tfevents.*"  # TensorBoard's event files of the run
 
 def _names(dirs: list[Path]) -> str:
     return ", ".join(d.name for d in dirs[:3]) + (f" and {len(dirs) - 3} more" if len(dirs) > 3 else "")
+
+
+def make(out_dir: Path) -> None:
+    """Create the run folder ``out_dir``; a one-line error naming ``output_dir`` when it cannot
+    be created or written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"output_dir: cannot create {str(out_dir)!r} ({exc.strerror or exc})") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir: {str(out_dir)!r} is not writable")
 
 
 def same_run(out_dir: Path, resumed_from: Path | None) -> bool:
@@ -101,7 +113,5 @@ def truncate_metrics(path: Path, last_step: int) -> int:
         else:
             dropped += 1
     if dropped:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept))
-        os.replace(tmp, path)
+        write_atomic(path, lambda tmp: tmp.write_text("".join(f"{line}\n" for line in kept)))
     return dropped

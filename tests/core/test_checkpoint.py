@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from onestep import checkpoint as ckpt
+from onestep import statecodec
 from onestep.api import compose
 from onestep.trainer import Trainer
 from onestep.errors import CheckpointError
@@ -24,7 +25,7 @@ def test_a_crash_while_writing_keeps_the_previous_checkpoint(registry, tmp_path,
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ckpt, "save_state", boom)
+    monkeypatch.setattr(statecodec, "save_state", boom)
     with pytest.raises(OSError):
         t.save_checkpoint()
     assert ckpt.resolve(tmp_path) == first
@@ -56,11 +57,11 @@ def test_opaque_objects_are_never_pickled_and_come_back_from_the_template():
         TWO = 2
 
     state = {"w": torch.ones(2), "stage": Stage.TWO, "scaler": object(), "n": [1, (2.0, "x")]}
-    plain = ckpt.to_plain(state)
+    plain = statecodec.to_plain(state)
     path = "/tmp/_onestep_plain.pt"
     torch.save(plain, path)
     loaded = torch.load(path, weights_only=True)
-    restored = ckpt.fill_opaque(loaded, state)
+    restored = statecodec.fill_opaque(loaded, state)
     assert restored["stage"] is Stage.TWO and restored["scaler"] is state["scaler"]
     assert torch.equal(restored["w"], state["w"]) and restored["n"] == [1, (2.0, "x")]
 

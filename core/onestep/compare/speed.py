@@ -1,39 +1,45 @@
-"""Sampling throughput: samples per second of a trained run at a given number of network
-evaluations, timed through :meth:`Trainer.sample` (noise, the objective's sampler, the copy of
-the samples to the CPU), so a one-step generator and a k-step sampler on the same backbone are
-measured the same way."""
+"""Wall-clock timing: :func:`median_ms`, the one timing function of onestep (the benchmarks in
+tools/ use it too), and sampling throughput built on it: samples per second of a trained
+generator at a given number of network evaluations, timed through its
+:class:`~onestep.export.OneStepPipeline` (noise, the objective's sampler, the copy of the samples
+to the CPU), so a one-step generator and a k-step sampler on the same backbone, in the trainer or
+loaded back, are measured the same way."""
 from __future__ import annotations
 
 import statistics
 import time
+from typing import Callable
 
 import torch
 
 
+def median_ms(fn: Callable[[], object], repeats: int, device: torch.device, warmup: int = 1) -> float:
+    """Median wall time (ms) of ``fn()`` over ``repeats`` calls after ``warmup`` calls, the device
+    synchronised around each timed call."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def pipeline_throughput(pipe, nfe: int | None, num: int = 1000, batch_size: int = 500, repeats: int = 3) -> float:
+    """Median samples/s over ``repeats`` draws of ``num`` samples (model space) at ``nfe``
+    evaluations (None: the pipeline's default), after one warm-up draw of a batch."""
+    pipe(num_images=min(num, batch_size), nfe=nfe, seed=0, batch_size=batch_size, output_type="model")
+    ms = median_ms(lambda: pipe(num_images=num, nfe=nfe, seed=1, batch_size=batch_size, output_type="model"),
+                   repeats, pipe.device, warmup=0)
+    return num / max(ms / 1e3, 1e-9)
+
+
 def sampling_throughput(trainer, nfe: int | None = None, num: int = 1000, batch_size: int = 500,
                         repeats: int = 3) -> float:
-    """Median samples/s over ``repeats`` draws of ``num`` samples at ``nfe`` evaluations (None:
-    the objective's default), after one warm-up batch."""
-    trainer.sample(min(num, batch_size), nfe=nfe, batch_size=batch_size, seed=0)
-    rates = []
-    for r in range(repeats):
-        if trainer.device.type == "cuda":
-            torch.cuda.synchronize(trainer.device)
-        start = time.perf_counter()
-        trainer.sample(num, nfe=nfe, batch_size=batch_size, seed=r + 1)
-        rates.append(num / max(time.perf_counter() - start, 1e-9))
-    return statistics.median(rates)
-
-
-def pipeline_throughput(pipe, nfe: int, num: int = 1000, batch_size: int = 500, repeats: int = 3) -> float:
-    """The same timing for a generator loaded back without its trainer (:class:`OneStepPipeline`),
-    samples in model space."""
-    pipe(num_images=min(num, batch_size), nfe=nfe, seed=0, batch_size=batch_size, output_type="model")
-    rates = []
-    for r in range(repeats):
-        if pipe.device.type == "cuda":
-            torch.cuda.synchronize(pipe.device)
-        start = time.perf_counter()
-        pipe(num_images=num, nfe=nfe, seed=r + 1, batch_size=batch_size, output_type="model")
-        rates.append(num / max(time.perf_counter() - start, 1e-9))
-    return statistics.median(rates)
+    """:func:`pipeline_throughput` of a trainer's run (its EMA networks; ``nfe`` None: the run's)."""
+    return pipeline_throughput(trainer.outputs.pipeline, nfe, num, batch_size, repeats)

@@ -12,7 +12,10 @@ from torch.utils.data import TensorDataset
 
 from ..errors import ConfigError
 from ..interfaces import DataSource, DataSpec
+from ..schema import check
 
+TEST_FRACTION = check(lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+"""The validator of every array source's ``test_fraction``: the share of items held out."""
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
@@ -30,8 +33,6 @@ class _ArraySource(DataSource):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        if not 0.0 <= config.test_fraction < 1.0:
-            raise ConfigError(f"data.test_fraction: expected in [0, 1), got {config.test_fraction}")
         self._arrays: Optional[tuple[torch.Tensor, torch.Tensor, int]] = None
 
     def _load(self) -> tuple[np.ndarray, Optional[np.ndarray]]:
@@ -74,9 +75,11 @@ class NpzConfig:
     path: str = ""
     key: str = "x"  # array of samples; images as [N, C, H, W] or [N, H, W]
     label_key: str = "y"  # optional labels [N]
-    kind: str = "points"  # points | images | latents
+    kind: str = attrs.field(default="points",
+                            validator=check(lambda v: v in ("points", "images", "latents"), "points, images or latents"))
+    """points | images | latents"""
     scale: float = 1.0  # multiply samples by this on load (e.g. a VAE's scaling factor)
-    test_fraction: float = 0.1
+    test_fraction: float = attrs.field(default=0.1, validator=TEST_FRACTION)
     seed: int = 0
 
 
@@ -87,8 +90,6 @@ class NpzArrays(_ArraySource):
     Config = NpzConfig
 
     def __init__(self, config) -> None:
-        if config.kind not in ("points", "images", "latents"):
-            raise ConfigError(f"data.kind: expected points, images or latents, got {config.kind!r}")
         super().__init__(config)
         self.kind = config.kind
 
@@ -155,8 +156,8 @@ def check_labels(y: np.ndarray | None, n: int, config, path: Path) -> np.ndarray
 class ImageFolderConfig:
     path: str = ""
     size: int = 32  # images are resized to size x size
-    channels: int = 3  # 1 (grey) or 3 (RGB)
-    test_fraction: float = 0.05
+    channels: int = attrs.field(default=3, validator=check(lambda v: v in (1, 3), "1 or 3"))  # 1 (grey) or 3 (RGB)
+    test_fraction: float = attrs.field(default=0.05, validator=TEST_FRACTION)
     seed: int = 0
 
 
@@ -172,8 +173,6 @@ class ImageFolder(_ArraySource):
         root = Path(self.config.path)
         if not self.config.path or not root.is_dir():
             raise ConfigError(f"data.path: folder {self.config.path!r} not found")
-        if self.config.channels not in (1, 3):
-            raise ConfigError(f"data.channels: expected 1 or 3, got {self.config.channels}")
         files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise ConfigError(f"data.path: no images ({', '.join(IMAGE_SUFFIXES)}) under {str(root)!r}")
@@ -191,7 +190,7 @@ class ImageFolder(_ArraySource):
 
 @attrs.define
 class DigitsConfig:
-    test_fraction: float = 0.1
+    test_fraction: float = attrs.field(default=0.1, validator=TEST_FRACTION)
     seed: int = 0
 
 

@@ -16,17 +16,27 @@ from typing import Optional
 import attrs
 import numpy as np
 
-from ..errors import ConfigError
-from .images import _ArraySource
+from ..schema import FieldError, at_least, check
+from .images import TEST_FRACTION, _ArraySource
+
+
+def _every_class_drawn(instance, attribute: attrs.Attribute, value: int) -> None:
+    if value < 2 or value < instance.num_classes:
+        raise FieldError(attribute.name, f"expected >= 2 and >= num_classes ({instance.num_classes}) so every class "
+                         f"has a sample, got {value}")
 
 
 @attrs.define
 class SyntheticLatentsConfig:
-    shape: list[int] = attrs.Factory(lambda: [4, 32, 32])  # per-sample shape [C, H, W] (SD-VAE latents of 256 px images)
-    num_classes: int = 1000  # labels 0..num_classes-1, in turn (ImageNet's 1000)
-    size: int = 4096  # samples drawn (train and test together)
-    class_spread: float = 0.5  # share of each coordinate's variance that the class means carry
-    test_fraction: float = 0.05
+    shape: list[int] = attrs.field(factory=lambda: [4, 32, 32], validator=check(
+        lambda v: len(v) == 3 and all(d >= 1 for d in v), "[C, H, W] with every size >= 1"))
+    """per-sample shape [C, H, W] (SD-VAE latents of 256 px images)"""
+    num_classes: int = attrs.field(default=1000, validator=at_least(0, "unlabelled"))
+    """labels 0..num_classes-1, in turn (ImageNet's 1000)"""
+    size: int = attrs.field(default=4096, validator=_every_class_drawn)  # samples drawn (train and test together)
+    class_spread: float = attrs.field(default=0.5, validator=check(lambda v: 0.0 <= v < 1.0, "in [0, 1)"))
+    """share of each coordinate's variance that the class means carry"""
+    test_fraction: float = attrs.field(default=0.05, validator=TEST_FRACTION)
     seed: int = 0
 
 
@@ -36,18 +46,6 @@ class SyntheticLatents(_ArraySource):
     name = "synthetic-latents"
     Config = SyntheticLatentsConfig
     kind = "latents"
-
-    def __init__(self, config) -> None:
-        super().__init__(config)
-        if len(config.shape) != 3 or any(d < 1 for d in config.shape):
-            raise ConfigError(f"data.shape: expected [C, H, W] with every size >= 1, got {config.shape}")
-        if config.num_classes < 0:
-            raise ConfigError(f"data.num_classes: expected >= 0 (0: unlabelled), got {config.num_classes}")
-        if config.size < 2 or config.size < config.num_classes:
-            raise ConfigError(f"data.size: expected >= 2 and >= num_classes ({config.num_classes}) so every class "
-                              f"has a sample, got {config.size}")
-        if not 0.0 <= config.class_spread < 1.0:
-            raise ConfigError(f"data.class_spread: expected in [0, 1), got {config.class_spread}")
 
     def _load(self) -> tuple[np.ndarray, Optional[np.ndarray]]:
         c = self.config

@@ -13,6 +13,7 @@ from torch.utils.data import TensorDataset
 
 from ..errors import ConfigError
 from ..interfaces import DataSource, DataSpec
+from ..schema import FieldError, check
 
 SPLIT_SEED = {"train": 0, "test": 1}
 
@@ -23,9 +24,15 @@ def _generator(seed: int, split: str) -> torch.Generator:
     return torch.Generator().manual_seed(1_000_003 * seed + SPLIT_SEED[split])
 
 
-def _check_size(config) -> None:
-    if config.size < 1:
-        raise ConfigError(f"data.size: expected >= 1 points per split, got {config.size}")
+SIZE = check(lambda v: v >= 1, ">= 1 points per split")
+
+
+def _mixture_weights(instance, attribute: attrs.Attribute, value: list[float]) -> None:
+    """GMM1D's weights: one per mean, each positive."""
+    if len(value) != len(instance.means) or not value:
+        raise FieldError(attribute.name, "expected as many weights as means (and at least one)")
+    if any(w <= 0 for w in value):
+        raise FieldError(attribute.name, f"expected positive weights, got {value}")
 
 
 class _PointSource(DataSource):
@@ -80,11 +87,10 @@ class _Mixture(_PointSource):
 class GMM8Config:
     radius: float = 4.0
     std: float = 0.3
-    size: int = 20000
+    size: int = attrs.field(default=20000, validator=SIZE)
     seed: int = 0
     labelled: bool = False  # expose the mode index as a class label
 
-    __attrs_post_init__ = _check_size
 
 
 class GMM8(_Mixture):
@@ -101,13 +107,13 @@ class GMM8(_Mixture):
 @attrs.define
 class GMMImbalancedConfig:
     std: float = 0.3
-    minority_weight: float = 0.02  # weight of EACH of the two rare modes
+    minority_weight: float = attrs.field(default=0.02, validator=check(lambda v: 0 < v < 0.5, "in (0, 0.5)"))
+    """weight of EACH of the two rare modes"""
     minority_distance: float = 10.0  # distance of the rare modes from the origin
-    size: int = 20000
+    size: int = attrs.field(default=20000, validator=SIZE)
     seed: int = 0
     labelled: bool = False
 
-    __attrs_post_init__ = _check_size
 
 
 class GMMImbalanced(_Mixture):
@@ -116,11 +122,6 @@ class GMMImbalanced(_Mixture):
 
     name = "gmm-imbalanced"
     Config = GMMImbalancedConfig
-
-    def __init__(self, config) -> None:
-        if not 0 < config.minority_weight < 0.5:
-            raise ConfigError(f"data.minority_weight: expected in (0, 0.5), got {config.minority_weight}")
-        super().__init__(config)
 
     def means(self) -> torch.Tensor:
         a = torch.arange(6) * (2 * math.pi / 6)
@@ -137,13 +138,12 @@ class GMMImbalanced(_Mixture):
 @attrs.define
 class GMM1DConfig:
     means: list[float] = attrs.Factory(lambda: [-2.0, 1.0, 3.0])
-    weights: list[float] = attrs.Factory(lambda: [0.5, 0.3, 0.2])
+    weights: list[float] = attrs.field(factory=lambda: [0.5, 0.3, 0.2], validator=_mixture_weights)
     std: float = 0.25
-    size: int = 20000
+    size: int = attrs.field(default=20000, validator=SIZE)
     seed: int = 0
     labelled: bool = False
 
-    __attrs_post_init__ = _check_size
 
 
 class GMM1D(_Mixture):
@@ -152,13 +152,6 @@ class GMM1D(_Mixture):
     name = "gmm1d"
     Config = GMM1DConfig
     dim = 1
-
-    def __init__(self, config) -> None:
-        if len(config.means) != len(config.weights) or not config.means:
-            raise ConfigError("data.weights: expected as many weights as means (and at least one)")
-        if any(w <= 0 for w in config.weights):
-            raise ConfigError(f"data.weights: expected positive weights, got {config.weights}")
-        super().__init__(config)
 
     def means(self) -> torch.Tensor:
         return torch.tensor(self.config.means).unsqueeze(1)
@@ -171,10 +164,9 @@ class GMM1D(_Mixture):
 @attrs.define
 class ShapeConfig:
     noise: float = 0.05
-    size: int = 20000
+    size: int = attrs.field(default=20000, validator=SIZE)
     seed: int = 0
 
-    __attrs_post_init__ = _check_size
 
 
 class Moons(_PointSource):

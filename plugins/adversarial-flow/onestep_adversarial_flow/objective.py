@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from onestep.config import POSITIVE, at_least, check, one_of
 from onestep.errors import ConfigError
 from onestep.interfaces import Batch, NetworkRequest, Networks, Objective, Phase, StepInfo, interpolate
 
@@ -137,23 +138,25 @@ class _NormalizeGradient(torch.autograd.Function):
 
 @attrs.define
 class AdversarialFlowConfig:
-    time_inputs: int = 0  # 0: one-step G(z) with no timestep projection; 2: any-step G(x_s, s, t)
+    time_inputs: int = attrs.field(default=0, validator=check(lambda v: v in (0, 2), "0 (one-step) or 2 (any-step)"))
+    """0: one-step G(z) with no timestep projection; 2: any-step G(x_s, s, t)"""
     residual: bool = True  # G = x_s - (s - t) g (Eq. 31/32); False: G = g (Eq. 29/30)
     conditional: bool = True  # condition G and D on labels when the data has them
-    lambda_ot: float = 0.2  # initial OT weight (Table 1)
-    lambda_ot_end: float = 0.005  # floor of the cosine decay (Table 2, 11)
-    ot_decay_steps: int = 500_000
+    lambda_ot: float = attrs.field(default=0.2, validator=at_least(0))  # initial OT weight (Table 1)
+    lambda_ot_end: float = attrs.field(default=0.005, validator=at_least(0))  # floor of the cosine decay (Table 2, 11)
+    ot_decay_steps: int = attrs.field(default=500_000, validator=at_least(1))
     """Training iterations (one critic and one generator update each) over which lambda_ot decays
     to the floor: an absolute horizon, so a short run follows the first part of a long run's
     schedule instead of compressing it. The paper's 1M alternating updates are 500k iterations."""
-    steps: int = 0
+    steps: int = attrs.field(default=0, validator=at_least(0, "any-step"))
     """Any-step models (time_inputs=2): 0 draws s ~ U(0, 1), t ~ U(0, s) (any-step); k > 0 trains
     the fixed k-step grid s in {1, (k-1)/k, ..., 1/k}, t = s - 1/k (the few-step models)."""
-    ot_delta: float = 0.001  # delta in w(s, t) = max(|s - t|, delta) (Eq. 21)
-    lambda_gp: float = 0.25  # weight of R1 and R2
-    gp_fraction: float = 0.25  # share of the batch the finite-difference R1/R2 use
-    gp_eps: float = 0.01  # perturbation scale of the finite differences
-    gp_precision: str = "fp32"
+    ot_delta: float = attrs.field(default=0.001, validator=POSITIVE)  # delta in w(s, t) = max(|s - t|, delta) (Eq. 21)
+    lambda_gp: float = attrs.field(default=0.25, validator=at_least(0))  # weight of R1 and R2
+    gp_fraction: float = attrs.field(default=0.25, validator=check(lambda v: 0 < v <= 1, "in (0, 1]"))
+    """share of the batch the finite-difference R1/R2 use"""
+    gp_eps: float = attrs.field(default=0.01, validator=POSITIVE)  # perturbation scale of the finite differences
+    gp_precision: str = attrs.field(default="fp32", validator=one_of(GP_PRECISIONS))
     """Precision of the finite-difference R1/R2 critic calls: ``fp32`` (the paper's; under bf16
     autocast the difference of two bf16 logits at eps = 0.01 is mostly rounding and overestimates
     ||grad D||^2 several-fold), ``fp16`` (the penalty's call under float16 autocast: matmul inputs keep
@@ -162,10 +165,11 @@ class AdversarialFlowConfig:
     critic) or ``autocast`` (all rows in one call at the run's precision: biased under bf16). With
     fp32 and fp16 the penalty call's base logits D(v) also serve the adversarial term, so the
     step computes as many critic rows as with ``autocast``, in two calls."""
-    lambda_cp: float = 0.01  # logit-centring weight (Eq. 7)
+    lambda_cp: float = attrs.field(default=0.01, validator=at_least(0))  # logit-centring weight (Eq. 7)
     grad_norm: bool = True  # phi of Eq. 23 on D's input in the generator loss
-    grad_norm_decay: float = 0.9  # EMA decay of phi (AdamW's beta2)
-    lr: float = 1e-4
+    grad_norm_decay: float = attrs.field(default=0.9, validator=check(lambda v: 0 <= v < 1, "in [0, 1)"))
+    """EMA decay of phi (AdamW's beta2)"""
+    lr: float = attrs.field(default=1e-4, validator=POSITIVE)
     weight_decay: float = 0.01
 
 
@@ -179,23 +183,6 @@ class AdversarialFlow(Objective):
     def __init__(self, config, *, spec, coupler=None, guidance=None) -> None:
         super().__init__(config, spec=spec, coupler=coupler, guidance=guidance)
         c = config
-        checks = [
-            (c.time_inputs in (0, 2), "time_inputs", "expected 0 (one-step) or 2 (any-step)", c.time_inputs),
-            (c.lambda_ot >= 0 and c.lambda_ot_end >= 0, "lambda_ot", "expected >= 0 (and lambda_ot_end >= 0)", c.lambda_ot),
-            (c.ot_decay_steps >= 1, "ot_decay_steps", "expected >= 1", c.ot_decay_steps),
-            (c.steps >= 0, "steps", "expected >= 0 (0: any-step)", c.steps),
-            (c.gp_precision in GP_PRECISIONS, "gp_precision", f"expected one of {', '.join(GP_PRECISIONS)}", c.gp_precision),
-            (c.ot_delta > 0, "ot_delta", "expected > 0", c.ot_delta),
-            (c.lambda_gp >= 0, "lambda_gp", "expected >= 0", c.lambda_gp),
-            (0 < c.gp_fraction <= 1, "gp_fraction", "expected in (0, 1]", c.gp_fraction),
-            (c.gp_eps > 0, "gp_eps", "expected > 0", c.gp_eps),
-            (c.lambda_cp >= 0, "lambda_cp", "expected >= 0", c.lambda_cp),
-            (0 <= c.grad_norm_decay < 1, "grad_norm_decay", "expected in [0, 1)", c.grad_norm_decay),
-            (c.lr > 0, "lr", "expected > 0", c.lr),
-        ]
-        for ok, field, what, got in checks:
-            if not ok:
-                raise ConfigError(f"objective.{field}: {what}, got {got}")
         self.conditional = c.conditional and spec.num_classes > 0
         if guidance is not None and not self.conditional:
             raise ConfigError(f"guidance {guidance.name!r}: needs labelled data and objective.conditional=true")

@@ -14,7 +14,6 @@ sorted file order, written atomically, and the parts folder removed.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from onestep.data.images import IMAGE_SUFFIXES
 from onestep.errors import ConfigError
+from onestep.files import write_atomic
 from onestep.progress import bar as progress_bar
 
 from . import diffusers_vae as vaelib
@@ -72,13 +72,12 @@ class _Images(Dataset):
 
 
 def save_npz_atomic(path: Path, arrays: dict[str, Any]) -> None:
-    """Write ``arrays`` to ``path`` via a temporary file renamed into place."""
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write ``arrays`` to the ``.npz`` file ``path`` whole or not at all, flushed to disk."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a handle: np.savez would add .npz to a path without it
+            np.savez(fh, **arrays)
+
+    write_atomic(path, write, sync=True)
 
 
 class Parts:
@@ -98,9 +97,7 @@ class Parts:
                                   "re-run with those settings or delete that folder")
         else:
             self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = self.folder / ".tmp-settings.json"
-            tmp.write_text(json.dumps(self.settings, sort_keys=True))
-            os.replace(tmp, manifest)
+            write_atomic(manifest, lambda tmp: tmp.write_text(json.dumps(self.settings, sort_keys=True)))
         done: dict[str, np.ndarray] = {}
         for shard in self.shards():
             with np.load(shard, allow_pickle=False) as z:

@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import attrs
+from attrs.validators import optional
 import numpy as np
 import torch
 
-from onestep.data.images import _ArraySource
+from onestep.config import DEVICE, POSITIVE, at_least
+from onestep.data.images import TEST_FRACTION, _ArraySource
 from onestep.errors import ConfigError
 
 from .diffusers_vae import LatentDecoder, decoder_from_export, export_vae, load_vae
@@ -60,10 +62,12 @@ class LatentsConfig:
     path: str = ""  # a .npz written by `onestep encode`
     vae: str = ""  # VAE for decoding; '' = the one named in the file
     vae_config: str = ""  # folder with config.json for a single-file VAE; '' = the file's
-    scaling_factor: Optional[float] = None  # None = the file's (the VAE config's scaling_factor)
-    decode_device: str = "auto"  # auto: the latents' device, CUDA for CPU latents when available
-    decode_batch: int = 32
-    test_fraction: float = 0.05
+    scaling_factor: Optional[float] = attrs.field(default=None, validator=optional(POSITIVE))
+    """None = the file's (the VAE config's scaling_factor)"""
+    decode_device: str = attrs.field(default="auto", validator=DEVICE)
+    """auto: the latents' device, CUDA for CPU latents when available"""
+    decode_batch: int = attrs.field(default=32, validator=at_least(1))
+    test_fraction: float = attrs.field(default=0.05, validator=TEST_FRACTION)
     seed: int = 0
 
 
@@ -77,12 +81,6 @@ class Latents(_ArraySource):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        if config.decode_batch < 1:
-            raise ConfigError(f"data.decode_batch: expected >= 1, got {config.decode_batch}")
-        if config.decode_device not in ("auto", "cpu", "cuda") and not config.decode_device.startswith("cuda:"):
-            raise ConfigError(f"data.decode_device: expected auto, cpu or cuda[:N], got {config.decode_device!r}")
-        if config.scaling_factor is not None and config.scaling_factor <= 0:
-            raise ConfigError(f"data.scaling_factor: expected > 0, got {config.scaling_factor}")
         self._meta: Optional[dict[str, Any]] = None
         self._decoder: Optional[LatentDecoder] = None
 

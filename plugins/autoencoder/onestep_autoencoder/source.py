@@ -29,7 +29,7 @@ import attrs
 import torch
 from torch.utils.data import TensorDataset
 
-from onestep.config import structure, unstructure
+from onestep.config import DEVICE, POSITIVE, at_least, check, structure, unstructure
 from onestep.errors import ConfigError
 from onestep.files import cache_root
 from onestep.interfaces import DataSource, DataSpec
@@ -41,14 +41,6 @@ from .network import AutoencoderArch, TrainRecipe, load_autoencoder, save_autoen
 RECIPE_VERSION = 1
 
 
-def _check_common(config) -> None:
-    for field in ("steps", "batch_size"):
-        if getattr(config, field) < 1:
-            raise ConfigError(f"data.{field}: expected >= 1, got {getattr(config, field)}")
-    if config.lr <= 0:
-        raise ConfigError(f"data.lr: expected > 0, got {config.lr}")
-    if config.device not in ("auto", "cpu", "cuda") and not config.device.startswith("cuda:"):
-        raise ConfigError(f"data.device: expected auto, cpu or cuda[:N], got {config.device!r}")
 
 
 class TrainedAutoencoderSource(DataSource):
@@ -61,7 +53,6 @@ class TrainedAutoencoderSource(DataSource):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        _check_common(config)
         if config.source == self.name:
             raise ConfigError(f"data.source: {self.name!r} cannot encode itself; name an image source (e.g. mnist-full)")
         self._base: DataSource | None = None
@@ -155,20 +146,20 @@ class AutoencodedConfig:
     """The image data source to encode (any installed one: mnist-full, mnist, digits, image-folder...)."""
     source_options: dict[str, Any] = attrs.Factory(dict)
     """That source's config (its defaults where empty)."""
-    dim: int = 16
+    dim: int = attrs.field(default=16, validator=at_least(1))
     """Latent dimensions."""
-    width: int = 1024
-    depth: int = 3
+    width: int = attrs.field(default=1024, validator=at_least(1))
+    depth: int = attrs.field(default=3, validator=at_least(0))
     """Hidden layers of width ``width`` in the encoder and again in the decoder."""
-    steps: int = 20000
-    batch_size: int = 256
-    lr: float = 1.0e-3
+    steps: int = attrs.field(default=20000, validator=at_least(1))
+    batch_size: int = attrs.field(default=256, validator=at_least(1))
+    lr: float = attrs.field(default=1.0e-3, validator=POSITIVE)
     """Adam, cosine-decayed to 0 over ``steps``."""
-    latent_noise: float = 0.05
+    latent_noise: float = attrs.field(default=0.05, validator=at_least(0))
     """Standard deviation of the noise on the code while training (a decoder smooth around codes)."""
-    code_penalty: float = 1.0e-3
+    code_penalty: float = attrs.field(default=1.0e-3, validator=at_least(0))
     seed: int = 0
-    device: str = "auto"
+    device: str = attrs.field(default="auto", validator=DEVICE)
     """Where the autoencoder trains on a cache miss: auto (CUDA when available), cpu, cuda[:N]."""
     cache_dir: str = ""
     """Folder of the cached weights; "": $ONESTEP_CACHE/autoencoders (else ~/.cache/onestep/autoencoders)."""
@@ -180,15 +171,6 @@ class Autoencoded(TrainedAutoencoderSource):
     name = "autoencoded"
     Config = AutoencodedConfig
     tag = "ae"
-
-    def __init__(self, config: AutoencodedConfig) -> None:
-        super().__init__(config)
-        for field in ("dim", "width"):
-            if getattr(config, field) < 1:
-                raise ConfigError(f"data.{field}: expected >= 1, got {getattr(config, field)}")
-        if config.depth < 0 or config.latent_noise < 0 or config.code_penalty < 0:
-            raise ConfigError("data.depth, data.latent_noise, data.code_penalty: expected >= 0; got "
-                              f"{config.depth}, {config.latent_noise}, {config.code_penalty}")
 
     def arch(self) -> AutoencoderArch:
         c = self.config
@@ -244,23 +226,24 @@ class AutoencodedKLConfig:
     """The image data source to encode (any installed one: mnist-full, mnist, digits, image-folder...)."""
     source_options: dict[str, Any] = attrs.Factory(dict)
     """That source's config (its defaults where empty)."""
-    latent_channels: int = 4
+    latent_channels: int = attrs.field(default=4, validator=at_least(1))
     """Channels of the latent (SD-VAE: 4)."""
-    widths: list[int] = attrs.Factory(lambda: [64, 128, 128])
+    widths: list[int] = attrs.field(factory=lambda: [64, 128, 128], validator=check(
+        lambda v: len(v) > 0 and min(v) >= 1, "a non-empty list of positive channel counts, e.g. [64, 128, 128]"))
     """Channels per resolution; one 2x down-sampling between neighbours (3 widths: 28x28 -> 7x7)."""
-    layers_per_block: int = 1
-    steps: int = 6000
-    batch_size: int = 256
-    lr: float = 5.0e-4
+    layers_per_block: int = attrs.field(default=1, validator=at_least(1))
+    steps: int = attrs.field(default=6000, validator=at_least(1))
+    batch_size: int = attrs.field(default=256, validator=at_least(1))
+    lr: float = attrs.field(default=5.0e-4, validator=POSITIVE)
     """Adam, cosine-decayed to 0 over ``steps``."""
-    kl_weight: float = 1.0e-4
+    kl_weight: float = attrs.field(default=1.0e-4, validator=at_least(0))
     """Weight of the mean KL divergence per latent element beside the mean squared error per pixel."""
     seed: int = 0
-    device: str = "auto"
+    device: str = attrs.field(default="auto", validator=DEVICE)
     """Where the autoencoder trains on a cache miss: auto (CUDA when available), cpu, cuda[:N]."""
     cache_dir: str = ""
     """Folder of the cached weights; "": $ONESTEP_CACHE/autoencoders (else ~/.cache/onestep/autoencoders)."""
-    decode_batch: int = 1024
+    decode_batch: int = attrs.field(default=1024, validator=at_least(1))
 
 
 class AutoencodedKL(TrainedAutoencoderSource):
@@ -273,13 +256,6 @@ class AutoencodedKL(TrainedAutoencoderSource):
 
     def __init__(self, config: AutoencodedKLConfig) -> None:
         super().__init__(config)
-        if config.latent_channels < 1 or config.layers_per_block < 1 or config.decode_batch < 1:
-            raise ConfigError("data.latent_channels, data.layers_per_block, data.decode_batch: expected >= 1, got "
-                              f"{config.latent_channels}, {config.layers_per_block}, {config.decode_batch}")
-        if not config.widths or min(config.widths) < 1:
-            raise ConfigError(f"data.widths: expected a non-empty list of positive channel counts, e.g. [64, 128, 128]; got {config.widths}")
-        if config.kl_weight < 0:
-            raise ConfigError(f"data.kl_weight: expected >= 0, got {config.kl_weight}")
         self._decoder: LatentDecoder | None = None
 
     def arch(self) -> KLArch:

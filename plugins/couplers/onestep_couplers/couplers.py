@@ -14,7 +14,7 @@ from __future__ import annotations
 import attrs
 import torch
 
-from onestep.errors import ConfigError
+from onestep.config import POSITIVE, one_of
 from onestep.interfaces import Coupler
 
 from .assignment import SOLVERS, pair_costs, squared_distances
@@ -29,8 +29,10 @@ class NoConfig:
 
 @attrs.define
 class MinibatchOTConfig:
-    solver: str = "scipy"  # scipy (exact, CPU) | auction (GPU-resident, within auction_gap; slower: tools/RESULTS.md)
-    auction_gap: float = 1e-4  # auction: certified bound on (cost - optimum) / optimum
+    solver: str = attrs.field(default="scipy", validator=one_of(SOLVER_CHOICES))
+    """scipy (exact, CPU) | auction (GPU-resident, within auction_gap; slower: tools/RESULTS.md)"""
+    auction_gap: float = attrs.field(default=1e-4, validator=POSITIVE)
+    """auction: certified bound on (cost - optimum) / optimum"""
 
 
 class PermutationCoupler(Coupler):
@@ -74,10 +76,6 @@ class MinibatchOT(PermutationCoupler):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        if config.solver not in SOLVER_CHOICES:
-            raise ConfigError(f"coupler.solver: expected one of {', '.join(SOLVER_CHOICES)}, got {config.solver!r}")
-        if not config.auction_gap > 0:
-            raise ConfigError(f"coupler.auction_gap: expected > 0, got {config.auction_gap}")
 
     def match(self, noise, data, y):
         perm = torch.empty(len(data), dtype=torch.long, device=data.device)

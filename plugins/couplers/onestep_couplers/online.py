@@ -46,7 +46,7 @@ from __future__ import annotations
 import attrs
 import torch
 
-from onestep.errors import ConfigError
+from onestep.config import at_least
 
 from .assignment import pair_costs
 from .couplers import MinibatchOT, MinibatchOTConfig, _check_batches
@@ -56,7 +56,8 @@ HASH_SEED = 20260407
 
 @attrs.define
 class OnlineOTConfig(MinibatchOTConfig):
-    max_points: int = 200_000  # table size limit (memory: max_points x one sample's floats)
+    max_points: int = attrs.field(default=200_000, validator=at_least(1))
+    """table size limit (memory: max_points x one sample's floats)"""
 
 
 class OnlineOT(MinibatchOT):
@@ -67,8 +68,6 @@ class OnlineOT(MinibatchOT):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        if config.max_points < 1:
-            raise ConfigError(f"coupler.max_points: expected >= 1, got {config.max_points}")
         self.keys = torch.empty(0, dtype=torch.long)  # sorted sample hashes
         self.noise = torch.empty(0)  # [N, *shape] noise kept for keys[i]
         self.cost = torch.empty(0)  # [N] current squared distance of each kept pair

@@ -60,6 +60,7 @@ import math
 import attrs
 import torch
 
+from onestep.config import POSITIVE, at_least
 from onestep.errors import ConfigError
 from onestep.interfaces import Coupler
 from onestep.progress import bar as progress_bar
@@ -72,16 +73,23 @@ FINGERPRINT_SEED = 20260407
 @attrs.define
 class SemiDiscreteOTConfig:
     per_class: bool = True  # labelled data: one map per class (the objective must pass labels)
-    fit_steps: int = 300  # averaged-SGD steps of the potentials in prepare (before the training clock)
-    fit_batch: int = 4096  # fresh noises per fitting step (per class when per_class)
-    lr: float = 0.25  # step of psi per unit of mass imbalance, in units of the group's data spread; decays as 1 / sqrt(step)
+    fit_steps: int = attrs.field(default=300, validator=at_least(0))
+    """averaged-SGD steps of the potentials in prepare (before the training clock)"""
+    fit_batch: int = attrs.field(default=4096, validator=at_least(1))
+    """fresh noises per fitting step (per class when per_class)"""
+    lr: float = attrs.field(default=0.25, validator=POSITIVE)
+    """step of psi per unit of mass imbalance, in units of the group's data spread; decays as 1 / sqrt(step)"""
     max_excess: float = 10.0  # clip of a cell's excess mass (in units of 1/N) per step: no early overshoot
     refine: bool = True  # keep fitting the potentials with each training batch's assignments
-    chunk: int = 16384  # training samples per block of the [B, N] score matrix (memory)
-    max_points: int = 2_000_000  # refuse larger training sets (memory: the set lives on the device)
+    chunk: int = attrs.field(default=16384, validator=at_least(1))
+    """training samples per block of the [B, N] score matrix (memory)"""
+    max_points: int = attrs.field(default=2_000_000, validator=at_least(1))
+    """refuse larger training sets (memory: the set lives on the device)"""
     seed: int = 0  # noise of the fit in prepare (its own generator: the training RNG is untouched)
-    in_cell: float = 0.0  # kappa of (3): slope of the in-cell extension (0: the piecewise-constant map (1))
-    cell_draws: int = 64  # noises per cell that estimate the cell means after the fit (in_cell > 0)
+    in_cell: float = attrs.field(default=0.0, validator=at_least(0, "no in-cell extension"))
+    """kappa of (3): slope of the in-cell extension (0: the piecewise-constant map (1))"""
+    cell_draws: int = attrs.field(default=64, validator=at_least(1))
+    """noises per cell that estimate the cell means after the fit (in_cell > 0)"""
 
 
 class SemiDiscreteOT(Coupler):
@@ -92,15 +100,6 @@ class SemiDiscreteOT(Coupler):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        for field in ("fit_steps", "fit_batch", "chunk", "max_points"):
-            if getattr(config, field) < (0 if field == "fit_steps" else 1):
-                raise ConfigError(f"coupler.{field}: expected >= {0 if field == 'fit_steps' else 1}, got {getattr(config, field)}")
-        if not config.lr > 0:
-            raise ConfigError(f"coupler.lr: expected > 0, got {config.lr}")
-        if not config.in_cell >= 0:
-            raise ConfigError(f"coupler.in_cell: expected >= 0 (0: no in-cell extension), got {config.in_cell}")
-        if config.cell_draws < 1:
-            raise ConfigError(f"coupler.cell_draws: expected >= 1, got {config.cell_draws}")
         self.points: torch.Tensor | None = None  # [N, D] training samples, grouped by class
         self.half_sq: torch.Tensor | None = None  # [N] |x_j|^2 / 2
         self.groups: list[tuple[int, int]] = []  # (start, end) rows of each class (one group if unlabelled)

@@ -38,6 +38,7 @@ from torch import nn
 from timm.layers import Attention, Mlp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from onestep.config import POSITIVE, FieldError, at_least, one_of
 from onestep.errors import ConfigError
 from onestep.interfaces import Backbone, DataSpec, NetworkRequest
 
@@ -270,19 +271,29 @@ def parse_size(size: str, field: str = "backbone.size") -> tuple[int, int, int, 
     return (*FAMILIES[name], int(patch))
 
 
+def _family_and_patch(_instance, attribute: attrs.Attribute, value: str) -> None:
+    try:
+        parse_size(value, attribute.name)
+    except ConfigError as exc:
+        raise FieldError(attribute.name, str(exc).split(": ", 1)[1]) from None
+
+
 @attrs.define
 class DiTConfig:
-    size: str = "T/2"  # NAME/PATCH, NAME in FAMILIES (XL, L, M, B: MeanFlow/AF sizes; S, T, P: small)
-    mlp_ratio: float = 4.0
+    size: str = attrs.field(default="T/2", validator=_family_and_patch)
+    """NAME/PATCH, NAME in FAMILIES (XL, L, M, B: MeanFlow/AF sizes; S, T, P: small)"""
+    mlp_ratio: float = attrs.field(default=4.0, validator=POSITIVE)
     qk_norm: bool = False  # LayerNorm on queries and keys (stabilises bf16 training)
-    readout: str = "cls"  # critic/classifier output from a [CLS] token ("cls") or mean of patch tokens ("mean")
-    attention: str = "auto"  # SDPA kernel: auto (torch picks), cudnn, flash, efficient, math
+    readout: str = attrs.field(default="cls", validator=one_of(READOUTS))
+    """critic/classifier output from a [CLS] token ("cls") or mean of patch tokens ("mean")"""
+    attention: str = attrs.field(default="auto", validator=one_of(tuple(ATTENTION_KERNELS)))
+    """SDPA kernel: auto (torch picks), cudnn, flash, efficient, math"""
     residual_bf16: bool = False  # under bf16 autocast, keep the residual stream in bf16 (fp32 otherwise)
 
 
 @attrs.define
 class RecursiveDiTConfig(DiTConfig):
-    repeats: int = 2  # passes of the generator's block stack (effective depth = repeats x depth)
+    repeats: int = attrs.field(default=2, validator=at_least(1))  # passes of the generator's block stack (effective depth = repeats x depth)
 
 
 class DiTBackbone(Backbone):
@@ -290,16 +301,6 @@ class DiTBackbone(Backbone):
 
     name = "dit"
     Config = DiTConfig
-
-    def __init__(self, config) -> None:
-        super().__init__(config)
-        parse_size(config.size)
-        if config.readout not in READOUTS:
-            raise ConfigError(f"backbone.readout: expected one of {', '.join(READOUTS)}, got {config.readout!r}")
-        if config.attention not in ATTENTION_KERNELS:
-            raise ConfigError(f"backbone.attention: expected one of {', '.join(ATTENTION_KERNELS)}, got {config.attention!r}")
-        if config.mlp_ratio <= 0:
-            raise ConfigError(f"backbone.mlp_ratio: expected > 0, got {config.mlp_ratio}")
 
     def compile(self, module: DiT, **options) -> None:
         """Regional compilation: each block, not the whole network. Every block shares one graph,
@@ -339,11 +340,6 @@ class RecursiveDiTBackbone(DiTBackbone):
 
     name = "dit-recursive"
     Config = RecursiveDiTConfig
-
-    def __init__(self, config) -> None:
-        super().__init__(config)
-        if config.repeats < 1:
-            raise ConfigError(f"backbone.repeats: expected >= 1, got {config.repeats}")
 
     def repeats(self, request: NetworkRequest) -> int:
         return self.config.repeats if request.role == "generator" else 0

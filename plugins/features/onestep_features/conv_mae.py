@@ -31,6 +31,7 @@ from torch import nn
 
 from onestep.config import unstructure
 from onestep.errors import ConfigError, OnestepError
+from onestep.config import FieldError, at_least, check
 from onestep.files import cache_root, load_partial, save_partial
 from onestep.interfaces import DataSource, FeatureNetwork
 
@@ -39,23 +40,28 @@ from .encoder import ConvEncoder, EncoderArch, ResBlock, _norm, load_encoder, sa
 RECIPE_VERSION = 1
 
 
+def _stage_indices(instance, attribute: attrs.Attribute, value: list[int]) -> None:
+    if any(not 0 <= m < instance.stages for m in value) or len(set(value)) != len(value):
+        raise FieldError(attribute.name, f"expected distinct stage indices in 0..{instance.stages - 1}, got {value}")
+
+
 @attrs.define
 class ConvMAEConfig:
-    width: int = 32
+    width: int = attrs.field(default=32, validator=at_least(1))
     """Channels of the first stage; each further stage doubles them."""
-    stages: int = 3
+    stages: int = attrs.field(default=3, validator=at_least(1))
     """Stride-2 stages; each gives one feature map (28x28 -> 14, 7, 4)."""
-    blocks: int = 1
+    blocks: int = attrs.field(default=1, validator=at_least(1))
     """Residual blocks per stage."""
-    mask_ratio: float = 0.75
+    mask_ratio: float = attrs.field(default=0.75, validator=check(lambda v: 0.0 <= v < 1.0, "in [0, 1)"))
     """Largest fraction of squares hidden; each training image draws its fraction in [0, this]."""
-    mask_patch: int = 4
+    mask_patch: int = attrs.field(default=4, validator=at_least(1))
     """Side of a hidden square, in pixels (or latent cells)."""
-    epochs: int = 10
-    batch_size: int = 256
+    epochs: int = attrs.field(default=10, validator=at_least(1))
+    batch_size: int = attrs.field(default=256, validator=at_least(1))
     lr: float = 2e-3
     seed: int = 0
-    maps: list[int] = attrs.Factory(list)
+    maps: list[int] = attrs.field(factory=list, validator=_stage_indices)
     """Stages whose maps are the features (0 = the finest); empty: all. Not part of the cache key."""
     flatten: bool = False
     """Give each map as one vector per sample ([B, C H W]): whole-sample plans in feature space
@@ -176,13 +182,6 @@ class ConvMAEFeatures(FeatureNetwork):
         if len(spec.shape) != 3:
             raise ConfigError(f"features 'conv-mae': needs image or latent data [C, H, W], got samples of shape "
                               f"{tuple(spec.shape)} (use features=identity, or none, for points)")
-        for field in ("width", "stages", "blocks", "mask_patch", "epochs", "batch_size"):
-            if getattr(config, field) < 1:
-                raise ConfigError(f"features.{field}: expected >= 1, got {getattr(config, field)}")
-        if not 0.0 <= config.mask_ratio < 1.0:
-            raise ConfigError(f"features.mask_ratio: expected in [0, 1), got {config.mask_ratio}")
-        if any(not 0 <= m < config.stages for m in config.maps) or len(set(config.maps)) != len(config.maps):
-            raise ConfigError(f"features.maps: expected distinct stage indices in 0..{config.stages - 1}, got {config.maps}")
         self.encoder: ConvEncoder | None = None
         self.meta: dict = {}
 

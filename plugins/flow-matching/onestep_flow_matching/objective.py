@@ -13,14 +13,16 @@ from __future__ import annotations
 import attrs
 import torch
 
-from onestep.errors import ConfigError
+from onestep.config import at_least, check
 from onestep.interfaces import Batch, NetworkRequest, Networks, Objective, Phase, StepInfo, euler, interpolate
 
 
 @attrs.define
 class FlowMatchingConfig:
-    nfe: int = 50  # Euler steps at sampling (the baseline is reported at 50)
-    class_dropout: float = 0.1  # probability of replacing a label by the null label
+    nfe: int = attrs.field(default=50, validator=at_least(1))
+    """Euler steps at sampling (the baseline is reported at 50)"""
+    class_dropout: float = attrs.field(default=0.1, validator=check(lambda v: 0.0 <= v < 1.0, "in [0, 1)"))
+    """probability of replacing a label by the null label"""
     guidance_scale: float = 1.0  # classifier-free guidance at sampling; 1.0 = none
 
 
@@ -35,10 +37,6 @@ class FlowMatching(Objective):
 
     def __init__(self, config, *, spec, coupler=None, guidance=None) -> None:
         super().__init__(config, spec=spec, coupler=coupler, guidance=guidance)
-        if config.nfe < 1:
-            raise ConfigError(f"objective.nfe: expected >= 1, got {config.nfe}")
-        if not 0.0 <= config.class_dropout < 1.0:
-            raise ConfigError(f"objective.class_dropout: expected in [0, 1), got {config.class_dropout}")
         self.conditional = spec.num_classes > 0
 
     def default_nfe(self) -> int:

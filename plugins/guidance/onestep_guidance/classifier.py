@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from onestep.config import POSITIVE, FieldError, at_least
 from onestep.errors import CheckpointError, ConfigError, OnestepError
 from onestep.interfaces import (Batch, DataSpec, Guidance, NetworkRequest, Networks, Objective, Phase, StepInfo,
                                 interpolate)
@@ -57,7 +58,7 @@ def _labelled(spec: DataSpec, who: str) -> None:
 # --------------------------------------------------------------------------------- stage 1
 @attrs.define
 class NoisedClassifierConfig:
-    lr: float = 1e-4  # the authors' classifier stage
+    lr: float = attrs.field(default=1e-4, validator=POSITIVE)  # the authors' classifier stage
     weight_decay: float = 0.01
 
 
@@ -74,8 +75,6 @@ class NoisedClassifier(Objective):
     def __init__(self, config, *, spec, coupler=None, guidance=None) -> None:
         super().__init__(config, spec=spec, coupler=coupler, guidance=guidance)
         _labelled(spec, f"objective {self.name}")
-        if config.lr <= 0:
-            raise ConfigError(f"objective.lr: expected > 0, got {config.lr}")
 
     def networks(self) -> dict[str, NetworkRequest]:
         return {CLASSIFIER: CLASSIFIER_REQUEST}
@@ -101,14 +100,23 @@ class NoisedClassifier(Objective):
 
 
 # --------------------------------------------------------------------------------- stage 2
+def _time_window(instance, attribute: attrs.Attribute, value: float) -> None:
+    if not 0.0 <= value <= instance.t_max <= 1.0:
+        raise FieldError(attribute.name, f"expected 0 <= t_min <= t_max <= 1, got t_min {value}, "
+                         f"t_max {instance.t_max}")
+
+
 @attrs.define
 class ClassifierGuidanceConfig:
     weights: Optional[str] = None
     """Required: the pre-trained classifier, a ``noised-classifier`` run folder or one of its
     step-N folders (its EMA weights are used)."""
-    scale: float = 0.003  # lambda_cg (Eq. 25), the authors' one-step value on SD-VAE latents
-    num_times: int = 1  # noised copies (t, z') of each generated sample per step
-    t_min: float = 0.9  # t ~ U(t_min, t_max), t = 1 the clean sample: the paper's t' = 1 - t in [0, 0.1]
+    scale: float = attrs.field(default=0.003, validator=at_least(0))
+    """lambda_cg (Eq. 25), the authors' one-step value on SD-VAE latents"""
+    num_times: int = attrs.field(default=1, validator=at_least(1))
+    """noised copies (t, z') of each generated sample per step"""
+    t_min: float = attrs.field(default=0.9, validator=_time_window)
+    """t ~ U(t_min, t_max), t = 1 the clean sample: the paper's t' = 1 - t in [0, 0.1]"""
     t_max: float = 1.0
 
 
@@ -127,12 +135,6 @@ class ClassifierGuidance(Guidance):
         if c.weights is None:
             raise ConfigError("guidance.weights: required: the run folder of a pre-trained classifier "
                               "(onestep run --objective noised-classifier ...; README: Guided fine-tuning)")
-        if not 0.0 <= c.t_min <= c.t_max <= 1.0:
-            raise ConfigError(f"guidance.t_min/t_max: expected 0 <= t_min <= t_max <= 1, got {c.t_min}, {c.t_max}")
-        if c.num_times < 1:
-            raise ConfigError(f"guidance.num_times: expected >= 1, got {c.num_times}")
-        if c.scale < 0:
-            raise ConfigError(f"guidance.scale: expected >= 0, got {c.scale}")
         self.classifier: nn.Module | None = None
 
     def prepare(self, source, device) -> None:
@@ -162,6 +164,7 @@ def load_classifier(path: str, spec: DataSpec, device) -> nn.Module:
     from onestep import checkpoint as ckpt
     from onestep.config import build_config, read_file
     from onestep.registry import Registry
+    from onestep.statecodec import load_tensors
 
     if not Path(path).exists():
         raise ConfigError(f"guidance.weights: {path!r} not found (expected the run or step folder of an "
@@ -174,7 +177,7 @@ def load_classifier(path: str, spec: DataSpec, device) -> nn.Module:
             raise ConfigError(f"guidance.weights: {str(folder)!r} is a run of objective {config.objective.name!r}; "
                               f"expected a {NoisedClassifier.name!r} run")
         file = folder / f"{CLASSIFIER}.ema.safetensors"
-        weights = ckpt.load_tensors(file)
+        weights = load_tensors(file)
     except CheckpointError as exc:
         raise ConfigError(f"guidance.weights: {exc}") from None
     classifier = registry.build("backbone", config.backbone.name, config.backbone.config).build(CLASSIFIER_REQUEST, spec)

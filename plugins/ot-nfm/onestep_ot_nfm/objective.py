@@ -52,6 +52,7 @@ from __future__ import annotations
 import attrs
 import torch
 
+from onestep.config import POSITIVE, check, one_of
 from onestep.errors import ConfigError
 from onestep.interfaces import Batch, NetworkRequest, Networks, Objective, Phase, StepInfo, interpolate
 
@@ -61,10 +62,12 @@ PREDICTIONS = ("velocity", "data")
 
 @attrs.define
 class OTNFMConfig:
-    lr: float = 1e-3
+    lr: float = attrs.field(default=1e-3, validator=POSITIVE)
     class_conditional: bool = True  # labelled data: one map per class (False: ignore labels)
-    one_step_share: float = 0.5  # share of each batch trained at t = 1 (the sampled end); the rest t ~ U(0, 1)
-    predict: str = "velocity"  # velocity: F = z + t u(z, t) | data: F = (1 - t) z + t g(z, t)
+    one_step_share: float = attrs.field(default=0.5, validator=check(lambda v: 0.0 <= v <= 1.0, "in [0, 1]"))
+    """share of each batch trained at t = 1 (the sampled end); the rest t ~ U(0, 1)"""
+    predict: str = attrs.field(default="velocity", validator=one_of(PREDICTIONS))
+    """velocity: F = z + t u(z, t) | data: F = (1 - t) z + t g(z, t)"""
 
 
 class OTNFM(Objective):
@@ -78,12 +81,6 @@ class OTNFM(Objective):
 
     def __init__(self, config, *, spec, coupler=None, guidance=None) -> None:
         super().__init__(config, spec=spec, coupler=coupler, guidance=guidance)
-        if not config.lr > 0:
-            raise ConfigError(f"objective.lr: expected > 0, got {config.lr}")
-        if not 0.0 <= config.one_step_share <= 1.0:
-            raise ConfigError(f"objective.one_step_share: expected in [0, 1], got {config.one_step_share}")
-        if config.predict not in PREDICTIONS:
-            raise ConfigError(f"objective.predict: expected one of {', '.join(PREDICTIONS)}, got {config.predict!r}")
         self.conditional = spec.num_classes > 0 and config.class_conditional
         if guidance is not None and not self.conditional:
             raise ConfigError(f"guidance {guidance.name!r}: needs labelled data and objective.class_conditional=true")

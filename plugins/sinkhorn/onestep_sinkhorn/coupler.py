@@ -5,23 +5,28 @@ from __future__ import annotations
 import attrs
 import torch
 
-from onestep.errors import ConfigError
+from onestep.config import POSITIVE, check, one_of
 from onestep.interfaces import Coupler
 
 from .groups import Groups
 from .solver import SinkhornSolver, squared_cost
 
 
+ASSIGNMENTS = ("sample", "argmax")
+
+
 @attrs.define
 class SinkhornCouplerConfig:
-    epsilon: float = 0.05  # temperature as a fraction of the batch's mean cost |z - x|^2 / 2
-    scaling: float = 0.9  # blur ratio per annealing step (epsilon shrinks by scaling**2)
+    epsilon: float = attrs.field(default=0.05, validator=POSITIVE)
+    """temperature as a fraction of the batch's mean cost |z - x|^2 / 2"""
+    scaling: float = attrs.field(default=0.9, validator=check(lambda v: 0 < v < 1, "in (0, 1)"))
+    """blur ratio per annealing step (epsilon shrinks by scaling**2)"""
     max_iters: int = 500  # iterations at the target temperature
     tol: float = 1e-3  # stop when max |log(row marginal / a)| < tol
-    assignment: str = "sample"  # sample: draw x_j ~ pi(i, .) per noise row; argmax: the heaviest x_j
+    assignment: str = attrs.field(default="sample", validator=one_of(ASSIGNMENTS))
+    """sample: draw x_j ~ pi(i, .) per noise row; argmax: the heaviest x_j"""
 
 
-ASSIGNMENTS = ("sample", "argmax")
 
 
 class SinkhornCoupler(Coupler):
@@ -32,12 +37,6 @@ class SinkhornCoupler(Coupler):
 
     def __init__(self, config: SinkhornCouplerConfig) -> None:
         super().__init__(config)
-        if config.epsilon <= 0:
-            raise ConfigError(f"coupler.epsilon: expected > 0, got {config.epsilon}")
-        if config.assignment not in ASSIGNMENTS:
-            raise ConfigError(f"coupler.assignment: expected one of {', '.join(ASSIGNMENTS)}, got {config.assignment!r}")
-        if not 0 < config.scaling < 1:
-            raise ConfigError(f"coupler.scaling: expected in (0, 1), got {config.scaling}")
 
     def _solve(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None):
         """Entropic OT between ``x`` [G, N, d] and ``y`` [G, M, d] (weights ``w`` [G, N] on both

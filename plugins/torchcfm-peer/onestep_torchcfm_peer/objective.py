@@ -14,6 +14,7 @@ from __future__ import annotations
 import attrs
 import torch
 
+from onestep.config import at_least
 from onestep.errors import ConfigError
 from onestep.interfaces import NetworkRequest, Objective, Phase, euler
 
@@ -21,7 +22,7 @@ from onestep.interfaces import NetworkRequest, Objective, Phase, euler
 @attrs.define
 class TorchCFMConfig:
     sigma: float = 0.0  # torchcfm's path noise
-    nfe: int = 50  # Euler steps at sampling
+    nfe: int = attrs.field(default=50, validator=at_least(1))  # Euler steps at sampling
 
 
 class TorchCFMOTCFM(Objective):
@@ -33,8 +34,6 @@ class TorchCFMOTCFM(Objective):
 
     def __init__(self, config, *, spec, coupler=None, guidance=None) -> None:
         super().__init__(config, spec=spec, coupler=coupler, guidance=guidance)
-        if config.nfe < 1:
-            raise ConfigError(f"objective.nfe: expected >= 1, got {config.nfe}")
         try:
             from torchcfm.conditional_flow_matching import ExactOptimalTransportConditionalFlowMatcher
         except ImportError:

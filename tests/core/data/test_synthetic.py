@@ -3,6 +3,7 @@ for the same seed, with class means that set the classes apart."""
 import pytest
 import torch
 
+from onestep.config import structure
 from onestep.data.synthetic import SyntheticLatents
 from onestep.errors import ConfigError
 
@@ -37,5 +38,6 @@ def test_same_seed_same_data_other_seed_other_data():
     ({"class_spread": 1.0}, r"data.class_spread: expected in \[0, 1\)"),
 ])
 def test_bad_settings_name_the_field(fields, message):
-    with pytest.raises(ConfigError, match=message):
-        _source(**fields)
+    with pytest.raises(ConfigError, match=f"^{message}") as err:
+        structure(fields, SyntheticLatents.Config, "data")
+    assert "\n" not in str(err.value)

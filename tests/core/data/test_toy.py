@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from onestep.data.toy import GMM1D, GMMImbalanced, GMM1DConfig, GMMImbalancedConfig
+from onestep.data.toy import GMMImbalanced, GMM1DConfig, GMMImbalancedConfig
+from onestep.config import structure
 from onestep.errors import ConfigError
 from onestep.metrics.toy import mode_masses
 
@@ -17,5 +18,7 @@ def test_imbalanced_mixture_has_its_rare_modes_at_their_weights():
 
 
 def test_bad_mixture_config_names_the_field():
-    with pytest.raises(ConfigError, match="data.weights: expected as many weights as means"):
-        GMM1D(GMM1DConfig(means=[0.0, 1.0], weights=[1.0]))
+    with pytest.raises(ConfigError, match="^data.weights: expected as many weights as means"):
+        structure({"means": [0.0, 1.0], "weights": [1.0]}, GMM1DConfig, "data")
+    with pytest.raises(ConfigError, match=r"^data.minority_weight: expected in \(0, 0.5\), got 0.5$"):
+        structure({"minority_weight": 0.5}, GMMImbalancedConfig, "data")

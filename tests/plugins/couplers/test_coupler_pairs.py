@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from onestep.config import structure
 from onestep.errors import ConfigError
 from onestep_couplers.assignment import assignment_cost, scipy_assignment, squared_distances
 
@@ -70,10 +71,11 @@ def test_independent_keeps_the_rows(registry):
 
 
 def test_bad_config_and_inputs_name_the_field(registry):
-    with pytest.raises(ConfigError, match="coupler.solver: expected one of scipy, auction"):
-        build(registry, "minibatch-ot", solver="hungarian")
-    with pytest.raises(ConfigError, match="coupler.auction_gap"):
-        build(registry, "minibatch-ot", auction_gap=0.0)
+    Config = registry.get("coupler", "minibatch-ot").cls.Config
+    with pytest.raises(ConfigError, match="^coupler.solver: expected one of scipy, auction, got 'hungarian'$"):
+        structure({"solver": "hungarian"}, Config, "coupler")
+    with pytest.raises(ConfigError, match="^coupler.auction_gap: expected > 0, got 0.0$"):
+        structure({"auction_gap": 0.0}, Config, "coupler")
     with pytest.raises(ValueError, match="coupler 'minibatch-ot': noise .* must have one shape"):
         build(registry, "minibatch-ot").pair(torch.randn(4, 2), torch.randn(5, 2))
     with pytest.raises(ValueError, match="labels y must have shape"):

@@ -3,7 +3,7 @@ stays consistent, and whose state round-trips exactly through a checkpoint file.
 import pytest
 import torch
 
-from onestep.checkpoint import load_state, save_state
+from onestep.statecodec import load_state, save_state
 from onestep_couplers.assignment import assignment_cost, scipy_assignment, squared_distances
 from onestep_couplers.online import OnlineOT
 

@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-from onestep.checkpoint import load_state, save_state
+from onestep.config import structure
 from onestep.errors import ConfigError
 from onestep.interfaces import DataSource, DataSpec
+from onestep.statecodec import load_state, save_state
 from onestep_couplers.couplers import MinibatchOT
 from onestep_couplers.diagnostics import consistency, global_ot_cost, mean_pair_cost
 from onestep_couplers.semidiscrete import SemiDiscreteOT
@@ -102,10 +103,10 @@ def test_state_round_trips_and_prepare_skips_the_fit(tmp_path):
 
 
 def test_errors_name_the_field():
-    with pytest.raises(ConfigError, match="coupler.lr"):
-        SemiDiscreteOT(SemiDiscreteOT.Config(lr=0.0))
-    with pytest.raises(ConfigError, match="coupler.fit_batch"):
-        SemiDiscreteOT(SemiDiscreteOT.Config(fit_batch=0))
+    with pytest.raises(ConfigError, match="^coupler.lr: expected > 0, got 0.0$"):
+        structure({"lr": 0.0}, SemiDiscreteOT.Config, "coupler")
+    with pytest.raises(ConfigError, match="^coupler.fit_batch: expected >= 1, got 0$"):
+        structure({"fit_batch": 0}, SemiDiscreteOT.Config, "coupler")
     with pytest.raises(RuntimeError, match="not prepared"):
         SemiDiscreteOT(SemiDiscreteOT.Config()).pair(torch.randn(2, 3), torch.randn(2, 3))
     x, _ = clusters(n=64)

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from onestep.config import structure
 from onestep.errors import ConfigError
 from onestep.interfaces import DataSpec, NetworkRequest
 from onestep.registry import Registry
@@ -175,22 +176,30 @@ def test_recursive_backbone_keeps_critics_at_standard_depth():
     assert bb.build(NetworkRequest("generator", 0, True), MNIST).repeats == 3
 
 
+@pytest.mark.parametrize("raw, match", [
+    ({"size": "Q/2"}, r"^backbone.size: expected NAME/PATCH with NAME one of XL, "),
+    ({"size": "B"}, r"^backbone.size: expected NAME/PATCH"),
+    ({"readout": "max"}, r"^backbone.readout: expected one of cls, mean, got 'max'$"),
+    ({"attention": "xformers"}, r"^backbone.attention: expected one of auto, .*got 'xformers'$"),
+    ({"mlp_ratio": 0.0}, r"^backbone.mlp_ratio: expected > 0, got 0.0$"),
+])
+def test_bad_config_names_the_field(raw, match):
+    with pytest.raises(ConfigError, match=match):
+        structure(raw, DiTConfig, "backbone")
+
+
 @pytest.mark.parametrize("cfg,spec,match", [
-    (DiTConfig(size="Q/2"), MNIST, "backbone.size"),
-    (DiTConfig(size="B"), MNIST, "backbone.size"),
     (DiTConfig(size="T/3"), MNIST, "does not divide"),
     (DiTConfig(size="T/2"), DataSpec((2,)), "image-shaped"),
-    (DiTConfig(readout="max"), MNIST, "backbone.readout"),
-    (DiTConfig(attention="xformers"), MNIST, "backbone.attention"),
 ])
-def test_bad_config_names_the_field(cfg, spec, match):
+def test_a_config_that_does_not_fit_the_data_names_why(cfg, spec, match):
     with pytest.raises(ConfigError, match=match):
         DiTBackbone(cfg).build(NetworkRequest("generator", 0, False), spec)
 
 
 def test_recursive_needs_positive_repeats():
-    with pytest.raises(ConfigError, match="backbone.repeats"):
-        RecursiveDiTBackbone(RecursiveDiTConfig(repeats=0))
+    with pytest.raises(ConfigError, match="^backbone.repeats: expected >= 1, got 0$"):
+        structure({"repeats": 0}, RecursiveDiTConfig, "backbone")
 
 
 def _ran_ops(model, *args, **kw):

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from onestep.api import compose
 from onestep.cli import main
+from onestep.config import structure
 from onestep.errors import ConfigError
 from onestep.interfaces import DataSpec, StepInfo
 from onestep.registry import Registry
@@ -149,10 +150,11 @@ def test_registered_and_bad_settings_refused():
     registry = Registry.discover()
     assert registry.get("guidance", "classifier").cls is ClassifierGuidance
     assert registry.get("objective", "noised-classifier").cls is NoisedClassifier
-    for bad, field in ((dict(t_min=0.8, t_max=0.2), "guidance.t_min"), (dict(num_times=0), "guidance.num_times"),
-                       (dict(scale=-1.0), "guidance.scale")):
-        with pytest.raises(ConfigError, match=f"^{field}"):
-            ClassifierGuidance(ClassifierGuidanceConfig(weights="anywhere", **bad), spec=SPEC)
+    window = "guidance.t_min: expected 0 <= t_min <= t_max <= 1, got t_min 0.8"
+    for bad, message in ((dict(t_min=0.8, t_max=0.2), window), (dict(num_times=0), "guidance.num_times: expected >= 1, got 0"),
+                         (dict(scale=-1.0), "guidance.scale: expected >= 0, got -1.0")):
+        with pytest.raises(ConfigError, match=f"^{message}"):
+            structure({"weights": "anywhere", **bad}, ClassifierGuidanceConfig, "guidance")
     for cls, config in ((ClassifierGuidance, ClassifierGuidanceConfig(weights="anywhere")),
                         (NoisedClassifier, NoisedClassifier.Config())):
         with pytest.raises(ConfigError, match="needs labelled data"):

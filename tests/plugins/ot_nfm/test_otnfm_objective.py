@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from onestep.api import compose
+from onestep.config import structure
 from onestep.errors import ConfigError
 from onestep.interfaces import Batch, DataSpec, Networks, StepInfo
 
@@ -74,12 +75,13 @@ def test_errors_name_what_is_wrong(registry):
     without_coupler = compose(objective="ot-nfm", backbone="mlp", data="gmm8", registry=registry)
     with pytest.raises(ConfigError, match="coupler: objective ot-nfm needs a coupler; valid: .*minibatch-ot"):
         registry.build_objective(without_coupler, DataSpec((2,)))
-    with pytest.raises(ConfigError, match="objective.lr"):
-        build(registry, lr=0.0)
-    with pytest.raises(ConfigError, match="objective.one_step_share"):
-        build(registry, one_step_share=1.5)
-    with pytest.raises(ConfigError, match="objective.predict: expected one of velocity, data"):
-        build(registry, predict="noise")
+    Config = registry.get("objective", "ot-nfm").cls.Config
+    with pytest.raises(ConfigError, match="^objective.lr: expected > 0, got 0.0$"):
+        structure({"lr": 0.0}, Config, "objective")
+    with pytest.raises(ConfigError, match=r"^objective.one_step_share: expected in \[0, 1\], got 1.5$"):
+        structure({"one_step_share": 1.5}, Config, "objective")
+    with pytest.raises(ConfigError, match="^objective.predict: expected one of velocity, data, got 'noise'$"):
+        structure({"predict": "noise"}, Config, "objective")
     obj = build(registry)
     net = generator(registry, obj, DataSpec((2,)))
     with pytest.raises(ConfigError, match=r"sample.nfe: .* got 4 \(valid: 1\)"):

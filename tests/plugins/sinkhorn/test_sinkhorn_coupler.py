@@ -3,6 +3,7 @@ noise-to-data distances, classes kept in place, and errors naming the field."""
 import pytest
 import torch
 
+from onestep.config import structure
 from onestep.errors import ConfigError
 
 
@@ -47,7 +48,9 @@ def test_pairs_shorten_distances_and_keep_labels(registry):
 
 
 def test_bad_config_names_the_field(registry):
-    for fields, name in (({"epsilon": 0.0}, "coupler.epsilon"), ({"assignment": "best"}, "coupler.assignment"),
-                         ({"scaling": 1.5}, "coupler.scaling")):
-        with pytest.raises(ConfigError, match=name):
-            build(registry, **fields)
+    Config = registry.get("coupler", "sinkhorn").cls.Config
+    for fields, message in (({"epsilon": 0.0}, "coupler.epsilon: expected > 0, got 0.0"),
+                            ({"assignment": "best"}, "coupler.assignment: expected one of sample, argmax, got 'best'"),
+                            ({"scaling": 1.5}, r"coupler.scaling: expected in \(0, 1\), got 1.5")):
+        with pytest.raises(ConfigError, match=f"^{message}$"):
+            structure(fields, Config, "coupler")
