@@ -13,7 +13,7 @@ from .export import GENERATOR, OneStepPipeline
 from .interfaces import DataSource, DataSpec, Networks, Objective
 from .logs import MetricsWriter
 from .metrics.evaluate import EVAL_SEED_OFFSET, evaluate
-from .plotting import save_loss_curves, save_samples
+from .plotting import grid_columns, save_loss_curves, save_samples
 from .registry import Registry
 from .schema import RunConfig
 
@@ -78,7 +78,7 @@ class RunOutputs:
         if len(self.spec.shape) == 1 and not images:
             ref_ds = self.source.dataset("test")
             reference = torch.stack([ref_ds[i][0] for i in range(min(len(ref_ds), s.num))])
-        nrow = self.spec.num_classes if 0 < self.spec.num_classes <= 16 and samples.dim() == 4 else None
+        nrow = grid_columns(self.spec.num_classes) if samples.dim() == 4 else None
         title = f"{self.objective.name} / {self.backbone} / step {step}"
         path = save_samples(samples, self.out_dir / "samples" / f"step-{step:07d}.png", reference, title, nrow)
         self.writer.image("samples", path, step)
