@@ -36,9 +36,10 @@ def test_a_step_budget_ends_at_lr_zero_with_decay(registry, quiet, decay):
 
 def test_a_wall_clock_budget_ends_near_lr_zero(registry, quiet):
     """Under train.max_minutes the horizon is the step count the measured rate reaches when the clock
-    runs out, so the last step's rate is a small share of the configured one."""
+    runs out, so the last step's rate is a small share of the configured one (3 s: a scheduler hiccup
+    of a loaded machine is a small share of it)."""
     cfg = compose(objective="flow-matching", backbone="mlp", data="gmm8", registry=registry,
-                  overrides=quiet + TINY + ["train.steps=1000000", "train.max_minutes=0.02", "train.lr_decay=cosine"])
+                  overrides=quiet + TINY + ["train.steps=1000000", "train.max_minutes=0.05", "train.lr_decay=cosine"])
     run = Trainer(cfg, registry=registry, console=False)
     summary = run.fit()
     assert summary["step"] > 20
