@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from onestep.errors import ConfigError
-from onestep.files import load_partial, read_weights_file, save_partial, save_weights_file
+from onestep.files import read_weights_file, save_weights_file
 
 from .diffusers_vae import import_diffusers
+from .training import fit
 
 FORMAT = "onestep-autoencoder-kl"
 VERSION = "1"
@@ -88,44 +89,24 @@ def posterior(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return dist.mean, dist.logvar
 
 
-@torch.enable_grad()
 def train_kl(x: torch.Tensor, arch: KLArch, recipe: KLRecipe, device: torch.device, partial: Path,
              log=None) -> tuple[nn.Module, dict]:
     """Train on images ``x`` [N, C, H, W] in [-1, 1]; returns the network (CPU, eval, frozen, its
     scaling and shift factors set from the training latents) and numbers. Resumes from ``partial``
     when it exists and checkpoints there every ``recipe.checkpoint_every`` steps. Uses its own RNG
     streams, so a run's randomness is the same with or without a cache hit."""
-    g = torch.Generator().manual_seed(recipe.seed)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(recipe.seed)
         net = build_network(arch).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=recipe.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe.steps)
-    start = load_partial(partial, g, network=net, optimizer=opt, scheduler=sched)
-    data = x.to(device)
-    batch = min(recipe.batch_size, len(x))
-    latent = arch.latent_shape()
-    rec = kl = torch.zeros(())
-    net.train()
-    for step in range(start, recipe.steps):
-        rows = torch.randint(0, len(x), (batch,), generator=g)
-        noise = torch.randn(batch, *latent, generator=g).to(device)
-        xb = data[rows.to(device)]
+
+    def step_loss(xb: torch.Tensor, noise: torch.Tensor):
         mean, logvar = posterior(net, xb)
-        out = net.decode(mean + (0.5 * logvar).exp() * noise).sample
-        rec = F.mse_loss(out, xb)
+        rec = F.mse_loss(net.decode(mean + (0.5 * logvar).exp() * noise).sample, xb)
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
-        loss = rec + recipe.kl_weight * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        done = step + 1
-        if done % recipe.checkpoint_every == 0 and done < recipe.steps:
-            save_partial(partial, done, g, network=net, optimizer=opt, scheduler=sched)
-            if log is not None:
-                log(step=done, loss=float(rec))
-    net.eval().requires_grad_(False)
+        return rec + recipe.kl_weight * kl, {"mse": rec, "kl": kl}
+
+    last = fit(net, net.parameters(), x, arch.latent_shape(), recipe, device, partial, step_loss, log)
+    data = x.to(device)
     with torch.no_grad():
         means, stds = [], []
         for chunk in data.split(1024):
@@ -135,7 +116,7 @@ def train_kl(x: torch.Tensor, arch: KLArch, recipe: KLRecipe, device: torch.devi
         means = torch.cat(means)
         shift, spread = float(means.mean()), float(means.std())
     net.register_to_config(scaling_factor=1.0 / max(spread, 1e-6), shift_factor=shift)
-    numbers = {"final_mse": float(rec.detach()), "final_kl": float(kl.detach()), "steps": recipe.steps,
+    numbers = {"final_mse": float(last.get("mse", 0.0)), "final_kl": float(last.get("kl", 0.0)), "steps": recipe.steps,
                "posterior_std_over_latent_std": float(torch.stack(stds).mean()) / max(spread, 1e-6)}
     return net.cpu(), numbers
 

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from onestep.errors import ConfigError
-from onestep.files import load_partial, read_weights_file, save_partial, save_weights_file
-from onestep.progress import bar as progress_bar
+from onestep.files import read_weights_file, save_weights_file
+
+from .training import fit
 
 FORMAT = "onestep-autoencoder"
 VERSION = "1"
@@ -91,48 +92,29 @@ class TrainRecipe:
     checkpoint_every: int = 1000
 
 
-@torch.enable_grad()
 def train_autoencoder(x: torch.Tensor, arch: AutoencoderArch, recipe: TrainRecipe, device: torch.device,
                       partial: Path, log=None) -> tuple[Autoencoder, dict]:
     """Train on images ``x`` [N, *shape]; returns the network (CPU, eval, frozen, standardisation
     set from ``x``) and numbers. Resumes from ``partial`` when it exists and checkpoints there every
     ``recipe.checkpoint_every`` steps, so an interrupted training continues where it stopped. Uses
     its own RNG streams: a run's randomness is the same with or without a cache hit."""
-    g = torch.Generator().manual_seed(recipe.seed)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(recipe.seed)
         net = Autoencoder(arch).to(device)
-    opt = torch.optim.Adam([*net.encoder.parameters(), *net.decoder.parameters()], lr=recipe.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe.steps)
-    start = load_partial(partial, g, network=net, optimizer=opt, scheduler=sched)
-    data = x.to(device)
-    batch = min(recipe.batch_size, len(x))
-    loss = torch.zeros(())
-    net.train()
-    bar = progress_bar(recipe.steps, "autoencoder", "step", initial=start)
-    for step in range(start, recipe.steps):
-        bar.update()
-        rows = torch.randint(0, len(x), (batch,), generator=g)
-        noise = torch.randn(batch, arch.dim, generator=g).to(device)
-        xb = data[rows.to(device)]
+
+    def step_loss(xb: torch.Tensor, noise: torch.Tensor):
         code = net.raw_code(xb)
         loss = F.mse_loss(net.raw_decode(code + recipe.latent_noise * noise), xb) + recipe.code_penalty * code.pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        done = step + 1
-        if done % recipe.checkpoint_every == 0 and done < recipe.steps:
-            save_partial(partial, done, g, network=net, optimizer=opt, scheduler=sched)
-            if log is not None:
-                log(step=done, loss=float(loss))
-    bar.close()
-    net.eval().requires_grad_(False)
+        return loss, {"loss": loss}
+
+    last = fit(net, [*net.encoder.parameters(), *net.decoder.parameters()], x, (arch.dim,), recipe, device, partial,
+               step_loss, log)
+    data = x.to(device)
     with torch.no_grad():
         codes = torch.cat([net.raw_code(data[i:i + 4096]) for i in range(0, len(data), 4096)])
         net.mean.copy_(codes.mean(0))
         net.std.copy_(codes.std(0).clamp_min(1e-6))
-    return net.cpu(), {"final_loss": float(loss.detach()), "steps": recipe.steps}
+    return net.cpu(), {"final_loss": float(last.get("loss", 0.0)), "steps": recipe.steps}
 
 
 def save_autoencoder(net: Autoencoder, path: str | Path, meta: dict | None = None) -> Path:
