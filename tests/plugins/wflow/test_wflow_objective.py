@@ -39,7 +39,7 @@ def test_pixel_velocity_is_minus_n_times_the_gradient_of_the_two_batch_ot_differ
     x, x2 = torch.randn(64, 2, generator=g), torch.randn(64, 2, generator=g)
     data = torch.randn(64, 2, generator=g) * 0.5 + torch.tensor([2.0, -1.0])
     r = 0.1
-    cfg = WFlowConfig(epsilon=[r], normalize_velocity=False, sinkhorn_iters=3000, local_k=0)
+    cfg = WFlowConfig(relative_temperatures=[r], normalize_velocity=False, sinkhorn_iters=3000, local_k=0)
     (v,), (s,), _ = WFlow(cfg, spec=DataSpec(shape=(2,))).velocity(points(x), points(x2), points(data))
     mean_sq = torch.cdist(x, data).pow(2).mean()
     torch.testing.assert_close(s, (mean_sq / 2).sqrt())
@@ -72,7 +72,7 @@ def test_default_plans_meet_their_marginals_where_the_papers_ten_iterations_do_n
     q, q2 = bulk[:256], bulk[256:]
     runs = {}
     for tol in (0.0, None):
-        cfg = WFlowConfig(epsilon=[0.05, 0.01], local_k=0)
+        cfg = WFlowConfig(relative_temperatures=[0.05, 0.01], local_k=0)
         cfg = cfg if tol is None else attrs.evolve(cfg, sinkhorn_tol=tol)
         stats = {}
         (v,), _, _ = WFlow(cfg, spec=DataSpec(shape=(2,))).velocity(points(q), points(q2), points(data), stats=stats)
@@ -114,7 +114,7 @@ def test_local_temperature_cap_spreads_collapsed_modes_and_leaves_high_dimension
     assert outward[10] > 0.1 and outward[0] < 0.05, outward
     x = torch.rand(3, 96, 64, generator=g)  # generated, second batch and data from one law: the converged state
     q, q2, p = points(x[0, :64]), points(x[1, :64]), points(x[2])
-    cfg = WFlowConfig(epsilon=[0.05, 0.01], sinkhorn_tol=0.0)
+    cfg = WFlowConfig(relative_temperatures=[0.05, 0.01], sinkhorn_tol=0.0)
     plain = WFlow(attrs.evolve(cfg, local_k=0), spec=DataSpec(shape=(64,))).velocity(q, q2, p)[0][0]
     capped = WFlow(cfg, spec=DataSpec(shape=(64,))).velocity(q, q2, p)[0][0]
     torch.testing.assert_close(capped, plain)
@@ -184,7 +184,7 @@ def test_feature_space_velocity_equals_a_direct_computation():
     objective's batched velocity equals the loop-by-loop float64 computation."""
     spec = DataSpec(shape=(1, 4, 4), num_classes=2, kind="images")
     phi = TinyFeatures(spec=spec)
-    cfg = WFlowConfig(epsilon=[0.05, 0.3], sinkhorn_iters=5, sinkhorn_tol=0.0, patch_stats=[2], guidance_max=1.0)
+    cfg = WFlowConfig(relative_temperatures=[0.05, 0.3], sinkhorn_iters=5, sinkhorn_tol=0.0, patch_stats=[2], cfg_max=1.0)
     objective = WFlow(cfg, spec=spec, features=phi)
     g = torch.Generator().manual_seed(0)
     k, n, m, n_u = 2, 6, 7, 5
@@ -200,7 +200,7 @@ def test_feature_space_velocity_equals_a_direct_computation():
     # families: 16 places (conv), 4 patch means + 4 patch stds, global mean + std, the vector
     assert [tuple(f.shape[2:]) for f in q] == [(16, 3), (4, 3), (4, 3), (1, 3), (1, 3), (1, 5)]
     v, scales, _ = objective.velocity(q, q2, p, p_w, u, w)
-    ref = direct_velocity(q, q2, p, p_w, u, w, cfg.epsilon, cfg.sinkhorn_iters)
+    ref = direct_velocity(q, q2, p, p_w, u, w, cfg.relative_temperatures, cfg.sinkhorn_iters)
     for got, want in zip(v, ref):
         torch.testing.assert_close(got.double(), want, atol=2e-4, rtol=1e-4)
     # the scales are the RMS gen-data distance per dimension
@@ -347,18 +347,23 @@ def test_bad_settings_are_one_line_errors_naming_the_field(registry, quiet):
     assert "\n" not in str(err.value) and "two-batch" in str(err.value)
     with pytest.raises(ConfigError, match="objective.eta"):
         compose(objective="wflow", data="gmm8", registry=registry, overrides=["objective.eta=fast"])
-    for override, field in (("objective.guidance_max=1.0", "guidance_max"), ("objective.epsilon=[]", "epsilon"),
-                            ("objective.epsilon=[0.05,-1]", "epsilon"), ("objective.per_class=0", "per_class")):
+    for override, field in (("objective.cfg_max=1.0", "cfg_max"), ("objective.relative_temperatures=[]", "relative_temperatures"),
+                            ("objective.relative_temperatures=[0.05,-1]", "relative_temperatures"), ("objective.per_class=0", "per_class")):
         cfg = compose(objective="wflow", backbone="mlp", data="gmm8", registry=registry, overrides=quiet + [override])
         with pytest.raises(ConfigError, match=f"objective.{field}") as err:
             Trainer(cfg, registry=registry, console=False)
         assert "\n" not in str(err.value)
     spec = DataSpec(shape=(1, 8, 8), num_classes=10, kind="images")
-    with pytest.raises(ConfigError, match="objective.guidance_scale") as err:
-        WFlow(WFlowConfig(guidance_max=1.0, guidance_scale=1.5), spec=spec)
-    assert "[guidance_min, guidance_max] = [0.0, 1.0]" in str(err.value)
-    with pytest.raises(ConfigError, match="objective.guidance_min"):
-        WFlow(WFlowConfig(guidance_min=-2.0), spec=spec)
+    with pytest.raises(ConfigError, match="objective.cfg_scale") as err:
+        WFlow(WFlowConfig(cfg_max=1.0, cfg_scale=1.5), spec=spec)
+    assert "[cfg_min, cfg_max] = [0.0, 1.0]" in str(err.value)
+    with pytest.raises(ConfigError, match="objective.cfg_min"):
+        WFlow(WFlowConfig(cfg_min=-2.0), spec=spec)
+    # the names before issue 31 (epsilon held the relative temperatures, guidance_* the CFG range)
+    for old, new in (("epsilon", "relative_temperatures"), ("guidance_max", "cfg_max"), ("guidance_scale", "cfg_scale")):
+        with pytest.raises(ConfigError, match=f"^objective.{old}: unknown field; valid: .*{new}") as err:
+            compose(objective="wflow", data="gmm8", registry=registry, overrides=[f"objective.{old}=1.0"])
+        assert "\n" not in str(err.value)
 
 
 @pytest.mark.slow
@@ -373,25 +378,25 @@ def test_cfg_scale_chosen_at_sampling_raises_class_accuracy_monotonically(regist
     from onestep.export import OneStepPipeline, export_checkpoint
 
     cfg = compose(objective="wflow", backbone="mlp", data="digits", registry=registry, overrides=[
-        *digits_label_metrics, f"output_dir={tmp_path}/run", "objective.guidance_min=-1.0", "objective.guidance_max=1.0",
+        *digits_label_metrics, f"output_dir={tmp_path}/run", "objective.cfg_min=-1.0", "objective.cfg_max=1.0",
         "objective.per_class=25", "eval.metrics=[class-accuracy]"])
     run = Trainer(cfg, registry=registry, console=False)
     summary = run.fit()
     assert run.objective.networks()["generator"].time_inputs == 1  # w enters through the time input
     acc = {}
     for w in (-1.0, -0.5, 0.0, 0.5, 1.0):
-        run.objective.config.guidance_scale = w
+        run.objective.config.cfg_scale = w
         acc[w] = run.evaluate(num_samples=1000)["class_accuracy[onestep-digits-classifier]"]
     scales = sorted(acc)
     assert all(acc[a] <= acc[b] for a, b in zip(scales, scales[1:])), acc
     assert acc[-1.0] < 0.5 and acc[1.0] > acc[0.0] + 0.01, acc
     out = tmp_path / "w1.png"
-    assert main(["sample", summary["checkpoint"], "objective.guidance_scale=1.0", "--num", "8", "--out", str(out)]) == 0
+    assert main(["sample", summary["checkpoint"], "objective.cfg_scale=1.0", "--num", "8", "--out", str(out)]) == 0
     assert out.is_file()
     plain = OneStepPipeline.from_pretrained(export_checkpoint(summary["checkpoint"], tmp_path / "e0", registry=registry),
                                             registry=registry)
     guided = OneStepPipeline.from_pretrained(export_checkpoint(summary["checkpoint"], tmp_path / "e1", registry=registry,
-                                                               overrides=["objective.guidance_scale=1.0"]),
+                                                               overrides=["objective.cfg_scale=1.0"]),
                                              registry=registry)
     a, b = plain(class_labels=[3] * 8, seed=0), guided(class_labels=[3] * 8, seed=0)
     assert a.shape == b.shape == (8, 1, 8, 8) and not torch.allclose(a, b)
