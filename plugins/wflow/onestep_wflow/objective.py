@@ -46,6 +46,22 @@ its mass by more than ``sinkhorn_tol`` (in log ratio), up to ``sinkhorn_max_iter
 sync per solve reads the error. Training logs the error and the iterations
 (``sinkhorn_error``, ``sinkhorn_iters``); ``sinkhorn_tol=0`` is the authors' fixed budget.
 
+**Against the authors' code** (their OT loss, read in a public fork of hanjq17/W-Flow): the same
+row-normalised projection of a plan whose last Sinkhorn update is the column one, and the same
+per-R normalisation by the RMS over the whole batch of plans. Two differences: with their
+quadratic cost ``|a - b|^2 / 2`` at ``reg = R d`` on coordinates of mean squared distance d, their
+plan is ``exp(-|a - b|^2 / (2 R S))``, twice the temperature this module gives the same R (the
+presets were measured with this module's); and their S averages the distances from the
+generated points to the generated, self-batch and real points together, this module's to the real
+points only.
+
+**On 2-D data** the thin ring that W-Flow's samples once drew (issue 29) came from the generator's
+head, not from the flow: a LayerNorm before the output of an MLP generator keeps the direction of
+its hidden state and drops its size (``backbone.generator_out_norm``, now off by default; flow
+matching drew the same ring with it). What a one-step generator still lacks at small budgets are
+sharp boundaries between modes: thin bridges of samples between them and toward distant minority
+modes, where the particle flow itself has none (measurements: docs/results-history.md, issue 29).
+
 **Class-conditional data.** Each step generates ``per_class`` (>= 64 in the paper) particles for
 each of ``train.batch_size // per_class`` classes (at most all classes; each then gets
 ``batch_size // classes``), and compares them with up to ``bank_per_class`` real samples of the
