@@ -108,7 +108,7 @@ class GeomlossPlans:
 
 PRESETS = {
     # name: (sample shape, classes, per class, bank, R list, feature encoder width (0: none), CFG max, backbone, bf16)
-    "mnist-latent": ((16,), 10, 128, 1024, [0.05, 0.01], 0, 0.0, ("mlp", {"width": 1024, "depth": 4}), False),
+    "mnist-latent": ((16,), 10, 128, 1024, [0.05, 0.01], 0, 0.0, ("mlp", {"width": 1024, "depth": 4, "generator_out_norm": True}), False),
     "imagenet-b2": ((4, 32, 32), 8, 64, 64, [0.05], 128, 2.0, ("dit", {"size": "B/2"}), True),
 }
 
