@@ -58,9 +58,9 @@ points only.
 **On 2-D data** the thin ring that W-Flow's samples once drew (issue 29) came from the generator's
 head, not from the flow: a LayerNorm before the output of an MLP generator keeps the direction of
 its hidden state and drops its size (``backbone.generator_out_norm``, now off by default; flow
-matching drew the same ring with it). What a one-step generator still lacks at small budgets are
-sharp boundaries between modes: thin bridges of samples between them and toward distant minority
-modes, where the particle flow itself has none (measurements: docs/results-history.md, issue 29).
+matching drew the same ring with it). The thin bridges of samples left between modes came from
+plans held tightly to each minibatch's marginals (see ``sinkhorn_max_iters``; measurements:
+docs/results-history.md, issue 29).
 
 **Class-conditional data.** Each step generates ``per_class`` (>= 64 in the paper) particles for
 each of ``train.batch_size // per_class`` classes (at most all classes; each then gets
