@@ -76,7 +76,8 @@ def test_default_plans_tighten_their_marginals_where_the_papers_ten_iterations_d
     assert runs["fixed"][0] == 10 and runs["fixed"][1] > 0.5, runs["fixed"][:2]
     assert runs["default"][0] == default.sinkhorn_max_iters > 10, runs["default"][:2]
     assert runs["default"][1] < 0.75 * runs["fixed"][1], (runs["default"][:2], runs["fixed"][:2])
-    assert default.sinkhorn_max_iters < runs["long"][0] < 300 and runs["long"][1] <= default.sinkhorn_tol, runs["long"][:2]
+    long_iters, long_error = runs["long"][:2]
+    assert default.sinkhorn_max_iters < long_iters < 300 and long_error <= default.sinkhorn_tol, (long_iters, long_error)
     # the velocities differ where the plans differ: toward the minority modes
     rare = source.means()[6:]
     toward = lambda v: (v * (rare[0] - q)).sum(1).clamp_min(0).sum() + (v * (rare[1] - q)).sum(1).clamp_min(0).sum()
@@ -334,8 +335,10 @@ def test_bad_settings_are_one_line_errors_naming_the_field(registry, quiet):
     assert "\n" not in str(err.value) and "two-batch" in str(err.value)
     with pytest.raises(ConfigError, match="objective.eta"):
         compose(objective="wflow", data="gmm8", registry=registry, overrides=["objective.eta=fast"])
-    for override, field in (("objective.cfg_max=1.0", "cfg_max"), ("objective.relative_temperatures=[]", "relative_temperatures"),
-                            ("objective.relative_temperatures=[0.05,-1]", "relative_temperatures"), ("objective.per_class=0", "per_class")):
+    for override, field in (("objective.cfg_max=1.0", "cfg_max"),
+                            ("objective.relative_temperatures=[]", "relative_temperatures"),
+                            ("objective.relative_temperatures=[0.05,-1]", "relative_temperatures"),
+                            ("objective.per_class=0", "per_class")):
         cfg = compose(objective="wflow", backbone="mlp", data="gmm8", registry=registry, overrides=quiet + [override])
         with pytest.raises(ConfigError, match=f"objective.{field}") as err:
             Trainer(cfg, registry=registry, console=False)
@@ -359,14 +362,16 @@ def test_cfg_scale_chosen_at_sampling_raises_class_accuracy_monotonically(regist
     it, w chosen when sampling (one evaluation). One run on the 8x8 digits with w in [-1, 1]
     (w = -1: the unconditional flow), sampled at growing w: the class accuracy of the samples (the
     data classifier's) rises with w, from chance to above the real digits'. Measured (400 steps,
-    seed 0): 0.967 at w = 0, 0.993 at 0.25, 0.999 at 0.5, 1.0 at 1; real digits 0.972.
+    seed 0, the normed generator head these numbers were taken with; without it the accuracy
+    saturates by w = 0.5 and the ordering above it is noise): 0.967 at w = 0, 0.993 at 0.25, 0.999
+    at 0.5, 1.0 at 1; real digits 0.972.
     `onestep sample` and an export take w as an override."""
     from onestep.cli import main
     from onestep.export import OneStepPipeline, export_checkpoint
 
     cfg = compose(objective="wflow", backbone="mlp", data="digits", registry=registry, overrides=[
         *digits_label_metrics, f"output_dir={tmp_path}/run", "objective.cfg_min=-1.0", "objective.cfg_max=1.0",
-        "objective.per_class=25", "eval.metrics=[class-accuracy]"])
+        "objective.per_class=25", "eval.metrics=[class-accuracy]", "backbone.generator_out_norm=true"])
     run = Trainer(cfg, registry=registry, console=False)
     summary = run.fit()
     assert run.objective.networks()["generator"].time_inputs == 1  # w enters through the time input
