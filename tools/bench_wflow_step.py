@@ -108,7 +108,7 @@ class GeomlossPlans:
 
 PRESETS = {
     # name: (sample shape, classes, per class, bank, R list, feature encoder width (0: none), CFG max, backbone, bf16)
-    "mnist-latent": ((16,), 10, 128, 1024, [0.05, 0.01], 0, 0.0, ("mlp", {"width": 1024, "depth": 4}), False),
+    "mnist-latent": ((16,), 10, 128, 1024, [0.05, 0.01], 0, 0.0, ("mlp", {"width": 1024, "depth": 4, "generator_out_norm": True}), False),
     "imagenet-b2": ((4, 32, 32), 8, 64, 64, [0.05], 128, 2.0, ("dit", {"size": "B/2"}), True),
 }
 
@@ -135,7 +135,7 @@ def preset_step(name: str, tiny: bool, device: torch.device, repeats: int) -> li
     rows = []
     results = {}
     for label, tol in (("default", None), ("fixed", 0.0)):
-        config = WFlowConfig(epsilon=rs, per_class=per_class, bank_per_class=bank, guidance_max=cfg_max)
+        config = WFlowConfig(relative_temperatures=rs, per_class=per_class, bank_per_class=bank, cfg_max=cfg_max)
         if tol is not None:  # the paper's step: fixed iterations, the temperature R S uncapped
             config.sinkhorn_tol, config.local_k = tol, 0
         objective = WFlow(config, spec=spec, features=features)
@@ -187,7 +187,7 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=64)
     ap.add_argument("--bank", type=int, default=128)
     ap.add_argument("--encoder-width", type=int, default=32, help="feature encoder width (conv-mae default 32)")
-    ap.add_argument("--epsilon", type=float, nargs="+", default=[0.05], help="relative temperatures R")
+    ap.add_argument("--temperatures", "--epsilon", type=float, nargs="+", default=[0.05], help="relative temperatures R")
     ap.add_argument("--iters", type=int, default=10, help="our Sinkhorn iterations (the paper's 10)")
     ap.add_argument("--scaling", type=float, default=0.5, help="geomloss epsilon-scaling ratio")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
@@ -227,7 +227,7 @@ def main() -> None:
                                Path(tmp) / "encoder.safetensors")
         features = LatentMAEFeatures(LatentMAEConfig(path=str(weights)), spec=spec)
         features.prepare(None, device)
-    config = WFlowConfig(epsilon=args.epsilon, per_class=args.per_class, bank_per_class=args.bank,
+    config = WFlowConfig(relative_temperatures=args.temperatures, per_class=args.per_class, bank_per_class=args.bank,
                          sinkhorn_iters=args.iters, precision=args.precision, sinkhorn_compile=False)
     objective = WFlow(config, spec=spec, features=features)
     registry = Registry.discover()
@@ -284,12 +284,12 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device={name} torch={torch.__version__} generator={args.backbone}"
           f"{' ' + args.size if 'dit' in args.backbone else ''} batch={batch} ({args.classes} classes x "
-          f"{args.per_class}) bank={args.bank}/class encoder width={args.encoder_width} R={args.epsilon} "
+          f"{args.per_class}) bank={args.bank}/class encoder width={args.encoder_width} R={args.temperatures} "
           f"precision={args.precision} compiled solver row={args.compile}")
     families = objective.phi(data.x[:2])
     n_places = sum(f.shape[1] for f in families)
     print(f"families={len(families)} places={n_places} plans per step="
-          f"{args.classes * n_places * len(args.epsilon) * 2} (class x place x R x reference)")
+          f"{args.classes * n_places * len(args.temperatures) * 2} (class x place x R x reference)")
 
     ours_ms, ours_plans = measure(project_stacked)
     rows.append((f"ours: W-Flow step ({args.iters} Sinkhorn it)", ours_ms, f"plans {ours_plans:.2f} ms/call"))

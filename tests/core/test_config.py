@@ -66,13 +66,14 @@ def test_errors_name_the_field_path(registry, override, message):
 
 
 def test_a_list_field_takes_one_value_and_says_what_it_wants_otherwise(registry):
-    """``objective.epsilon=0.05`` means ``[0.05]``; what cannot be a list names the field and shows one."""
-    assert build(registry, "objective.epsilon=0.05", objective="wflow").objective.config.epsilon == [0.05]
-    assert build(registry, "objective.epsilon=[0.05, 0.2]", objective="wflow").objective.config.epsilon == [0.05, 0.2]
+    """``objective.relative_temperatures=0.05`` means ``[0.05]``; what cannot be a list names the field and shows one."""
+    assert build(registry, "objective.relative_temperatures=0.05", objective="wflow").objective.config.relative_temperatures == [0.05]
+    assert build(registry, "objective.relative_temperatures=[0.05, 0.2]",
+                 objective="wflow").objective.config.relative_temperatures == [0.05, 0.2]
     assert build(registry, "eval.metrics=sinkhorn").eval.metrics == ["sinkhorn"]
     with pytest.raises(ConfigError) as err:
-        build(registry, "objective.epsilon={low: 0.05}", objective="wflow")
-    assert str(err.value) == "objective.epsilon: expected a list, e.g. [0.05], got {'low': 0.05}"
+        build(registry, "objective.relative_temperatures={low: 0.05}", objective="wflow")
+    assert str(err.value) == "objective.relative_temperatures: expected a list, e.g. [0.05], got {'low': 0.05}"
     with pytest.raises(ConfigError) as err:
         build(registry, "train.optim.betas=0.9")
     assert str(err.value) == "train.optim.betas: expected a list of 2 values (float, float), e.g. [0.9, 0.9], got 0.9"

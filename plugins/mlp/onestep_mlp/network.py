@@ -17,6 +17,13 @@ class MLPConfig:
     depth: int = 4  # residual blocks
     time_features: int = 32  # sinusoidal features per time input
     class_embedding: int = 64
+    generator_out_norm: bool = False
+    """LayerNorm before a generator's output layer. Off by default: a normalised hidden state
+    carries its direction but not its size, so on low-dimensional data the generator's output
+    becomes a function of the direction of its input and its samples lie on a closed curve (a
+    thin ring through the modes of a 2-D mixture, whatever the objective). Critic and classifier
+    heads always keep it. The MNIST-latent presets and the demo pin ``true``: their numbers
+    were measured with it."""
 
 
 def sinusoidal(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -54,7 +61,18 @@ class MLP(nn.Module):
         n_out = {"generator": spec.numel, "critic": 1, "classifier": max(spec.num_classes, 1)}[request.role]
         self.inp = nn.Linear(n_in, cfg.width)
         self.blocks = nn.Sequential(*[ResidualBlock(cfg.width) for _ in range(cfg.depth)])
-        self.out = nn.Sequential(nn.LayerNorm(cfg.width), nn.SiLU(), nn.Linear(cfg.width, n_out))
+        self.out_norm = request.role != "generator" or cfg.generator_out_norm
+        norm = nn.LayerNorm(cfg.width) if self.out_norm else nn.Identity()  # keeps the head's key names
+        self.out = nn.Sequential(norm, nn.SiLU(), nn.Linear(cfg.width, n_out))
+        self._register_load_state_dict_pre_hook(self._check_out_norm)
+
+    def _check_out_norm(self, state_dict, prefix, *args) -> None:
+        """Weights saved with the other ``generator_out_norm`` fail with a one-line error naming
+        the setting (instead of torch's list of missing and unexpected keys)."""
+        saved = f"{prefix}out.0.weight" in state_dict
+        if saved != self.out_norm:
+            raise ValueError(f"backbone mlp: these weights were trained with backbone.generator_out_norm={str(saved).lower()}; "
+                             f"set it (this run has {str(self.out_norm).lower()})")
 
     def forward(self, x, s=None, t=None, y=None):
         parts = [x.reshape(len(x), -1)]

@@ -23,7 +23,7 @@ cost, a bias toward contraction) and ``"none"`` (V = T_{q,p}(a) - a) are kept fo
 **Step rule** (per family f). Coordinates are rescaled so that the RMS distance per dimension
 between generated and real points is 1: ``u = phi_f / s_f`` with
 ``s_f^2 = S_f / d_f``, ``S_f`` the mean squared gen-data distance (no gradient). The plan is
-``pi ~ exp(-|a - b|^2 / (R S_f))`` for each R in ``epsilon`` (R = 0.05 and 0.01 in the paper),
+``pi ~ exp(-|a - b|^2 / (R S_f))`` for each R in ``relative_temperatures`` (R = 0.05 and 0.01 in the paper),
 i.e. the temperature is R times the mean squared distance, whatever the feature size (capped at
 the data's local scale, ``local_k``: the median squared distance from a particle to its k-th
 nearest real point; a cap that only binds in low dimension, where S measures the distance
@@ -46,6 +46,22 @@ its mass by more than ``sinkhorn_tol`` (in log ratio), up to ``sinkhorn_max_iter
 sync per solve reads the error. Training logs the error and the iterations
 (``sinkhorn_error``, ``sinkhorn_iters``); ``sinkhorn_tol=0`` is the authors' fixed budget.
 
+**Against the authors' code** (their OT loss, read in a public fork of hanjq17/W-Flow): the same
+row-normalised projection of a plan whose last Sinkhorn update is the column one, and the same
+per-R normalisation by the RMS over the whole batch of plans. Two differences: with their
+quadratic cost ``|a - b|^2 / 2`` at ``reg = R d`` on coordinates of mean squared distance d, their
+plan is ``exp(-|a - b|^2 / (2 R S))``, twice the temperature this module gives the same R (the
+presets were measured with this module's); and their S averages the distances from the
+generated points to the generated, self-batch and real points together, this module's to the real
+points only.
+
+**On 2-D data** the thin ring that W-Flow's samples once drew (issue 29) came from the generator's
+head, not from the flow: a LayerNorm before the output of an MLP generator keeps the direction of
+its hidden state and drops its size (``backbone.generator_out_norm``, now off by default; flow
+matching drew the same ring with it). The thin bridges of samples left between modes came from
+plans held tightly to each minibatch's marginals (see ``sinkhorn_max_iters``; measurements:
+docs/results-history.md, issue 29).
+
 **Class-conditional data.** Each step generates ``per_class`` (>= 64 in the paper) particles for
 each of ``train.batch_size // per_class`` classes (at most all classes; each then gets
 ``batch_size // classes``), and compares them with up to ``bank_per_class`` real samples of the
@@ -56,11 +72,11 @@ checkpointed with the run), since a batch alone holds too few of each class.
 
     V_w = (T_{q|c,p|c} - T_{q|c,q'|c}) + w (T_{q|c,p|c} - T_{q|c,p_u})
 
-When ``[guidance_min, guidance_max]`` is not [0, 0], the scale w is drawn per example, uniform in
+When ``[cfg_min, cfg_max]`` is not [0, 0], the scale w is drawn per example, uniform in
 that range, the examples of one plan sharing it (a plan compares the particles of ONE
 distribution q_{w|c}); the generator is conditioned on w through its scalar time input,
-``t = (w - guidance_min) / (guidance_max - guidance_min)``, and the sampling scale
-``guidance_scale`` is chosen when sampling (``onestep sample RUN objective.guidance_scale=1.5``;
+``t = (w - cfg_min) / (cfg_max - cfg_min)``, and the sampling scale
+``cfg_scale`` is chosen when sampling (``onestep sample RUN objective.cfg_scale=1.5``;
 ``onestep export`` takes the same override). Sampling stays one evaluation ``x = f(z, y, t)``.
 Scales below 0 (down to -1) extend the paper's range toward the unconditional flow: at w = -1,
 ``V_w = T_{q|c,p_u} - T_{q|c,q'|c}`` pulls every class to all the data.
@@ -88,9 +104,11 @@ STD_FLOOR = 1e-6  # added to variances before the square root (finite gradients 
 
 @attrs.define
 class WFlowConfig:
-    epsilon: list[float] = attrs.Factory(lambda: [0.05])
-    """Relative temperatures R: plan ~ exp(-|a - b|^2 / (R S)), S the mean squared distance
-    between generated and real points of the feature. Several: one velocity each, summed."""
+    relative_temperatures: list[float] = attrs.Factory(lambda: [0.05])
+    """The paper's R: each plan's temperature is R S, S the mean squared distance between
+    generated and real points of the feature (plan ~ exp(-|a - b|^2 / (R S))). Several: one
+    velocity each, normalised and summed. (The solver's own epsilon is fixed at 1/2: it works on
+    coordinates divided by sqrt(R S).)"""
     local_k: int = 10
     """Cap each temperature R S at the median squared distance from a generated point to its k-th
     nearest real point (0: no cap, the paper's rule). In high dimension distances concentrate and
@@ -116,12 +134,14 @@ class WFlowConfig:
     with_input: bool = False
     """With a feature network, also flow the samples themselves (one flat vector each) as one
     more family: pixel detail that the features do not see is then still pulled to the data."""
-    guidance_min: float = 0.0
-    """Smallest CFG scale w drawn in training (>= -1; -1 is the unconditional flow)."""
-    guidance_max: float = 0.0
+    cfg_min: float = 0.0
+    """Smallest classifier-free guidance scale w drawn in training (>= -1; -1 is the
+    unconditional flow)."""
+    cfg_max: float = 0.0
     """Largest CFG scale w drawn in training (class-conditional data); [0, 0] disables CFG."""
-    guidance_scale: float = 0.0
-    """CFG scale w used when sampling, in [guidance_min, guidance_max]."""
+    cfg_scale: float = 0.0
+    """CFG scale w used when sampling, in [cfg_min, cfg_max]. (CFG is built into the velocity;
+    a guidance plugin, ``--guidance``, is a separate term on the generated batch.)"""
     sinkhorn_iters: int = 10
     """Sinkhorn iterations per chunk, from zero potentials at the target temperature: the paper's
     10 are the fast path (one chunk, then one marginal check), and further chunks run only while
@@ -133,10 +153,15 @@ class WFlowConfig:
     stops pulling particles to them. 0: exactly ``sinkhorn_iters`` iterations (the paper's fixed
     budget, no host sync; the ImageNet L/2 and XL/2 presets' single iteration). Each chunk after
     the first costs one host sync, so a tolerance wants chunks of ~10 iterations."""
-    sinkhorn_max_iters: int = 300
+    sinkhorn_max_iters: int = 50
     """Cap on the iterations of one solve when the tolerance is not met (at least one chunk of
     ``sinkhorn_iters``). Training logs the iterations run (``sinkhorn_iters``, the most of the
-    step's solves) and the marginal error reached (``sinkhorn_error``)."""
+    step's solves) and the marginal error reached (``sinkhorn_error``). Why not more: a plan's
+    marginals are those of one minibatch, whose mode counts fluctuate; plans held to them tightly
+    (300 iterations) move particles across mode boundaries at random every step, and a one-step
+    generator keeps bridges of samples between modes. 50 kept the rare, distant modes of the 2-D
+    imbalanced mixture covered as well as 300 did, without the bridges (docs/results-history.md,
+    issue 29)."""
     precision: str = "fp32"
     """Cost GEMM of the solver: fp32, tf32 or bf16 (see onestep_sinkhorn.squared_cost)."""
     sinkhorn_compile: bool = False
@@ -218,7 +243,7 @@ class WFlow(Objective):
         self._check(config, spec)
         self.features = features
         self.conditional = spec.num_classes > 0 and config.class_conditional
-        self.guided = (config.guidance_min, config.guidance_max) != (0.0, 0.0)
+        self.with_cfg = (config.cfg_min, config.cfg_max) != (0.0, 0.0)
         if guidance is not None and not self.conditional:
             raise ConfigError(f"guidance {guidance.name!r}: needs labelled data and objective.class_conditional=true")
         # plans ~ exp(-|x - y|^2) on coordinates pre-divided by sqrt(R S): epsilon 1/2 for the cost |x - y|^2 / 2
@@ -239,8 +264,8 @@ class WFlow(Objective):
 
         need(c.self_term in SELF_TERMS, "self_term", f"expected one of {', '.join(SELF_TERMS)}, got {c.self_term!r}")
         need(c.eta > 0, "eta", f"expected > 0, got {c.eta}")
-        need(len(c.epsilon) > 0 and all(r > 0 for r in c.epsilon), "epsilon",
-             f"expected a non-empty list of relative temperatures > 0 (e.g. [0.05]), got {c.epsilon}")
+        need(len(c.relative_temperatures) > 0 and all(r > 0 for r in c.relative_temperatures), "relative_temperatures",
+             f"expected a non-empty list of temperatures R > 0 (e.g. [0.05]), got {c.relative_temperatures}")
         need(c.per_class >= 1, "per_class", f"expected >= 1, got {c.per_class}")
         need(c.local_k >= 0, "local_k", f"expected >= 0 (0: no cap), got {c.local_k}")
         need(c.bank_per_class >= 1, "bank_per_class", f"expected >= 1, got {c.bank_per_class}")
@@ -248,18 +273,18 @@ class WFlow(Objective):
         need(c.sinkhorn_iters >= 1, "sinkhorn_iters", f"expected >= 1, got {c.sinkhorn_iters}")
         need(c.sinkhorn_tol >= 0, "sinkhorn_tol", f"expected >= 0 (0: a fixed sinkhorn_iters), got {c.sinkhorn_tol}")
         need(c.precision in PRECISIONS, "precision", f"expected one of {', '.join(PRECISIONS)}, got {c.precision!r}")
-        guided = (c.guidance_min, c.guidance_max) != (0.0, 0.0)
-        need(-1.0 <= c.guidance_min <= 0.0, "guidance_min", f"expected in [-1, 0], got {c.guidance_min}")
-        need(c.guidance_max >= 0, "guidance_max", f"expected >= 0, got {c.guidance_max}")
-        need(not guided or (spec.num_classes > 0 and c.class_conditional), "guidance_max",
+        with_cfg = (c.cfg_min, c.cfg_max) != (0.0, 0.0)
+        need(-1.0 <= c.cfg_min <= 0.0, "cfg_min", f"expected in [-1, 0], got {c.cfg_min}")
+        need(c.cfg_max >= 0, "cfg_max", f"expected >= 0, got {c.cfg_max}")
+        need(not with_cfg or (spec.num_classes > 0 and c.class_conditional), "cfg_max",
              "classifier-free guidance needs labelled data (num_classes > 0) and objective.class_conditional=true")
-        need(c.guidance_min <= c.guidance_scale <= c.guidance_max, "guidance_scale",
-             f"expected in [guidance_min, guidance_max] = [{c.guidance_min}, {c.guidance_max}] (the scales the "
-             f"generator was trained on), got {c.guidance_scale}")
+        need(c.cfg_min <= c.cfg_scale <= c.cfg_max, "cfg_scale",
+             f"expected in [cfg_min, cfg_max] = [{c.cfg_min}, {c.cfg_max}] (the scales the "
+             f"generator was trained on), got {c.cfg_scale}")
 
     # ------------------------------------------------------------------------- declarations
     def networks(self):
-        return {"generator": NetworkRequest("generator", time_inputs=1 if self.guided else 0,
+        return {"generator": NetworkRequest("generator", time_inputs=1 if self.with_cfg else 0,
                                             class_conditional=self.conditional)}
 
     def phases(self):
@@ -312,7 +337,7 @@ class WFlow(Objective):
             s2 = mean_squared_distance(qf, p[f], p_w).clamp_min(1e-12)
             scales.append((s2 / d).sqrt())
             cap = local_squared_distance(qf, p[f], p_w, c.local_k) if c.local_k else None
-            for r in c.epsilon:
+            for r in c.relative_temperatures:
                 temp = r * s2 if cap is None else torch.minimum(r * s2, cap).clamp_min(1e-12)
                 inv = temp.rsqrt()
                 a = _problems(qf * inv)
@@ -403,9 +428,9 @@ class WFlow(Objective):
             real_w = None
         cond: dict[str, torch.Tensor] = {}
         w = None
-        if self.guided:
+        if self.with_cfg:
             t = torch.rand(k, device=data.device)
-            w = c.guidance_min + t * (c.guidance_max - c.guidance_min)
+            w = c.cfg_min + t * (c.cfg_max - c.cfg_min)
             cond["t"] = t.repeat_interleave(n)
         noise = torch.randn(k * n, *data.shape[1:], device=data.device)
         x = gen(noise, y=y, **cond)
@@ -443,8 +468,8 @@ class WFlow(Objective):
         if self.conditional and y is None:
             y = torch.randint(0, self.spec.num_classes, (len(noise),), device=noise.device)
         cond = {}
-        if self.guided:
+        if self.with_cfg:
             c = self.config
-            t = (c.guidance_scale - c.guidance_min) / (c.guidance_max - c.guidance_min)
+            t = (c.cfg_scale - c.cfg_min) / (c.cfg_max - c.cfg_min)
             cond["t"] = torch.full((len(noise),), t, device=noise.device)
         return nets.ema("generator")(noise, y=y if self.conditional else None, **cond)
