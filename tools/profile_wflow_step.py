@@ -127,7 +127,7 @@ def profile(path: str, gpus: int, tiny: bool, device: torch.device, repeats: int
         with timer.part("optimizer (AdamW)"):
             opt.step()
 
-    cond = {"t": torch.rand(micro, device=device)} if objective.guided else {}
+    cond = {"t": torch.rand(micro, device=device)} if objective.with_cfg else {}
 
     def generator_only() -> None:
         opt.zero_grad(set_to_none=True)
@@ -173,7 +173,7 @@ def profile(path: str, gpus: int, tiny: bool, device: torch.device, repeats: int
 
     name = Path(path).stem
     notes = (f"DiT-{size}, micro-batch {micro} ({classes} classes x {config.per_class}) on {gpus} GPUs, bank "
-             f"{config.bank_per_class}, conv-mae width {width} x {stages} stages, R={config.epsilon}, "
+             f"{config.bank_per_class}, conv-mae width {width} x {stages} stages, R={config.relative_temperatures}, "
              f"{'bf16' if bf16 else 'fp32'}")
     rows = [(f"{name}: generator fwd+bwd", f"{gen_ms:.1f}", f"peak {gen_mem:.1f} GiB; {notes}"),
             (f"{name}: W-Flow step", f"{step_ms:.1f}", f"peak {step_mem:.1f} GiB"),

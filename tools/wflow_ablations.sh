@@ -12,7 +12,7 @@
 #   features        features=conv-mae objective.bank_per_class=128      (the authors' per-location
 #                   conv features; the masked autoencoder is trained once and cached)
 #   features-flat   features=conv-mae features.flatten=true features.maps=[1,2] objective.with_input=true
-#   one-eps         objective.epsilon=[0.05]
+#   one-eps         objective.relative_temperatures=[0.05]
 #   no-norm         objective.normalize_velocity=false                  (raw velocity, eta = 1)
 #   unconditional   objective.class_conditional=false                   (one plan per batch, as the old preset)
 #   dit             backbone=dit backbone.size=S/4 objective.lr=5e-4 train.precision=bf16
@@ -26,7 +26,7 @@ declare -A ROWS=(
   [preset]=""
   [features]="features=conv-mae objective.bank_per_class=128"
   [features-flat]="features=conv-mae features.flatten=true features.maps=[1,2] objective.with_input=true"
-  [one-eps]="objective.epsilon=[0.05]"
+  [one-eps]="objective.relative_temperatures=[0.05]"
   [no-norm]="objective.normalize_velocity=false"
   [unconditional]="objective.class_conditional=false"
   [dit]="backbone=dit backbone.size=S/4 objective.lr=5e-4 train.precision=bf16"

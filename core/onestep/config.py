@@ -96,7 +96,7 @@ def make_converter() -> cattrs.Converter:
         return tuple(conv.structure(x, a) for x, a in zip(v, args))
 
     def list_hook(t: Any) -> Callable[[Any, Any], list]:
-        """A list field takes a list, or one value where one is meant (``objective.epsilon=0.05``
+        """A list field takes a list, or one value where one is meant (``objective.relative_temperatures=0.05``
         is ``[0.05]``; a field that needs more says so through its validator)."""
         items = list_structure_factory(t, conv)
 

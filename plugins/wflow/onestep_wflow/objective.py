@@ -93,6 +93,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 
+from onestep.config import POSITIVE, at_least, check, one_of
 from onestep.errors import ConfigError
 from onestep.interfaces import Batch, NetworkRequest, Networks, Objective, Phase, StepInfo
 from onestep_sinkhorn import SinkhornSolver, project_stacked
@@ -104,12 +105,14 @@ STD_FLOOR = 1e-6  # added to variances before the square root (finite gradients 
 
 @attrs.define
 class WFlowConfig:
-    relative_temperatures: list[float] = attrs.Factory(lambda: [0.05])
+    relative_temperatures: list[float] = attrs.field(
+        factory=lambda: [0.05], validator=check(lambda v: len(v) > 0 and all(r > 0 for r in v),
+                                                "a non-empty list of temperatures R > 0 (e.g. [0.05])"))
     """The paper's R: each plan's temperature is R S, S the mean squared distance between
     generated and real points of the feature (plan ~ exp(-|a - b|^2 / (R S))). Several: one
     velocity each, normalised and summed. (The solver's own epsilon is fixed at 1/2: it works on
     coordinates divided by sqrt(R S).)"""
-    local_k: int = 10
+    local_k: int = attrs.field(default=10, validator=at_least(0, "no cap"))
     """Cap each temperature R S at the median squared distance from a generated point to its k-th
     nearest real point (0: no cap, the paper's rule). In high dimension distances concentrate and
     the cap lies far above R S; in low dimension (2-D mixtures) S is set by the distances between
@@ -117,36 +120,37 @@ class WFlowConfig:
     collapsed (the samples then lie on a thin curve through the modes)."""
     normalize_velocity: bool = True
     """Divide each temperature's velocity by its RMS (the paper's rule); false keeps raw V."""
-    eta: float = 1.0
+    eta: float = attrs.field(default=1.0, validator=POSITIVE)
     """Step of the particle flow in the target u + eta V (1 with normalised velocities)."""
-    self_term: str = "two-batch"
+    self_term: str = attrs.field(default="two-batch", validator=one_of(SELF_TERMS))
     """Estimator of the debiasing term T_{q,q}: two-batch (paper), one-batch or none (ablations)."""
     class_conditional: bool = True
     """Use the labels of labelled data (per-class plans, a label-conditioned generator)."""
-    per_class: int = 64
+    per_class: int = attrs.field(default=64, validator=at_least(1))
     """Generated particles per class and plan (class-conditional data)."""
-    bank_per_class: int = 128
+    bank_per_class: int = attrs.field(default=128, validator=at_least(1))
     """Real samples per class kept in the memory bank and used as each plan's data side."""
-    patch_stats: list[int] = attrs.Factory(lambda: [2, 4])
+    patch_stats: list[int] = attrs.field(factory=lambda: [2, 4],
+                                         validator=check(lambda v: all(p >= 2 for p in v), "patch sizes >= 2"))
     """Patch sizes of the mean/std statistics read from every feature map."""
     global_stats: bool = True
     """Also read each feature map's mean and std over all places."""
     with_input: bool = False
     """With a feature network, also flow the samples themselves (one flat vector each) as one
     more family: pixel detail that the features do not see is then still pulled to the data."""
-    cfg_min: float = 0.0
+    cfg_min: float = attrs.field(default=0.0, validator=check(lambda v: -1.0 <= v <= 0.0, "in [-1, 0]"))
     """Smallest classifier-free guidance scale w drawn in training (>= -1; -1 is the
     unconditional flow)."""
-    cfg_max: float = 0.0
+    cfg_max: float = attrs.field(default=0.0, validator=at_least(0))
     """Largest CFG scale w drawn in training (class-conditional data); [0, 0] disables CFG."""
     cfg_scale: float = 0.0
     """CFG scale w used when sampling, in [cfg_min, cfg_max]. (CFG is built into the velocity;
     a guidance plugin, ``--guidance``, is a separate term on the generated batch.)"""
-    sinkhorn_iters: int = 10
+    sinkhorn_iters: int = attrs.field(default=10, validator=at_least(1))
     """Sinkhorn iterations per chunk, from zero potentials at the target temperature: the paper's
     10 are the fast path (one chunk, then one marginal check), and further chunks run only while
     the plans miss their marginals by more than ``sinkhorn_tol``."""
-    sinkhorn_tol: float = 0.1
+    sinkhorn_tol: float = attrs.field(default=0.1, validator=at_least(0, "a fixed sinkhorn_iters"))
     """Largest marginal error a plan may keep: ``max_j |log(mass received by data point j / its
     weight)|`` over every plan of the step (0.1: every point within ~10% of its mass). Loose
     column marginals leave rare, distant data points (minority modes) unmatched, and the flow
@@ -162,12 +166,12 @@ class WFlowConfig:
     generator keeps bridges of samples between modes. 50 kept the rare, distant modes of the 2-D
     imbalanced mixture covered as well as 300 did, without the bridges (docs/results-history.md,
     issue 29)."""
-    precision: str = "fp32"
+    precision: str = attrs.field(default="fp32", validator=one_of(PRECISIONS))
     """Cost GEMM of the solver: fp32, tf32 or bf16 (see onestep_sinkhorn.squared_cost)."""
     sinkhorn_compile: bool = False
     """torch.compile the solver's loop on CUDA (one graph per problem shape; its warm-up runs
     inside the training clock, so short runs are better off eager)."""
-    lr: float = 1e-3
+    lr: float = attrs.field(default=1e-3, validator=POSITIVE)
 
 
 def feature_families(maps: list[torch.Tensor], patch_stats: list[int], global_stats: bool) -> list[torch.Tensor]:
@@ -258,29 +262,13 @@ class WFlow(Objective):
 
     @staticmethod
     def _check(c: WFlowConfig, spec) -> None:
-        def need(ok: bool, field: str, what: str) -> None:
-            if not ok:
-                raise ConfigError(f"objective.{field}: {what}")
-
-        need(c.self_term in SELF_TERMS, "self_term", f"expected one of {', '.join(SELF_TERMS)}, got {c.self_term!r}")
-        need(c.eta > 0, "eta", f"expected > 0, got {c.eta}")
-        need(len(c.relative_temperatures) > 0 and all(r > 0 for r in c.relative_temperatures), "relative_temperatures",
-             f"expected a non-empty list of temperatures R > 0 (e.g. [0.05]), got {c.relative_temperatures}")
-        need(c.per_class >= 1, "per_class", f"expected >= 1, got {c.per_class}")
-        need(c.local_k >= 0, "local_k", f"expected >= 0 (0: no cap), got {c.local_k}")
-        need(c.bank_per_class >= 1, "bank_per_class", f"expected >= 1, got {c.bank_per_class}")
-        need(all(p >= 2 for p in c.patch_stats), "patch_stats", f"expected patch sizes >= 2, got {c.patch_stats}")
-        need(c.sinkhorn_iters >= 1, "sinkhorn_iters", f"expected >= 1, got {c.sinkhorn_iters}")
-        need(c.sinkhorn_tol >= 0, "sinkhorn_tol", f"expected >= 0 (0: a fixed sinkhorn_iters), got {c.sinkhorn_tol}")
-        need(c.precision in PRECISIONS, "precision", f"expected one of {', '.join(PRECISIONS)}, got {c.precision!r}")
-        with_cfg = (c.cfg_min, c.cfg_max) != (0.0, 0.0)
-        need(-1.0 <= c.cfg_min <= 0.0, "cfg_min", f"expected in [-1, 0], got {c.cfg_min}")
-        need(c.cfg_max >= 0, "cfg_max", f"expected >= 0, got {c.cfg_max}")
-        need(not with_cfg or (spec.num_classes > 0 and c.class_conditional), "cfg_max",
-             "classifier-free guidance needs labelled data (num_classes > 0) and objective.class_conditional=true")
-        need(c.cfg_min <= c.cfg_scale <= c.cfg_max, "cfg_scale",
-             f"expected in [cfg_min, cfg_max] = [{c.cfg_min}, {c.cfg_max}] (the scales the "
-             f"generator was trained on), got {c.cfg_scale}")
+        """What the fields' validators cannot see alone: CFG's data and its sampling scale."""
+        if (c.cfg_min, c.cfg_max) != (0.0, 0.0) and not (spec.num_classes > 0 and c.class_conditional):
+            raise ConfigError("objective.cfg_max: classifier-free guidance needs labelled data (num_classes > 0) "
+                              "and objective.class_conditional=true")
+        if not c.cfg_min <= c.cfg_scale <= c.cfg_max:
+            raise ConfigError(f"objective.cfg_scale: expected in [cfg_min, cfg_max] = [{c.cfg_min}, {c.cfg_max}] "
+                              f"(the scales the generator was trained on), got {c.cfg_scale}")
 
     # ------------------------------------------------------------------------- declarations
     def networks(self):

@@ -2,6 +2,7 @@
 space, against independent computations), the memory bank, CFG conditioning and config errors."""
 import json
 import math
+import re
 
 import attrs
 import pytest
@@ -328,27 +329,26 @@ def test_wflow_trains_on_mnist_with_a_recursive_dit_and_writes_a_grid(registry, 
 
 
 def test_bad_settings_are_one_line_errors_naming_the_field(registry, quiet):
-    cfg = compose(objective="wflow", backbone="mlp", data="gmm8", registry=registry,
-                  overrides=quiet + ["objective.self_term=three-batch"])
-    with pytest.raises(ConfigError, match="objective.self_term") as err:
-        Trainer(cfg, registry=registry, console=False)
-    assert "\n" not in str(err.value) and "two-batch" in str(err.value)
-    with pytest.raises(ConfigError, match="objective.eta"):
-        compose(objective="wflow", data="gmm8", registry=registry, overrides=["objective.eta=fast"])
-    for override, field in (("objective.cfg_max=1.0", "cfg_max"),
-                            ("objective.relative_temperatures=[]", "relative_temperatures"),
-                            ("objective.relative_temperatures=[0.05,-1]", "relative_temperatures"),
-                            ("objective.per_class=0", "per_class")):
-        cfg = compose(objective="wflow", backbone="mlp", data="gmm8", registry=registry, overrides=quiet + [override])
-        with pytest.raises(ConfigError, match=f"objective.{field}") as err:
-            Trainer(cfg, registry=registry, console=False)
+    """A field's own bad value fails when the config is read; settings that need the data (CFG on
+    unlabelled points) when the objective is built. Both name the field and what is valid."""
+    for override, field, valid in (("objective.self_term=three-batch", "self_term", "two-batch"),
+                                   ("objective.eta=fast", "eta", ""),
+                                   ("objective.relative_temperatures=[]", "relative_temperatures", "R > 0"),
+                                   ("objective.relative_temperatures=[0.05,-1]", "relative_temperatures", "R > 0"),
+                                   ("objective.per_class=0", "per_class", ">= 1"),
+                                   ("objective.cfg_min=-2.0", "cfg_min", "[-1, 0]")):
+        with pytest.raises(ConfigError, match=f"^objective.{field}: .*{re.escape(valid)}") as err:
+            compose(objective="wflow", backbone="mlp", data="gmm8", registry=registry, overrides=quiet + [override])
         assert "\n" not in str(err.value)
+    cfg = compose(objective="wflow", backbone="mlp", data="gmm8", registry=registry,
+                  overrides=quiet + ["objective.cfg_max=1.0"])
+    with pytest.raises(ConfigError, match="^objective.cfg_max: .*labelled data") as err:
+        Trainer(cfg, registry=registry, console=False)
+    assert "\n" not in str(err.value)
     spec = DataSpec(shape=(1, 8, 8), num_classes=10, kind="images")
     with pytest.raises(ConfigError, match="objective.cfg_scale") as err:
         WFlow(WFlowConfig(cfg_max=1.0, cfg_scale=1.5), spec=spec)
     assert "[cfg_min, cfg_max] = [0.0, 1.0]" in str(err.value)
-    with pytest.raises(ConfigError, match="objective.cfg_min"):
-        WFlow(WFlowConfig(cfg_min=-2.0), spec=spec)
     # the names before issue 31 (epsilon held the relative temperatures, guidance_* the CFG range)
     for old, new in (("epsilon", "relative_temperatures"), ("guidance_max", "cfg_max"), ("guidance_scale", "cfg_scale")):
         with pytest.raises(ConfigError, match=f"^objective.{old}: unknown field; valid: .*{new}") as err:
