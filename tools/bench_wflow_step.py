@@ -106,6 +106,30 @@ class GeomlossPlans:
         return out
 
 
+def random_conv_features(spec: DataSpec, width: int, stages: int, device: torch.device) -> LatentMAEFeatures:
+    """The conv-mae encoder's architecture with random weights (seed 0) as the feature network of
+    ``spec``'s samples: speed does not depend on the weights."""
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        weights = save_encoder(ConvEncoder(EncoderArch(in_channels=spec.shape[0] + 1, width=width, stages=stages)),
+                               Path(tmp) / "encoder.safetensors")
+        features = LatentMAEFeatures(LatentMAEConfig(path=str(weights)), spec=spec)
+        features.prepare(None, device)  # reads the weights now
+    return features
+
+
+def table_start(device: torch.device, repeats: int, tiny: bool) -> None:
+    """The device line and the header of the ``| what | ms (or ratio) | notes |`` table; TF32 on."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device={name} torch={torch.__version__} repeats={repeats}{' (tiny sizes)' if tiny else ''}")
+    print()
+    print("| what | ms (or ratio) | notes |")
+    print("|---|---|---|")
+
+
 PRESETS = {
     # name: (sample shape, classes, per class, bank, R list, feature encoder width (0: none), CFG max, backbone, bf16)
     "mnist-latent": ((16,), 10, 128, 1024, [0.05, 0.01], 0, 0.0, ("mlp", {"width": 1024, "depth": 4, "generator_out_norm": True}), False),
@@ -123,14 +147,7 @@ def preset_step(name: str, tiny: bool, device: torch.device, repeats: int) -> li
         shape = shape if len(shape) == 1 else (shape[0], 16, 16)
         bb_kwargs = {"width": 64, "depth": 2} if backbone == "mlp" else {"size": "T/4"}
     spec = DataSpec(shape=shape, num_classes=classes, kind="latents")
-    features = None
-    tmp = tempfile.TemporaryDirectory()
-    if enc_width:
-        torch.manual_seed(0)
-        weights = save_encoder(ConvEncoder(EncoderArch(in_channels=shape[0] + 1, width=enc_width, stages=3)),
-                               Path(tmp.name) / "encoder.safetensors")
-        features = LatentMAEFeatures(LatentMAEConfig(path=str(weights)), spec=spec)
-        features.prepare(None, device)
+    features = random_conv_features(spec, enc_width, 3, device) if enc_width else None
     registry = Registry.discover()
     rows = []
     results = {}
@@ -170,7 +187,6 @@ def preset_step(name: str, tiny: bool, device: torch.device, repeats: int) -> li
         what = "default plans" if tol is None else "the paper's fixed 10 iterations"
         rows.append((f"{name}: step, {what}", f"{ms:.2f}",
                      f"{iters:.0f} iterations per solve, marginal error {err:.3g} (tol {config.sinkhorn_tol})"))
-    tmp.cleanup()
     rows.append((f"{name}: slowdown default / paper's fixed 10", f"{results['default'] / results['fixed']:.2f}x",
                  f"{classes} classes x {per_class} vs bank {bank}, R={rs}, {'features' if enc_width else 'no features'}"
                  f"{', CFG' if cfg_max else ''}, {backbone} {bb_kwargs}"))
@@ -200,14 +216,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.presets:
         device = torch.device(args.device)
-        if device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        print(f"device={name} torch={torch.__version__} repeats={args.repeats}{' (tiny sizes)' if args.tiny else ''}")
-        print()
-        print("| what | ms (or ratio) | notes |")
-        print("|---|---|---|")
+        table_start(device, args.repeats, args.tiny)
         for preset in args.presets:
             for what, value, note in preset_step(preset, args.tiny, device, args.repeats):
                 print(f"| {what} | {value} | {note} |", flush=True)
@@ -221,12 +230,7 @@ def main() -> None:
     spec = DataSpec(shape=(1, 28, 28), num_classes=args.classes, kind="images")
     batch = args.classes * args.per_class
 
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.manual_seed(0)
-        weights = save_encoder(ConvEncoder(EncoderArch(in_channels=2, width=args.encoder_width, stages=3)),
-                               Path(tmp) / "encoder.safetensors")
-        features = LatentMAEFeatures(LatentMAEConfig(path=str(weights)), spec=spec)
-        features.prepare(None, device)
+    features = random_conv_features(spec, args.encoder_width, 3, device)
     config = WFlowConfig(relative_temperatures=args.temperatures, per_class=args.per_class, bank_per_class=args.bank,
                          sinkhorn_iters=args.iters, precision=args.precision, sinkhorn_compile=False)
     objective = WFlow(config, spec=spec, features=features)

@@ -28,19 +28,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 import yaml
+from bench_wflow_step import random_conv_features, table_start
 
 import onestep_wflow.objective as wflow_objective
 from onestep.compare.speed import median_ms
 from onestep.interfaces import Batch, DataSpec, Networks, StepInfo
 from onestep.registry import Registry
-from onestep_features import ConvEncoder, EncoderArch, save_encoder
-from onestep_features.latent_mae import LatentMAEConfig, LatentMAEFeatures
 from onestep_wflow.objective import WFlow, WFlowConfig
 
 DEFAULT_CONFIGS = ["configs/imagenet256/wflow-b2.yaml", "configs/imagenet256/wflow-xl2.yaml"]
@@ -95,12 +93,7 @@ def profile(path: str, gpus: int, tiny: bool, device: torch.device, repeats: int
         config.per_class, config.bank_per_class = config.per_class // 8, config.bank_per_class // 8
     spec = DataSpec(shape=shape, num_classes=CLASSES, kind="latents")
     bf16 = train.get("precision") == "bf16" and device.type == "cuda"
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.manual_seed(0)
-        weights = save_encoder(ConvEncoder(EncoderArch(in_channels=shape[0] + 1, width=width, stages=stages)),
-                               Path(tmp) / "encoder.safetensors")
-        features = LatentMAEFeatures(LatentMAEConfig(path=str(weights)), spec=spec)
-        features.prepare(None, device)
+    features = random_conv_features(spec, width, stages, device)
     objective = WFlow(config, spec=spec, features=features)
     registry = Registry.discover()
     info = registry.get("backbone", preset["backbone"]["name"])
@@ -192,14 +185,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"device={name} torch={torch.__version__} repeats={args.repeats}{' (tiny sizes)' if args.tiny else ''}")
-    print()
-    print("| what | ms (or ratio) | notes |")
-    print("|---|---|---|")
+    table_start(device, args.repeats, args.tiny)
     for path in args.configs:
         for what, value, note in profile(path, args.gpus, args.tiny, device, args.repeats):
             print(f"| {what} | {value} | {note} |", flush=True)
