@@ -22,7 +22,7 @@ def fit(net: nn.Module, params: Iterable[nn.Parameter], x: torch.Tensor, noise_s
     """Train ``net`` (already on ``device``) on images ``x`` for ``recipe.steps`` steps of
     ``recipe.batch_size`` at ``recipe.lr``, drawing rows and noise from a generator seeded with
     ``recipe.seed``; ``step_loss(images, noise)`` gives the loss and the numbers to report (the
-    first one is logged at each checkpoint). Returns the last step's numbers (zeros when the
+    first one is logged at each checkpoint). Returns the last step's numbers (empty when the
     training was already complete)."""
     g = torch.Generator().manual_seed(recipe.seed)
     opt = torch.optim.Adam(params, lr=recipe.lr)
