@@ -7,6 +7,8 @@
 #   bash tools/board_dit_latent.sh MINUTES OUT [--methods ...] [board flags/overrides...]
 # Default methods: flow-matching (50 steps, also scored at 1), adversarial-flow, adversarial-flow@rec,
 # wflow, wflow@rec, ot-nfm. Same environment variables as tools/board_mnist.sh (MARKS, DEADLINE, ...).
+# Cost: the runs share the GPU compute-bound, ~3 steps/s each with six runs at batch 512 on an H100
+# (tools/RESULTS.md, DiT latent board), so for more steps split --methods over calls (flow-matching in each).
 set -euo pipefail
 MINUTES=${1:-6}
 OUT=${2:-runs/board-dit-latent}

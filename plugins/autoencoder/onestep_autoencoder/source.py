@@ -113,8 +113,7 @@ class TrainedAutoencoderSource(DataSource):
             path = self.cache_path()
             rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
             if not path.is_file() and rank == 0:
-                c = self.config
-                device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if c.device == "auto" else c.device)
+                device = self.device()
                 train = self.base().dataset("train")
                 x = torch.stack([train[i][0] for i in range(len(train))]).float()
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,17 +125,31 @@ class TrainedAutoencoderSource(DataSource):
             self._net = self.load_network(path)
         return self._net
 
+    def device(self) -> torch.device:
+        """Where the autoencoder trains (on a cache miss) and encodes the splits: ``data.device``."""
+        name = self.config.device
+        return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
     def encode_images(self, x: torch.Tensor) -> torch.Tensor:
-        """Images [B, *image shape] -> model-space latents [B, *spec().shape]."""
+        """Images [B, *image shape] -> model-space latents [B, *spec().shape], on ``x``'s device."""
         raise NotImplementedError
 
     @torch.no_grad()
     def dataset(self, split: str) -> TensorDataset:
+        """A split's latents (on the CPU), encoded once per process on :meth:`device`: every board
+        run encodes the whole source at start-up, which on a shared CPU took minutes for the KL
+        encoder (tools/RESULTS.md, DiT latent board) and takes seconds on the GPU."""
         if split not in self._splits:
             items = self.base().dataset(split)
             x = torch.stack([items[i][0] for i in range(len(items))]).float()
             y = torch.as_tensor([int(items[i][1]) for i in range(len(items))], dtype=torch.long)
-            self._splits[split] = TensorDataset(torch.cat([self.encode_images(c) for c in x.split(1024)]), y)
+            device, net = self.device(), self.autoencoder()
+            net.to(device)
+            try:
+                codes = torch.cat([self.encode_images(c.to(device)).cpu() for c in x.split(1024)])
+            finally:
+                net.to("cpu")
+            self._splits[split] = TensorDataset(codes, y)
         return self._splits[split]
 
 
@@ -160,7 +173,7 @@ class AutoencodedConfig:
     code_penalty: float = attrs.field(default=1.0e-3, validator=at_least(0))
     seed: int = 0
     device: str = attrs.field(default="auto", validator=DEVICE)
-    """Where the autoencoder trains on a cache miss: auto (CUDA when available), cpu, cuda[:N]."""
+    """Where the autoencoder trains on a cache miss and encodes the data: auto (CUDA when available), cpu, cuda[:N]."""
     cache_dir: str = ""
     """Folder of the cached weights; "": $ONESTEP_CACHE/autoencoders (else ~/.cache/onestep/autoencoders)."""
 
@@ -240,7 +253,7 @@ class AutoencodedKLConfig:
     """Weight of the mean KL divergence per latent element beside the mean squared error per pixel."""
     seed: int = 0
     device: str = attrs.field(default="auto", validator=DEVICE)
-    """Where the autoencoder trains on a cache miss: auto (CUDA when available), cpu, cuda[:N]."""
+    """Where the autoencoder trains on a cache miss and encodes the data: auto (CUDA when available), cpu, cuda[:N]."""
     cache_dir: str = ""
     """Folder of the cached weights; "": $ONESTEP_CACHE/autoencoders (else ~/.cache/onestep/autoencoders)."""
     decode_batch: int = attrs.field(default=1024, validator=at_least(1))

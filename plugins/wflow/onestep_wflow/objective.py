@@ -101,6 +101,7 @@ from onestep_sinkhorn.solver import PRECISIONS
 
 SELF_TERMS = ("two-batch", "one-batch", "none")
 STD_FLOOR = 1e-6  # added to variances before the square root (finite gradients of flat patches)
+BANK_CHUNK = 2048  # bank samples per feature call when the bank's families are (re)built
 
 
 @attrs.define
@@ -386,10 +387,13 @@ class WFlow(Objective):
 
     def _bank_families(self) -> list[torch.Tensor]:
         """Particle families of every bank slot ([K, Q, L, d] each). phi is frozen, so a real
-        sample's features are computed once, when it enters the bank (all slots after a resume)."""
+        sample's features are computed once, when it enters the bank (all slots after a resume),
+        ``BANK_CHUNK`` samples at a time: the whole ImageNet bank (1,000 classes x 64) in one call
+        held its feature maps at once and ran an 80 GB GPU out of memory."""
         if self._bank_fams is None:
             with torch.no_grad():
-                fams = self.phi(self._bank.flatten(0, 1))
+                parts = [self.phi(chunk) for chunk in self._bank.flatten(0, 1).split(BANK_CHUNK)]
+            fams = [torch.cat(family) for family in zip(*parts)]
             self._bank_fams = [f.view(*self._bank.shape[:2], *f.shape[1:]) for f in fams]
         return self._bank_fams
 

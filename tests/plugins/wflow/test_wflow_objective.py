@@ -14,6 +14,7 @@ from onestep.api import compose
 from onestep.trainer import Trainer
 from onestep.errors import ConfigError
 from onestep.interfaces import DataSpec, FeatureNetwork
+import onestep_wflow.objective as wflow_objective
 from onestep_wflow.objective import WFlow, WFlowConfig, feature_families, mean_squared_distance
 
 
@@ -443,4 +444,21 @@ def test_bank_features_are_computed_once_per_sample_and_match_the_bank():
     cached = objective._bank_families()
     fresh = objective.phi(objective._bank.flatten(0, 1))
     for a, b in zip(cached, fresh):
+        torch.testing.assert_close(a, b.view_as(a))
+
+
+def test_bank_features_built_in_chunks_equal_one_call_over_the_bank(monkeypatch):
+    spec = DataSpec(shape=(1, 4, 4), num_classes=3, kind="images")
+    phi = TinyFeatures(spec=spec)
+    objective = WFlow(WFlowConfig(bank_per_class=5), spec=spec, features=phi)
+    g = torch.Generator().manual_seed(3)
+    objective._push(torch.randn(30, 1, 4, 4, generator=g), torch.arange(30) % 3)
+    monkeypatch.setattr(wflow_objective, "BANK_CHUNK", 4)
+    calls = []
+    original = phi.forward
+    phi.forward = lambda x: calls.append(len(x)) or original(x)
+    chunked = objective._bank_families()
+    assert max(calls) == 4 and sum(calls) == 15  # the bank's 3 x 5 slots, at most a chunk per call
+    whole = objective.phi(objective._bank.flatten(0, 1))
+    for a, b in zip(chunked, whole):
         torch.testing.assert_close(a, b.view_as(a))
