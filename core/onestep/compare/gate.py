@@ -34,7 +34,11 @@ class StartGate:
             time.sleep(POLL_S)
 
     def ready_count(self) -> int:
-        return len(list(self.folder.glob("*.ready"))) if self.folder.is_dir() else 0
+        return len(self.ready_pids())
+
+    def ready_pids(self) -> set[int]:
+        """The process ids of the runs waiting at the line."""
+        return {int(p.stem) for p in self.folder.glob("*.ready")} if self.folder.is_dir() else set()
 
     def open(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ def train_together(argv: dict[str, list[str]], out: Path, deadline: float | None
     ``deadline`` (a ``time.perf_counter`` value) the runs still going get a Ctrl-C (they write a
     checkpoint and stop: code :data:`INTERRUPTED`), and a termination a minute later. Every
     ``status_every`` seconds (None: :data:`STATUS_EVERY_S`) of training, one line per run still
-    going (:func:`run_status`)."""
+    going; before the start, the runs still preparing (:func:`log_progress`)."""
     status_every = status_every or STATUS_EVERY_S
     procs = launch(argv, out)
     codes = {}
@@ -59,9 +59,9 @@ def train_together(argv: dict[str, list[str]], out: Path, deadline: float | None
                 opened = True
                 log(f"board: every run is ready; training clocks start ({time.perf_counter() - begun:.0f} s after launch)")
             now = time.perf_counter()
-            if opened and now >= next_status:
+            if now >= next_status:
                 next_status = now + status_every
-                log_status([m for m in procs if m not in codes], out, log)
+                log_progress(procs, codes, None if opened else gate, out, now - begun, log)
             if deadline is not None and stage < 2 and now > deadline + 60.0 * stage:
                 for m, (proc, _) in procs.items():
                     if m not in codes:
@@ -92,6 +92,19 @@ def launch(argv: dict[str, list[str]], out: Path) -> dict[str, tuple[subprocess.
 def finished(run_dir: Path, code: int) -> bool:
     """Whether a run ended with a checkpoint to score (done, or stopped at the deadline)."""
     return code in (0, INTERRUPTED) and (run_dir / "checkpoints").is_dir()
+
+
+def log_progress(procs: dict, codes: dict, waiting: StartGate | None, out: Path, seconds: float, log) -> None:
+    """One line per run still training (:func:`log_status`), or, while the runs gather at the start
+    line ``waiting``, one line naming those still preparing: a slow start-up (a data source encoding
+    on the CPU, a coupler's fit) shows whose it is."""
+    going = [m for m in procs if m not in codes]
+    if waiting is None:
+        log_status(going, out, log)
+        return
+    ready = waiting.ready_pids()
+    preparing = [m for m in going if procs[m][0].pid not in ready]
+    log(f"board: {seconds:.0f} s after launch, still preparing: {', '.join(preparing)}")
 
 
 def log_status(methods: list[str], out: Path, log) -> None:
