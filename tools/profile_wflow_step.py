@@ -120,7 +120,7 @@ def profile(path: str, gpus: int, tiny: bool, device: torch.device, repeats: int
         with timer.part("optimizer (AdamW)"):
             opt.step()
 
-    cond = {"t": torch.rand(micro, device=device)} if objective.with_cfg else {}
+    cond = {"t": torch.rand(micro, device=device)} if config.with_cfg else {}
 
     def generator_only() -> None:
         opt.zero_grad(set_to_none=True)

@@ -174,6 +174,11 @@ class WFlowConfig:
     inside the training clock, so short runs are better off eager)."""
     lr: float = attrs.field(default=1e-3, validator=POSITIVE)
 
+    @property
+    def with_cfg(self) -> bool:
+        """Whether training draws CFG scales: ``[cfg_min, cfg_max]`` is not [0, 0]."""
+        return (self.cfg_min, self.cfg_max) != (0.0, 0.0)
+
 
 def feature_families(maps: list[torch.Tensor], patch_stats: list[int], global_stats: bool) -> list[torch.Tensor]:
     """Feature maps -> families of particles ``[B, L, d]`` (float32): a ``[B, D]`` vector is one
@@ -248,7 +253,6 @@ class WFlow(Objective):
         self._check(config, spec)
         self.features = features
         self.conditional = spec.num_classes > 0 and config.class_conditional
-        self.with_cfg = (config.cfg_min, config.cfg_max) != (0.0, 0.0)
         if guidance is not None and not self.conditional:
             raise ConfigError(f"guidance {guidance.name!r}: needs labelled data and objective.class_conditional=true")
         # plans ~ exp(-|x - y|^2) on coordinates pre-divided by sqrt(R S): epsilon 1/2 for the cost |x - y|^2 / 2
@@ -264,7 +268,7 @@ class WFlow(Objective):
     @staticmethod
     def _check(c: WFlowConfig, spec) -> None:
         """What the fields' validators cannot see alone: CFG's data and its sampling scale."""
-        if (c.cfg_min, c.cfg_max) != (0.0, 0.0) and not (spec.num_classes > 0 and c.class_conditional):
+        if c.with_cfg and not (spec.num_classes > 0 and c.class_conditional):
             raise ConfigError("objective.cfg_max: classifier-free guidance needs labelled data (num_classes > 0) "
                               "and objective.class_conditional=true")
         if not c.cfg_min <= c.cfg_scale <= c.cfg_max:
@@ -273,7 +277,7 @@ class WFlow(Objective):
 
     # ------------------------------------------------------------------------- declarations
     def networks(self):
-        return {"generator": NetworkRequest("generator", time_inputs=1 if self.with_cfg else 0,
+        return {"generator": NetworkRequest("generator", time_inputs=1 if self.config.with_cfg else 0,
                                             class_conditional=self.conditional)}
 
     def phases(self):
@@ -420,7 +424,7 @@ class WFlow(Objective):
             real_w = None
         cond: dict[str, torch.Tensor] = {}
         w = None
-        if self.with_cfg:
+        if self.config.with_cfg:
             t = torch.rand(k, device=data.device)
             w = c.cfg_min + t * (c.cfg_max - c.cfg_min)
             cond["t"] = t.repeat_interleave(n)
@@ -460,7 +464,7 @@ class WFlow(Objective):
         if self.conditional and y is None:
             y = torch.randint(0, self.spec.num_classes, (len(noise),), device=noise.device)
         cond = {}
-        if self.with_cfg:
+        if self.config.with_cfg:
             c = self.config
             t = (c.cfg_scale - c.cfg_min) / (c.cfg_max - c.cfg_min)
             cond["t"] = torch.full((len(noise),), t, device=noise.device)
